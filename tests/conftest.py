@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny model configs that run in milliseconds on a CPU."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from worldmodel import DLH, DLHConfig  # noqa: E402
+
+
+def tiny_config(**overrides) -> DLHConfig:
+    base = dict(
+        levels=3, image_size=16, channels=1, x_dim=32, c_dim=32, d_dim=32, s_dim=8,
+        enc_hidden=(32,), dec_hidden=(32,), state_hidden=(16,), factor_hidden=(16,),
+        head_hidden=(16,), conv_depth=4,
+    )
+    base.update(overrides)
+    return DLHConfig(**base)
+
+
+def tiny_model(seed: int = 0, **overrides) -> DLH:
+    torch.manual_seed(seed)
+    return DLH(tiny_config(**overrides))
+
+
+def random_frames(batch: int = 2, steps: int = 6, channels: int = 1, size: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, steps, channels, size, size, generator=g)
+
+
+@pytest.fixture
+def model() -> DLH:
+    return tiny_model()

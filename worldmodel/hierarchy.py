@@ -1,0 +1,346 @@
+"""The hierarchy's step: infer e (eq. 4, 5, 25), one top-down pass, the temporal advance.
+
+`Hierarchy.infer_step` filters one observation (Algorithm 1) and `Hierarchy.imagine_step`
+rolls the model one step open loop. Both share `_top_down`, which runs a level only on the
+rows where it updates: a level with no such row runs no network at all, so the work of a
+step grows with the number of active levels, not with N.
+
+Levels are 0-based in code (level n of the paper is `levels[n - 1]`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .config import DLHConfig
+from .distributions import Gaussian, bernoulli_nll, kl_bernoulli, kl_gaussian
+from .level import Level
+from .state import HierarchicalState
+
+
+def change_posterior(
+    q: Gaussian, change_prior: Gaussian, static_prior: Gaussian, logit: Tensor, assignment: str
+) -> Tensor:
+    """q(e^n = 1) from the candidate posterior q'(s^n) and the two mixture components.
+
+    "hard" (eq. 4): 1 where KL[q' ‖ change prior] < KL[q' ‖ static prior], else 0 — the
+    nearer component wins. "vade" (eq. 34): σ(KL_static − KL_change + logit p(e=1)), the
+    VaDE estimate with the learned prior odds. Shapes: Gaussians (B, S), logit (B,) -> (B,).
+    """
+    kl_change = kl_gaussian(q, change_prior)
+    kl_static = kl_gaussian(q, static_prior)
+    if assignment == "hard":
+        return (kl_change < kl_static).to(kl_change.dtype)
+    if assignment == "vade":
+        return torch.sigmoid(kl_static - kl_change + logit)
+    raise ValueError(f"assignment must be 'hard' or 'vade', got {assignment!r}")
+
+
+class Rows:
+    """The rows of a batch on which a level runs this step.
+
+    kind: "none" (run nothing), "all", "gather" (index the active rows, run, scatter back)
+    or "mask" (run on every row, keep the active ones with `torch.where`). Gathering costs
+    an index_select/index_copy per tensor, masking costs the wasted rows; `gather_below` is
+    the active fraction under which gathering is used (0 disables it).
+    """
+
+    def __init__(self, mask: Tensor, gather_below: float = 0.0) -> None:
+        self.mask = mask
+        active = int(mask.sum())
+        size = mask.numel()
+        if active == 0:
+            self.kind = "none"
+        elif active == size:
+            self.kind = "all"
+        elif active < gather_below * size:
+            self.kind = "gather"
+            self.index = mask.nonzero().squeeze(1)
+        else:
+            self.kind = "mask"
+
+    def take(self, x: Tensor) -> Tensor:
+        """Active rows of x (B, ...) -> (B_active, ...) (all rows unless gathering)."""
+        return x.index_select(0, self.index) if self.kind == "gather" else x
+
+    def put(self, new: Tensor, old: Tensor) -> Tensor:
+        """`old` (B, ...) with its active rows replaced by `new` (from `take`'d inputs)."""
+        if self.kind == "all":
+            return new
+        if self.kind == "gather":
+            return old.index_copy(0, self.index, new.to(old.dtype))
+        return torch.where(self.mask.view(-1, *([1] * (old.dim() - 1))), new, old)
+
+
+# (level, s, context) -> Gaussian to sample s^n from, on the active rows.
+SampleFn = Callable[[int, Tensor], Gaussian]
+
+
+class Hierarchy(nn.Module):
+    """N latent levels, the learned top context c^N, and the step logic."""
+
+    def __init__(self, cfg: DLHConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.levels = nn.ModuleList(Level(cfg, n) for n in range(1, cfg.levels + 1))
+        self.top_context = nn.Parameter(torch.zeros(cfg.c_dim))
+
+    # ----------------------------------------------------------------- state helpers
+    def initial_state(self, batch_size: int, device: torch.device | None = None) -> HierarchicalState:
+        cfg, n = self.cfg, self.cfg.levels
+        device = device or self.top_context.device
+
+        def zeros(size: int) -> list[Tensor]:
+            return [torch.zeros(batch_size, size, device=device) for _ in range(n)]
+
+        return HierarchicalState(
+            s=zeros(cfg.s_dim),
+            mean=zeros(cfg.s_dim),
+            std=[torch.ones(batch_size, cfg.s_dim, device=device) for _ in range(n)],
+            d=zeros(cfg.d_dim),
+            top_down=zeros(cfg.c_dim),
+            pending=torch.zeros(batch_size, n, dtype=torch.bool, device=device),
+            t=torch.zeros(batch_size, dtype=torch.long, device=device),
+        )
+
+    def bottom_up(self, x1: Tensor) -> list[Tensor]:
+        """x^1 (..., X) -> [x^1, ..., x^N] via x^{n+1} = f_enc^n(x^n) (eq. 10)."""
+        xs = [x1]
+        for level in self.levels[:-1]:
+            xs.append(level.encoder(xs[-1]))
+        return xs
+
+    def _context(self, i: int, top_down: list[Tensor], batch: int) -> Tensor:
+        """c^{i+1} in paper terms: what level i reads from above, (B, C)."""
+        if i + 1 < len(self.levels):
+            return top_down[i + 1]
+        return self.top_context.expand(batch, -1)
+
+    def _clockwork(self, i: int, t: Tensor) -> Tensor:
+        """CW-VAE's schedule: level i (0-based) updates when t mod k^i = 0; (B,) bool."""
+        return t % (self.cfg.clockwork_k**i) == 0
+
+    # ----------------------------------------------------------------- shared top-down pass
+    def _top_down(
+        self,
+        state: HierarchicalState,
+        d: list[Tensor],
+        rows: list[Rows],
+        sample_from: Callable[[int, Rows, Tensor], Gaussian],
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """From the highest active level down to level 1, sample s^n and recompute c^{n-1}.
+
+        `rows[i]` selects where level i runs; `sample_from(i, rows[i], context)` gives the
+        distribution (posterior or change prior) on those rows. Rows where a level does not
+        run keep their sample, distribution and cached top-down output exactly.
+        Returns new (s, mean, std, top_down) lists.
+        """
+        s, mean, std, top_down = list(state.s), list(state.mean), list(state.std), list(state.top_down)
+        batch = state.batch_size
+        for i in reversed(range(len(self.levels))):
+            sel = rows[i]
+            if sel.kind == "none":
+                continue
+            context = sel.take(self._context(i, top_down, batch))
+            dist = sample_from(i, sel, context)
+            sample = dist.rsample()
+            s[i] = sel.put(sample, s[i])
+            mean[i] = sel.put(dist.mean, mean[i])
+            std[i] = sel.put(dist.std, std[i])
+            top_down[i] = sel.put(self.levels[i].top_down(sample, context), top_down[i])
+        return s, mean, std, top_down
+
+    def _advance(
+        self,
+        i: int,
+        sel: Rows,
+        s: Tensor,
+        d: Tensor,
+        action: Tensor | None,
+    ) -> Tensor:
+        """d^n <- f_tem^n(s^n, d^n[, a]) on the rows `sel` (eq. 12)."""
+        if sel.kind == "none":
+            return d
+        act = sel.take(action) if action is not None else None
+        return sel.put(self.levels[i].transition(sel.take(s), sel.take(d), act), d)
+
+    def _finish(
+        self,
+        state: HierarchicalState,
+        s: list[Tensor],
+        d: list[Tensor],
+        changed: list[Tensor],
+        evaluated: list[Tensor],
+        gather_below: float,
+        action: Tensor | None,
+        mean: list[Tensor],
+        std: list[Tensor],
+        top_down: list[Tensor],
+    ) -> HierarchicalState:
+        """Advance the GRUs of the levels that changed and build the next state."""
+        pending = []
+        for i, level in enumerate(self.levels):
+            if level.takes_action:
+                # The transition into the next step needs that step's action: owe it.
+                pending.append((state.pending[:, i] & ~evaluated[i]) | changed[i])
+            else:
+                d[i] = self._advance(i, Rows(changed[i], gather_below), s[i], d[i], None)
+                pending.append(torch.zeros_like(changed[i]))
+        return HierarchicalState(
+            s=s, mean=mean, std=std, d=d, top_down=top_down,
+            pending=torch.stack(pending, 1), t=state.t + 1,
+        )
+
+    def _settle_pending(
+        self, i: int, state: HierarchicalState, d: list[Tensor], evaluated: Tensor,
+        action: Tensor | None, gather_below: float,
+    ) -> None:
+        """An action-taking level about to be used pays its owed transition with `action`."""
+        if self.levels[i].takes_action:
+            owed = Rows(evaluated & state.pending[:, i], gather_below)
+            d[i] = self._advance(i, owed, state.s[i], d[i], action)
+
+    # ----------------------------------------------------------------- filtering
+    def infer_step(
+        self, state: HierarchicalState, xs: list[Tensor], action: Tensor | None
+    ) -> tuple[HierarchicalState, dict[str, Tensor]]:
+        """Filter one observation given its bottom-up features (Algorithm 1).
+
+        Args:
+            state: the state after the previous step (t = 0 rows start a sequence).
+            xs: per level (B, X), the bottom-up features x^n_t of the frame.
+            action: (B, A) the action that led to this frame, or None.
+        Returns:
+            the new state and per-step tensors, each (B, N): "changed" (bool e^n_t),
+            "evaluated" (bool, e^n_t was inferred), "kl" (state KL, eq. 9), "factor_kl"
+            (eq. 8c), "change_prob" (p(e^n = 1 | d^n), NaN where not inferred).
+        """
+        cfg, n_levels, batch = self.cfg, len(self.levels), state.batch_size
+        first = state.t == 0
+        ones = torch.ones(batch, dtype=torch.bool, device=first.device)
+        d = list(state.d)
+        changed, evaluated = [ones], [ones]
+        change_prob = [torch.ones(batch, device=first.device)]
+        factor_kl = [torch.zeros(batch, device=first.device)]
+        q_change = [torch.ones(batch, device=first.device)]  # q(e^n = 1), soft weights (eq. 9)
+        self._settle_pending(0, state, d, ones, action, 0.0)
+        nan = torch.full((batch,), float("nan"), device=first.device)
+        for i in range(1, n_levels):
+            level = self.levels[i]
+            candidate = changed[i - 1]
+            if cfg.timescale != "dynamic":
+                e = candidate & (ones if cfg.timescale == "every_step" else self._clockwork(i, state.t))
+                self._settle_pending(i, state, d, e, action, 0.0)
+                changed.append(e)
+                evaluated.append(e)
+                change_prob.append(nan)
+                factor_kl.append(torch.zeros(batch, device=first.device))
+                q_change.append(e.float())
+                continue
+            self._settle_pending(i, state, d, candidate, action, 0.0)
+            logit = level.change_logit(d[i])
+            with torch.no_grad():
+                # eq. 25: the context above is taken at its previous state (cached c^n).
+                context = self._context(i, state.top_down, batch)
+                q = level.infer(xs[i], context)
+                static = Gaussian(state.mean[i], state.std[i])
+                q1 = change_posterior(
+                    q, level.predict(d[i], context), static, logit, cfg.assignment
+                )
+                q1 = torch.where(first, torch.ones_like(q1), q1)
+            inferred = candidate & ~first
+            e = candidate & (q1 > 0.5)  # eq. 5: nothing changes above a static level
+            if cfg.assignment == "hard":
+                fkl = bernoulli_nll(logit, e.float())  # KL[one-hot q(e) || p(e)] = −log p(e)
+            else:
+                fkl = kl_bernoulli(q1, logit)
+            changed.append(e)
+            evaluated.append(candidate)
+            q_change.append(q1)
+            change_prob.append(torch.where(inferred, torch.sigmoid(logit.detach()), nan))
+            factor_kl.append(torch.where(inferred, fkl, torch.zeros_like(fkl)))
+
+        # Level K (the first static one) is re-inferred in `dynamic` mode; schedules hold it.
+        kls: list[Tensor] = [torch.zeros(batch, device=first.device) for _ in range(n_levels)]
+        rows = [Rows(evaluated[i]) for i in range(n_levels)]
+
+        def posterior(i: int, sel: Rows, context: Tensor) -> Gaussian:
+            level = self.levels[i]  # filtering runs dense (masked): sel.take is the identity
+            q = level.infer(sel.take(xs[i]), context)
+            kl = kl_gaussian(q, level.predict(sel.take(d[i]), context))
+            if cfg.timescale == "dynamic" and i > 0:  # eq. 9
+                kl_static = kl_gaussian(q, Gaussian(state.mean[i], state.std[i]))
+                w = q_change[i]
+                kl = w * kl + (1.0 - w) * kl_static
+            kls[i] = torch.where(sel.mask, kl, torch.zeros_like(kl))
+            return q
+
+        s, mean, std, top_down = self._top_down(state, d, rows, posterior)
+        new_state = self._finish(state, s, d, changed, evaluated, 0.0, action, mean, std, top_down)
+        info = {
+            "changed": torch.stack(changed, 1),
+            "evaluated": torch.stack(evaluated, 1),
+            "kl": torch.stack(kls, 1),
+            "factor_kl": torch.stack(factor_kl, 1),
+            "change_prob": torch.stack(change_prob, 1),
+        }
+        return new_state, info
+
+    # ----------------------------------------------------------------- imagination
+    def imagine_step(
+        self,
+        state: HierarchicalState,
+        action: Tensor | None,
+        sample_e: bool = True,
+        gather_below: float = 0.5,
+    ) -> tuple[HierarchicalState, Tensor]:
+        """One open-loop step: sample e^n ~ p(e^n | d^n) bottom-up while e^{n-1} = 1, then
+        sample s^n from the change prior for the changing levels, top-down.
+
+        Levels above the highest changing level K' keep their state and cached top-down
+        output exactly and run no network (level K'+1 only evaluates its prior factor to
+        decide that it is static). Returns the new state and e (B, N) bool.
+        """
+        cfg, batch = self.cfg, state.batch_size
+        first = state.t == 0
+        ones = torch.ones(batch, dtype=torch.bool, device=first.device)
+        d = list(state.d)
+        changed, evaluated = [ones], [ones]
+        self._settle_pending(0, state, d, ones, action, gather_below)
+        for i in range(1, len(self.levels)):
+            candidate = changed[i - 1]
+            if cfg.timescale != "dynamic":
+                e = candidate
+                if cfg.timescale == "clockwork":
+                    e = candidate & self._clockwork(i, state.t)
+                self._settle_pending(i, state, d, e, action, gather_below)
+                changed.append(e)
+                evaluated.append(e)
+                continue
+            evaluated.append(candidate)
+            sel = Rows(candidate, gather_below)
+            if sel.kind == "none":
+                changed.append(candidate)
+                continue
+            self._settle_pending(i, state, d, candidate, action, gather_below)
+            prob = torch.sigmoid(self.levels[i].change_logit(sel.take(d[i])))
+            e = torch.bernoulli(prob).bool() if sample_e else prob > 0.5
+            e = e | sel.take(first)
+            changed.append(sel.put(e, torch.zeros_like(candidate)))
+
+        rows = [Rows(e, gather_below) for e in changed]
+
+        def change_prior(i: int, sel: Rows, context: Tensor) -> Gaussian:
+            return self.levels[i].predict(sel.take(d[i]), context)
+
+        s, mean, std, top_down = self._top_down(state, d, rows, change_prior)
+        new_state = self._finish(
+            state, s, d, changed, evaluated, gather_below, action, mean, std, top_down
+        )
+        return new_state, torch.stack(changed, 1)
+
+
+__all__ = ["Hierarchy", "Rows", "change_posterior"]

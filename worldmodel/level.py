@@ -1,0 +1,60 @@
+"""One latent level n of the hierarchy: it owns every network of that level (eq. 10-15)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .config import DLHConfig
+from .distributions import Gaussian, gaussian_from_params
+from .networks import MLP
+
+
+class Level(nn.Module):
+    """Networks of level n (1-based `index`).
+
+    - `encoder`   f_enc^n : x^n -> x^{n+1}              (eq. 10; absent on the top level)
+    - `decoder`   f_dec^n : (s^n, c^n) -> c^{n-1}        (eq. 11)
+    - `temporal`  f_tem^n : (s^n, d^n[, a]) -> d^{n+1}   (eq. 12, a GRU cell)
+    - `posterior` q(s^n | x^n, c^n)                      (eq. 13)
+    - `prior`     p(s^n | d^n, c^n), the change prior    (eq. 14)
+    - `factor`    logit of p(e^n = 1 | d^n)              (eq. 15; absent on level 1, where e = 1)
+    """
+
+    def __init__(self, cfg: DLHConfig, index: int) -> None:
+        super().__init__()
+        self.index = index
+        self.min_std = cfg.min_std
+        self.takes_action = cfg.action_dim > 0 and index in cfg.action_levels
+        self.encoder = MLP(cfg.x_dim, cfg.enc_hidden, cfg.x_dim) if index < cfg.levels else None
+        self.decoder = MLP(cfg.s_dim + cfg.c_dim, cfg.dec_hidden, cfg.c_dim)
+        gru_in = cfg.s_dim + (cfg.action_dim if self.takes_action else 0)
+        self.temporal = nn.GRUCell(gru_in, cfg.d_dim)
+        self.posterior = MLP(cfg.x_dim + cfg.c_dim, cfg.state_hidden, 2 * cfg.s_dim)
+        self.prior = MLP(cfg.d_dim + cfg.c_dim, cfg.state_hidden, 2 * cfg.s_dim)
+        self.factor = MLP(cfg.d_dim, cfg.factor_hidden, 1) if index > 1 else None
+
+    def infer(self, x: Tensor, context: Tensor) -> Gaussian:
+        """q(s^n | x^n, c^n): x (B, X), context (B, C) -> Gaussian over (B, S)."""
+        return gaussian_from_params(self.posterior(torch.cat([x, context], -1)), self.min_std)
+
+    def predict(self, d: Tensor, context: Tensor) -> Gaussian:
+        """Change prior p(s^n | d^n, c^n): d (B, D), context (B, C) -> Gaussian over (B, S)."""
+        return gaussian_from_params(self.prior(torch.cat([d, context], -1)), self.min_std)
+
+    def change_logit(self, d: Tensor) -> Tensor:
+        """Logit of p(e^n = 1 | d^n): d (B, D) -> (B,)."""
+        assert self.factor is not None, "level 1 has no prior factor: e^1 = 1 always"
+        return self.factor(d).squeeze(-1)
+
+    def top_down(self, s: Tensor, context: Tensor) -> Tensor:
+        """c^{n-1} = f_dec^n(s^n, c^n): (B, S), (B, C) -> (B, C)."""
+        return self.decoder(torch.cat([s, context], -1))
+
+    def transition(self, s: Tensor, d: Tensor, action: Tensor | None) -> Tensor:
+        """d' = f_tem^n(s^n, d^n[, a]): (B, S), (B, D), (B, A) -> (B, D)."""
+        inputs = torch.cat([s, action], -1) if self.takes_action else s
+        return self.temporal(inputs, d)
+
+
+__all__ = ["Level"]

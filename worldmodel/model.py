@@ -1,0 +1,300 @@
+"""`DLH`: the Dynamic Latent Hierarchy as a world model (the public API, DESIGN §3).
+
+    model = DLH(DLHConfig(levels=3, image_size=64, channels=1))
+    out = model.observe(frames)                 # filter a sequence (B, T, C, H, W)
+    traj = model.imagine(out.state, horizon=50) # open-loop rollout in latent space
+    video = model.decode(traj)                  # (B, 50, C, H, W) in [0, 1]
+    loss, metrics = model.loss(frames, beta=1.0)
+
+The conv encoder runs on every frame of a sequence at once before the time loop and the
+conv decoder on every step after it; only the latent recurrence is sequential.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from . import validation as check
+from .checkpoint import save_model
+from .config import DLHConfig
+from .hierarchy import Hierarchy
+from .losses import continue_nll, elbo_terms, reward_nll
+from .networks import MLP, ConvDecoder, ConvEncoder
+from .state import HierarchicalState, ObserveOutput, Trajectory
+
+Policy = Callable[[HierarchicalState], Tensor]
+
+
+class DLH(nn.Module):
+    """Dynamic Latent Hierarchy world model; see the module docstring for the API."""
+
+    def __init__(self, config: DLHConfig | None = None) -> None:
+        super().__init__()
+        if config is None:
+            config = DLHConfig()
+        if not isinstance(config, DLHConfig):
+            raise ValueError(f"DLH expects a DLHConfig, got {type(config).__name__}")
+        self.config = cfg = config
+        self.encoder = ConvEncoder(cfg.channels, cfg.image_size, cfg.conv_depth, cfg.x_dim)
+        self.decoder = ConvDecoder(cfg.channels, cfg.image_size, cfg.conv_depth, cfg.c_dim)
+        self.hierarchy = Hierarchy(cfg)
+        self.reward_head = MLP(cfg.feature_dim, cfg.head_hidden, 1) if cfg.reward_head else None
+        self.continue_head = MLP(cfg.feature_dim, cfg.head_hidden, 1) if cfg.continue_head else None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def device(self) -> torch.device:
+        return self.hierarchy.top_context.device
+
+    def initial_state(self, batch_size: int) -> HierarchicalState:
+        """The empty state: the next step is a sequence's first (every level updates)."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        return self.hierarchy.initial_state(batch_size, self.device)
+
+    def features(self, state: HierarchicalState) -> Tensor:
+        """(B, F): s^n and d^n of every level concatenated, F = N·(|s| + |d|)."""
+        parts = []
+        for s, d in zip(state.s, state.d):
+            parts += [s, d]
+        return torch.cat(parts, -1)
+
+    def _check_state(self, state: object, batch: int) -> HierarchicalState:
+        if not isinstance(state, HierarchicalState):
+            raise ValueError(f"state: expected a HierarchicalState, got {type(state).__name__}")
+        if state.levels != self.config.levels or state.batch_size != batch:
+            raise ValueError(
+                f"state: expected {self.config.levels} levels and batch {batch}, "
+                f"got {state.levels} levels and batch {state.batch_size}"
+            )
+        return state
+
+    # ------------------------------------------------------------------ filtering
+    def _filter(
+        self,
+        frames: Tensor,
+        actions: Tensor | None,
+        is_first: Tensor | None,
+        state: HierarchicalState | None,
+    ) -> tuple[ObserveOutput, list[HierarchicalState]]:
+        batch, steps = frames.shape[:2]
+        state = self.initial_state(batch) if state is None else self._check_state(state, batch)
+        x1 = self.encoder(frames.flatten(0, 1)).unflatten(0, (batch, steps))  # (B, T, X)
+        xs = self.hierarchy.bottom_up(x1)  # per level (B, T, X)
+        initial = self.initial_state(batch)
+        infos, states = [], []
+        for t in range(steps):
+            if is_first is not None and bool(is_first[:, t].any()):
+                state = initial.where(is_first[:, t], state)
+            action = actions[:, t] if actions is not None else None
+            state, info = self.hierarchy.infer_step(state, [x[:, t] for x in xs], action)
+            states.append(state)
+            infos.append(info)
+        stacked = {k: torch.stack([info[k] for info in infos], 1) for k in infos[0]}
+        context = torch.stack([s.top_down[0] for s in states], 1)  # (B, T, C)
+        recon_mean = self.decoder(context.flatten(0, 1)).unflatten(0, (batch, steps))
+        features = torch.stack([self.features(s) for s in states], 1)
+        out = ObserveOutput(
+            state=state,
+            changed=stacked["changed"],
+            kl=stacked["kl"],
+            factor_kl=stacked["factor_kl"],
+            recon=recon_mean.detach().clamp(0.0, 1.0),
+            features=features,
+            change_prob=stacked["change_prob"],
+            evaluated=stacked["evaluated"],
+            recon_mean=recon_mean,
+        )
+        return out, states
+
+    def observe(
+        self,
+        frames: Tensor,
+        actions: Tensor | None = None,
+        is_first: Tensor | None = None,
+        state: HierarchicalState | None = None,
+    ) -> ObserveOutput:
+        """Filter a sequence of frames into the hierarchical state.
+
+        Args:
+            frames: (B, T, C, H, W) float in [0, 1].
+            actions: (B, T, A), actions[:, t] the action that led to frame t; None when the
+                model takes no actions.
+            is_first: (B, T) bool, episode starts: the state of those rows resets there.
+            state: the state to continue from (default: the initial state).
+        """
+        frames = check.check_frames(frames, self.config, sequence=True)
+        lead = tuple(frames.shape[:2])
+        actions = check.check_actions(actions, self.config, lead)
+        is_first = check.check_mask(is_first, lead, "is_first")
+        return self._filter(frames, actions, is_first, state)[0]
+
+    def observe_step(
+        self,
+        state: HierarchicalState,
+        frame: Tensor,
+        action: Tensor | None = None,
+        is_first: Tensor | None = None,
+    ) -> HierarchicalState:
+        """Filter one frame (B, C, H, W) — an agent's per-step update; action (B, A)."""
+        frame = check.check_frames(frame, self.config, sequence=False, name="frame")
+        batch = frame.shape[0]
+        state = self._check_state(state, batch)
+        action = check.check_actions(action, self.config, (batch,), "action")
+        is_first = check.check_mask(is_first, (batch,), "is_first")
+        if is_first is not None and bool(is_first.any()):
+            state = self.initial_state(batch).where(is_first, state)
+        xs = self.hierarchy.bottom_up(self.encoder(frame))
+        return self.hierarchy.infer_step(state, xs, action)[0]
+
+    # ------------------------------------------------------------------ imagination
+    def imagine(
+        self,
+        state: HierarchicalState,
+        horizon: int,
+        actions: Tensor | Policy | None = None,
+        *,
+        sample_e: bool = True,
+        gather_below: float = 0.5,
+    ) -> Trajectory:
+        """Roll the model `horizon` steps open loop from `state`.
+
+        Args:
+            state: a filtered state (B rows).
+            horizon: number of steps (> 0).
+            actions: (B, horizon, A) actions, actions[:, k] leading to the k-th imagined
+                frame; or a callable policy(state) -> (B, A) called before each step; None
+                for a model without actions.
+            sample_e: sample e^n ~ p(e^n | d^n) (default) or take its mode.
+            gather_below: in a batch whose rows differ in which levels change, a level runs
+                on gathered rows when fewer than this fraction are active, else masked.
+        """
+        horizon = check.check_horizon(horizon)
+        batch = state.batch_size if isinstance(state, HierarchicalState) else -1
+        state = self._check_state(state, batch)
+        policy = actions if callable(actions) else None
+        if policy is None:
+            actions = check.check_actions(actions, self.config, (batch, horizon))
+        elif self.config.action_dim == 0:
+            raise ValueError("actions: this model takes no actions (action_dim=0), got a policy")
+        states, changed, used = [], [], []
+        for k in range(horizon):
+            if policy is not None:
+                action = check.check_actions(policy(state), self.config, (batch,), "policy(state)")
+            else:
+                action = actions[:, k] if actions is not None else None
+            state, e = self.hierarchy.imagine_step(state, action, sample_e, gather_below)
+            states.append(state)
+            changed.append(e)
+            if action is not None:
+                used.append(action)
+        return Trajectory(
+            states=states,
+            changed=torch.stack(changed, 1),
+            features=torch.stack([self.features(s) for s in states], 1),
+            decoder_input=torch.stack([s.top_down[0] for s in states], 1),
+            actions=torch.stack(used, 1) if used else None,
+        )
+
+    def decode(self, source: Trajectory | HierarchicalState) -> Tensor:
+        """Frames in [0, 1]: (B, horizon, C, H, W) for a Trajectory, (B, C, H, W) for a state."""
+        if isinstance(source, Trajectory):
+            context = source.decoder_input
+            return self.decoder(context.flatten(0, 1)).unflatten(0, context.shape[:2]).clamp(0, 1)
+        if isinstance(source, HierarchicalState):
+            return self.decoder(source.top_down[0]).clamp(0, 1)
+        raise ValueError(f"decode: expected a Trajectory or HierarchicalState, got {type(source).__name__}")
+
+    # ------------------------------------------------------------------ heads
+    def predict_reward(self, features: Tensor) -> Tensor:
+        """Mean reward (...,) from features (..., F); needs `reward_head=True`."""
+        if self.reward_head is None:
+            raise ValueError("this model has no reward head: build it with DLHConfig(reward_head=True)")
+        return self.reward_head(features).squeeze(-1)
+
+    def predict_continue(self, features: Tensor) -> Tensor:
+        """Probability (...,) that the episode continues; needs `continue_head=True`."""
+        if self.continue_head is None:
+            raise ValueError("this model has no continue head: build it with DLHConfig(continue_head=True)")
+        return torch.sigmoid(self.continue_head(features).squeeze(-1))
+
+    # ------------------------------------------------------------------ training
+    def loss(
+        self,
+        frames: Tensor,
+        actions: Tensor | None = None,
+        beta: float = 1.0,
+        *,
+        rewards: Tensor | None = None,
+        continues: Tensor | None = None,
+        is_first: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        """The negative ELBO (eq. 8) per frame, with β on the KL terms, plus head losses.
+
+        Returns the scalar loss and metrics (floats): "loss", "elbo", "recon", "kl",
+        "factor_kl", per level "kl/level{n}", "factor_kl/level{n}", "change_rate/level{n}",
+        "levels_used" (L̄), "beta", and "reward_nll"/"continue_nll" when trained.
+        """
+        loss, metrics, _ = self.loss_and_output(
+            frames, actions, beta, rewards=rewards, continues=continues, is_first=is_first
+        )
+        return loss, metrics
+
+    def loss_and_output(
+        self,
+        frames: Tensor,
+        actions: Tensor | None = None,
+        beta: float = 1.0,
+        *,
+        rewards: Tensor | None = None,
+        continues: Tensor | None = None,
+        is_first: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, float], ObserveOutput]:
+        """`loss`, also returning the ObserveOutput (for logging reconstructions)."""
+        if not isinstance(beta, (int, float)) or not beta >= 0:
+            raise ValueError(f"beta: expected a number >= 0, got {beta!r}")
+        out = self.observe(frames, actions, is_first)
+        lead = tuple(frames.shape[:2])
+        terms = elbo_terms(frames, out.recon_mean, self.config.obs_std, out.kl, out.factor_kl)
+        loss = terms["recon"] + beta * (terms["kl"] + terms["factor_kl"])
+        extra: dict[str, Tensor] = {}
+        rewards = check.check_targets(rewards, lead, "rewards")
+        continues = check.check_targets(continues, lead, "continues")
+        if rewards is not None:
+            extra["reward_nll"] = reward_nll(self.predict_reward(out.features), rewards)
+        if continues is not None:
+            if self.continue_head is None:
+                raise ValueError("continues given but the model has no continue head")
+            extra["continue_nll"] = continue_nll(self.continue_head(out.features).squeeze(-1), continues)
+        for value in extra.values():
+            loss = loss + value
+        total = loss.mean()
+        with torch.no_grad():
+            metrics = {
+                "loss": float(total),
+                "elbo": -float((terms["recon"] + terms["kl"] + terms["factor_kl"]).mean()),
+                "recon": float(terms["recon"].mean()),
+                "kl": float(terms["kl"].mean()),
+                "factor_kl": float(terms["factor_kl"].mean()),
+                "levels_used": float(out.changed.float().sum(-1).mean()),
+                "beta": float(beta),
+            }
+            for n in range(self.config.levels):
+                metrics[f"kl/level{n + 1}"] = float(out.kl[..., n].mean())
+                metrics[f"change_rate/level{n + 1}"] = float(out.changed[..., n].float().mean())
+                if n > 0:
+                    metrics[f"factor_kl/level{n + 1}"] = float(out.factor_kl[..., n].mean())
+            metrics.update({k: float(v.mean()) for k, v in extra.items()})
+        return total, metrics, out
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> None:
+        """Weights (safetensors) and config (JSON metadata) in one file, written atomically."""
+        save_model(self, path)
+
+
+__all__ = ["DLH"]

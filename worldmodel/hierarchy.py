@@ -172,23 +172,21 @@ class Hierarchy(nn.Module):
         state: HierarchicalState,
         s: list[Tensor],
         d: list[Tensor],
-        changed: list[Tensor],
+        rows: list[Rows],
         evaluated: list[Tensor],
-        gather_below: float,
-        action: Tensor | None,
         mean: list[Tensor],
         std: list[Tensor],
         top_down: list[Tensor],
     ) -> HierarchicalState:
-        """Advance the GRUs of the levels that changed and build the next state."""
+        """Advance the GRUs of the levels that changed (`rows`) and build the next state."""
         pending = []
         for i, level in enumerate(self.levels):
             if level.takes_action:
                 # The transition into the next step needs that step's action: owe it.
-                pending.append((state.pending[:, i] & ~evaluated[i]) | changed[i])
+                pending.append((state.pending[:, i] & ~evaluated[i]) | rows[i].mask)
             else:
-                d[i] = self._advance(i, Rows(changed[i], gather_below), s[i], d[i], None)
-                pending.append(torch.zeros_like(changed[i]))
+                d[i] = self._advance(i, rows[i], s[i], d[i], None)
+                pending.append(torch.zeros_like(rows[i].mask))
         return HierarchicalState(
             s=s, mean=mean, std=std, d=d, top_down=top_down,
             pending=torch.stack(pending, 1), t=state.t + 1,
@@ -279,7 +277,8 @@ class Hierarchy(nn.Module):
             return q
 
         s, mean, std, top_down = self._top_down(state, d, rows, posterior)
-        new_state = self._finish(state, s, d, changed, evaluated, 0.0, action, mean, std, top_down)
+        changed_rows = [Rows(e) for e in changed]
+        new_state = self._finish(state, s, d, changed_rows, evaluated, mean, std, top_down)
         info = {
             "changed": torch.stack(changed, 1),
             "evaluated": torch.stack(evaluated, 1),
@@ -304,43 +303,40 @@ class Hierarchy(nn.Module):
         output exactly and run no network (level K'+1 only evaluates its prior factor to
         decide that it is static). Returns the new state and e (B, N) bool.
         """
-        cfg, batch = self.cfg, state.batch_size
+        cfg = self.cfg
         first = state.t == 0
-        ones = torch.ones(batch, dtype=torch.bool, device=first.device)
+        any_first = bool(first.any())
         d = list(state.d)
-        changed, evaluated = [ones], [ones]
-        self._settle_pending(0, state, d, ones, action, gather_below)
+        rows = [Rows(torch.ones_like(first))]  # level 1 always changes
+        evaluated = [rows[0].mask]
+        self._settle_pending(0, state, d, rows[0].mask, action, gather_below)
         for i in range(1, len(self.levels)):
-            candidate = changed[i - 1]
+            below = rows[i - 1]
+            evaluated.append(below.mask)
+            if below.kind == "none":  # nested timescales (eq. 5): nothing to decide
+                rows.append(below)
+                continue
+            if cfg.timescale == "every_step":
+                rows.append(below)
+            elif cfg.timescale == "clockwork":
+                rows.append(Rows(below.mask & self._clockwork(i, state.t), gather_below))
+            else:
+                self._settle_pending(i, state, d, below.mask, action, gather_below)
+                prob = torch.sigmoid(self.levels[i].change_logit(below.take(d[i])))
+                e = torch.bernoulli(prob).bool() if sample_e else prob > 0.5
+                if any_first:
+                    e = e | below.take(first)
+                rows.append(Rows(below.put(e, torch.zeros_like(below.mask)), gather_below))
             if cfg.timescale != "dynamic":
-                e = candidate
-                if cfg.timescale == "clockwork":
-                    e = candidate & self._clockwork(i, state.t)
-                self._settle_pending(i, state, d, e, action, gather_below)
-                changed.append(e)
-                evaluated.append(e)
-                continue
-            evaluated.append(candidate)
-            sel = Rows(candidate, gather_below)
-            if sel.kind == "none":
-                changed.append(candidate)
-                continue
-            self._settle_pending(i, state, d, candidate, action, gather_below)
-            prob = torch.sigmoid(self.levels[i].change_logit(sel.take(d[i])))
-            e = torch.bernoulli(prob).bool() if sample_e else prob > 0.5
-            e = e | sel.take(first)
-            changed.append(sel.put(e, torch.zeros_like(candidate)))
-
-        rows = [Rows(e, gather_below) for e in changed]
+                self._settle_pending(i, state, d, rows[i].mask, action, gather_below)
+                evaluated[i] = rows[i].mask
 
         def change_prior(i: int, sel: Rows, context: Tensor) -> Gaussian:
             return self.levels[i].predict(sel.take(d[i]), context)
 
         s, mean, std, top_down = self._top_down(state, d, rows, change_prior)
-        new_state = self._finish(
-            state, s, d, changed, evaluated, gather_below, action, mean, std, top_down
-        )
-        return new_state, torch.stack(changed, 1)
+        new_state = self._finish(state, s, d, rows, evaluated, mean, std, top_down)
+        return new_state, torch.stack([r.mask for r in rows], 1)
 
 
 __all__ = ["Hierarchy", "Rows", "change_posterior"]

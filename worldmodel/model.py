@@ -63,6 +63,13 @@ class DLH(nn.Module):
             parts += [s, d]
         return torch.cat(parts, -1)
 
+    def _features_over_time(self, states: list[HierarchicalState]) -> Tensor:
+        """`features` of each state, stacked: (B, T, F), one stack per level and field."""
+        parts = []
+        for n in range(self.config.levels):
+            parts += [torch.stack([st.s[n] for st in states], 1), torch.stack([st.d[n] for st in states], 1)]
+        return torch.cat(parts, -1)
+
     def _check_state(self, state: object, batch: int) -> HierarchicalState:
         if not isinstance(state, HierarchicalState):
             raise ValueError(f"state: expected a HierarchicalState, got {type(state).__name__}")
@@ -97,7 +104,7 @@ class DLH(nn.Module):
         stacked = {k: torch.stack([info[k] for info in infos], 1) for k in infos[0]}
         context = torch.stack([s.top_down[0] for s in states], 1)  # (B, T, C)
         recon_mean = self.decoder(context.flatten(0, 1)).unflatten(0, (batch, steps))
-        features = torch.stack([self.features(s) for s in states], 1)
+        features = self._features_over_time(states)
         out = ObserveOutput(
             state=state,
             changed=stacked["changed"],
@@ -195,7 +202,7 @@ class DLH(nn.Module):
         return Trajectory(
             states=states,
             changed=torch.stack(changed, 1),
-            features=torch.stack([self.features(s) for s in states], 1),
+            features=self._features_over_time(states),
             decoder_input=torch.stack([s.top_down[0] for s in states], 1),
             actions=torch.stack(used, 1) if used else None,
         )

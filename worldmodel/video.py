@@ -81,22 +81,16 @@ def to_uint8(video: ArrayLike) -> np.ndarray:
     """
     if isinstance(video, torch.Tensor):
         if not video.is_floating_point():
-            raise ValueError(
-                f"to_uint8: expected a float tensor in [0, 1], got dtype {video.dtype}"
-            )
+            raise ValueError(f"to_uint8: expected a float tensor in [0, 1], got dtype {video.dtype}")
         array = video.detach().to("cpu", torch.float32).numpy()
     elif isinstance(video, np.ndarray):
         if not np.issubdtype(video.dtype, np.floating):
             raise ValueError(f"to_uint8: expected a float array in [0, 1], got dtype {video.dtype}")
         array = video
     else:
-        raise TypeError(
-            f"to_uint8: expected a torch.Tensor or numpy.ndarray, got {type(video).__name__}"
-        )
+        raise TypeError(f"to_uint8: expected a torch.Tensor or numpy.ndarray, got {type(video).__name__}")
     if array.ndim < 3 or array.shape[-3] not in (1, 3):
-        raise ValueError(
-            f"to_uint8: expected (..., C, H, W) with C in {{1, 3}}, got shape {array.shape}"
-        )
+        raise ValueError(f"to_uint8: expected (..., C, H, W) with C in {{1, 3}}, got shape {array.shape}")
     if np.isnan(array).any():
         raise ValueError("to_uint8: video contains NaN")
     out = np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -217,9 +211,7 @@ def comparison_grid(
     tiles = np.empty((batch, 2, steps, height + 2 * m, width + 2 * m, 3), dtype=np.uint8)
     is_context = (np.arange(steps) < context)[:, None, None, None]  # (T, 1, 1, 1)
     for k, colour in enumerate((TRUTH_COLOUR, PREDICTION_COLOUR)):
-        tiles[:, k] = np.where(
-            is_context, np.asarray(CONTEXT_COLOUR, np.uint8), np.asarray(colour, np.uint8)
-        )
+        tiles[:, k] = np.where(is_context, np.asarray(CONTEXT_COLOUR, np.uint8), np.asarray(colour, np.uint8))
     tiles[:, 0, :, m : m + height, m : m + width] = truth_u8
     tiles[:, 1, :, m : m + height, m : m + width] = pred_u8
 
@@ -255,9 +247,7 @@ def image_grid(images: ArrayLike, ncol: int | None = None, border: int = 1) -> n
     if u8.ndim == 5:
         rows, cols = u8.shape[:2]
         if ncol is not None and ncol != cols:
-            raise ValueError(
-                f"image_grid: ncol={ncol} conflicts with the (R, Cc={cols}, C, H, W) layout"
-            )
+            raise ValueError(f"image_grid: ncol={ncol} conflicts with the (R, Cc={cols}, C, H, W) layout")
         return _assemble(u8, np.ones((rows, cols), dtype=bool), border)
     if u8.ndim != 4:
         raise ValueError(
@@ -290,9 +280,7 @@ def _check_frames(frames: object, what: str) -> np.ndarray:
             "in [0, 1] with to_uint8 first"
         )
     if frames.ndim != 4 or frames.shape[-1] != 3 or min(frames.shape[:3]) < 1:
-        raise ValueError(
-            f"{what}: frames must be (T, H, W, 3) with T, H, W >= 1, got shape {frames.shape}"
-        )
+        raise ValueError(f"{what}: frames must be (T, H, W, 3) with T, H, W >= 1, got shape {frames.shape}")
     return frames
 
 
@@ -321,9 +309,7 @@ def _atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) ->
     return final
 
 
-def write_gif(
-    path: str | os.PathLike[str], frames: np.ndarray, fps: float = 10, upscale: int = 1
-) -> Path:
+def write_gif(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 10, upscale: int = 1) -> Path:
     """Write an animated, endlessly looping GIF (via Pillow), atomically.
 
     Each frame is quantised to its own 256-colour palette. GIF stores delays
@@ -361,9 +347,7 @@ def write_gif(
     return _atomic_write(path, write)
 
 
-def write_mp4(
-    path: str | os.PathLike[str], frames: np.ndarray, fps: float = 10, upscale: int = 1
-) -> Path:
+def write_mp4(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 10, upscale: int = 1) -> Path:
     """Write an MPEG-4 Part 2 (OpenCV ``mp4v``) video, atomically.
 
     H.264 is not available in opencv-python-headless, so ``mp4v`` is used; the
@@ -468,8 +452,7 @@ def plot_curves(
         array = np.asarray(values, dtype=np.float64)
         if array.ndim != 1 or array.size == 0:
             raise ValueError(
-                f"plot_curves: curve {label!r} must be a non-empty 1-D (T,) array, "
-                f"got shape {array.shape}"
+                f"plot_curves: curve {label!r} must be a non-empty 1-D (T,) array, got shape {array.shape}"
             )
         arrays[label] = array
 

@@ -1,0 +1,402 @@
+"""Record Gymnasium episodes as compressed ``.npz`` files (DESIGN §4, Dreamer layout).
+
+One file per episode of ``T`` steps, holding ``T + 1`` entries per key:
+
+=============== ================== ==================================================
+key             dtype, shape       meaning at index t
+=============== ================== ==================================================
+``image``       uint8 (T+1,H,W,C)  observation after step t (t=0: after reset)
+``action``      float32 (T+1, A)   action that led to step t; zeros at t=0; a
+                                   discrete action is stored one-hot
+``reward``      float32 (T+1,)     reward of the step into t; 0 at t=0
+``is_first``    bool (T+1,)        True at t=0 only
+``is_last``     bool (T+1,)        True at t=T only (terminated or truncated)
+``is_terminal`` bool (T+1,)        True at t=T only if Gymnasium said ``terminated``
+``log_*``       any, (T+1, ...)    extra per-step values (info keys); never trained on
+=============== ================== ==================================================
+
+Files are named ``{prefix}_{index:06d}_{T}.npz``; the index is one past the highest
+already in the directory, so nothing is overwritten. Each file is written to a
+hidden temporary name in the same directory and moved into place with
+``os.replace``, so readers never see half a file.
+
+Example:
+    >>> import tempfile
+    >>> import envs
+    >>> from envs.pixels import make_pixel_env
+    >>> env = make_pixel_env(envs.POINT_TARGET_ID, size=32, max_episode_steps=10)
+    >>> paths = record_episodes(env, "random", episodes=2, out_dir=tempfile.mkdtemp(),
+    ...                         progress=False)
+    >>> [p.name for p in paths]
+    ['episode_000000_10.npz', 'episode_000001_10.npz']
+    >>> load_episode(paths[0])["image"].shape
+    (11, 32, 32, 3)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+import warnings
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from tqdm.auto import tqdm
+
+from envs.policies import Policy, make_policy
+
+__all__ = [
+    "EPISODE_KEYS",
+    "EpisodeRecorder",
+    "encode_action",
+    "load_episode",
+    "record_episodes",
+    "save_episode",
+    "validate_episode",
+]
+
+EPISODE_KEYS = ("image", "action", "reward", "is_first", "is_last", "is_terminal")
+
+
+# ---------------------------------------------------------------------- actions
+def action_size(space: gym.Space) -> int:
+    """Length ``A`` of the stored action vector for ``space`` (one-hot for discrete)."""
+    if isinstance(space, spaces.Box):
+        return int(np.prod(space.shape))
+    if isinstance(space, spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, spaces.MultiDiscrete) and space.nvec.ndim == 1:
+        return int(space.nvec.sum())
+    if isinstance(space, spaces.MultiBinary) and np.ndim(space.n) == 0:
+        return int(space.n)
+    raise ValueError(
+        f"cannot record actions of space {space}: expected Box, Discrete, 1-D MultiDiscrete "
+        f"or 1-D MultiBinary"
+    )
+
+
+def encode_action(space: gym.Space, action: Any) -> np.ndarray:
+    """Action -> float32 ``(A,)``: a Box action flattened, a discrete one one-hot."""
+    if isinstance(space, spaces.Box):
+        vec = np.asarray(action, dtype=np.float32).reshape(-1)
+        if vec.shape != (action_size(space),):
+            raise ValueError(f"expected an action of shape {space.shape}, got {np.shape(action)}")
+        return vec
+    if isinstance(space, spaces.Discrete):
+        index = int(np.asarray(action).reshape(())) - int(space.start)
+        if not 0 <= index < space.n:
+            raise ValueError(f"action {action!r} is outside {space}")
+        vec = np.zeros(int(space.n), dtype=np.float32)
+        vec[index] = 1.0
+        return vec
+    if isinstance(space, spaces.MultiDiscrete):
+        values = np.asarray(action).reshape(-1) - space.start
+        parts = []
+        for value, n in zip(values, space.nvec):
+            if not 0 <= value < n:
+                raise ValueError(f"action {action!r} is outside {space}")
+            part = np.zeros(int(n), dtype=np.float32)
+            part[int(value)] = 1.0
+            parts.append(part)
+        return np.concatenate(parts)
+    if isinstance(space, spaces.MultiBinary):
+        return np.asarray(action, dtype=np.float32).reshape(-1)
+    action_size(space)  # raises for unsupported spaces
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------- files
+def validate_episode(episode: Mapping[str, np.ndarray]) -> int:
+    """Check an episode against the layout above; return its number of steps ``T``.
+
+    Raises:
+        ValueError: naming the key and what was expected and found.
+    """
+    missing = [k for k in EPISODE_KEYS if k not in episode]
+    if missing:
+        raise ValueError(f"episode is missing keys {missing}; expected {list(EPISODE_KEYS)}")
+    extra = [k for k in episode if k not in EPISODE_KEYS and not k.startswith("log_")]
+    if extra:
+        raise ValueError(f"episode has unknown keys {extra}; extra keys must start with 'log_'")
+    image = episode["image"]
+    if image.dtype != np.uint8 or image.ndim != 4:
+        raise ValueError(f"'image' must be uint8 (T+1, H, W, C), got {image.dtype} {image.shape}")
+    n = image.shape[0]
+    if n < 1:
+        raise ValueError("episode has no frames")
+    action = episode["action"]
+    if action.dtype != np.float32 or action.ndim != 2 or action.shape[0] != n:
+        raise ValueError(f"'action' must be float32 ({n}, A), got {action.dtype} {action.shape}")
+    if episode["reward"].dtype != np.float32 or episode["reward"].shape != (n,):
+        raise ValueError(
+            f"'reward' must be float32 ({n},), got {episode['reward'].dtype} {episode['reward'].shape}"
+        )
+    for key in ("is_first", "is_last", "is_terminal"):
+        if episode[key].dtype != np.bool_ or episode[key].shape != (n,):
+            raise ValueError(f"'{key}' must be bool ({n},), got {episode[key].dtype} {episode[key].shape}")
+    for key in episode:
+        if key.startswith("log_") and (np.ndim(episode[key]) < 1 or len(episode[key]) != n):
+            raise ValueError(f"'{key}' must have {n} entries, got shape {np.shape(episode[key])}")
+    if not episode["is_first"][0]:
+        raise ValueError("'is_first' must be True at t=0")
+    if not episode["is_last"][-1]:
+        raise ValueError("'is_last' must be True at the last step")
+    return n - 1
+
+
+def load_episode(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Load and validate one episode file (``allow_pickle=False``)."""
+    with np.load(path, allow_pickle=False) as data:
+        episode = {key: data[key] for key in data.files}
+    try:
+        validate_episode(episode)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return episode
+
+
+def _next_free_index(out_dir: Path, prefix: str) -> int:
+    """One past the highest ``{prefix}_{index}_{T}.npz`` index in ``out_dir`` (0 if none)."""
+    pattern = re.compile(rf"{re.escape(prefix)}_(\d+)_\d+\.npz")
+    highest = -1
+    with os.scandir(out_dir) as entries:
+        for entry in entries:
+            match = pattern.fullmatch(entry.name)
+            if match:
+                highest = max(highest, int(match.group(1)))
+    return highest + 1
+
+
+def save_episode(
+    episode: Mapping[str, np.ndarray], out_dir: str | os.PathLike[str], prefix: str = "episode"
+) -> Path:
+    """Write ``episode`` atomically as ``out_dir/{prefix}_{index:06d}_{T}.npz``; return the path.
+
+    The index is the next free one; an existing file is never replaced.
+    """
+    length = validate_episode(episode)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{prefix}-{os.getpid()}-{uuid.uuid4().hex}.npz.tmp"
+    try:
+        with open(tmp, "xb") as f:
+            np.savez_compressed(f, **episode)
+            f.flush()
+            os.fsync(f.fileno())
+        index = _next_free_index(out, prefix)
+        final = out / f"{prefix}_{index:06d}_{length}.npz"
+        while final.exists():  # a file with another length but this index is fine; this is not
+            index += 1
+            final = out / f"{prefix}_{index:06d}_{length}.npz"
+        os.replace(tmp, final)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return final
+
+
+# ---------------------------------------------------------------------- the wrapper
+class EpisodeRecorder(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Record every finished episode of an image-observation env to ``out_dir``.
+
+    Stepping the wrapper collects observations, actions, rewards and flags; when an
+    episode ends (``terminated or truncated``) it is written with
+    :func:`save_episode` and its path is put in ``info["episode_path"]`` and
+    appended to :attr:`episode_paths`. An episode cut short by ``reset()`` or
+    ``close()`` is dropped with a warning.
+
+    Args:
+        env: environment whose observations are uint8 images ``(H, W, C)`` or
+            ``(H, W)`` (wrap others with :class:`envs.pixels.PixelObservation`), with a
+            Box, Discrete, 1-D MultiDiscrete or 1-D MultiBinary action space.
+        out_dir: directory for the ``.npz`` files (created if missing).
+        info_keys: info entries to store per step as ``log_{key}`` (numeric or bool;
+            present in the infos of ``reset`` and of every ``step``).
+        prefix: file-name prefix.
+
+    Example:
+        >>> import tempfile, gymnasium as gym, envs
+        >>> env = EpisodeRecorder(gym.make(envs.POINT_TARGET_ID, max_episode_steps=3),
+        ...                       tempfile.mkdtemp(), info_keys=["switched"])
+        >>> _ = env.reset(seed=0)
+        >>> for _ in range(3):
+        ...     *_, info = env.step(env.action_space.sample())
+        >>> sorted(load_episode(info["episode_path"]))[:2]
+        ['action', 'image']
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        out_dir: str | os.PathLike[str],
+        info_keys: Sequence[str] = (),
+        prefix: str = "episode",
+    ) -> None:
+        space = env.observation_space
+        if not (
+            isinstance(space, spaces.Box)
+            and space.dtype == np.uint8
+            and (len(space.shape) == 3 or len(space.shape) == 2)
+        ):
+            raise ValueError(
+                f"EpisodeRecorder needs uint8 image observations (H, W, C) or (H, W), got {space}; "
+                f"wrap the env with envs.pixels.PixelObservation"
+            )
+        action_size(env.action_space)  # raises ValueError for unsupported action spaces
+        if isinstance(info_keys, str):
+            raise ValueError(f"info_keys must be a sequence of names, got the string {info_keys!r}")
+        if not prefix or not re.fullmatch(r"[A-Za-z0-9_.-]+", prefix):
+            raise ValueError(f"prefix must be a non-empty file-name part, got {prefix!r}")
+        gym.utils.RecordConstructorArgs.__init__(
+            self, out_dir=str(out_dir), info_keys=tuple(info_keys), prefix=prefix
+        )
+        gym.Wrapper.__init__(self, env)
+        self.out_dir = Path(out_dir)
+        self.info_keys = tuple(info_keys)
+        self.prefix = prefix
+        self.episode_paths: list[Path] = []
+        self._buffer: dict[str, list[Any]] | None = None
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        self._drop_unfinished("reset()")
+        obs, info = self.env.reset(seed=seed, options=options)
+        a = action_size(self.env.action_space)
+        self._buffer = {
+            "image": [self._image(obs)],
+            "action": [np.zeros(a, dtype=np.float32)],
+            "reward": [0.0],
+            "terminated": [False],
+            **{f"log_{key}": [self._info_value(info, key, 0)] for key in self.info_keys},
+        }
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        if self._buffer is None:
+            raise gym.error.ResetNeeded("EpisodeRecorder: call reset() before step()")
+        encoded = encode_action(self.env.action_space, action)
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        buf = self._buffer
+        t = len(buf["image"])
+        buf["image"].append(self._image(obs))
+        buf["action"].append(encoded)
+        buf["reward"].append(float(reward))
+        buf["terminated"].append(bool(terminated))
+        for key in self.info_keys:
+            buf[f"log_{key}"].append(self._info_value(info, key, t))
+        if terminated or truncated:
+            path = save_episode(self._episode(), self.out_dir, self.prefix)
+            self.episode_paths.append(path)
+            self._buffer = None
+            info = {**info, "episode_path": str(path)}
+        return obs, reward, terminated, truncated, info
+
+    def close(self) -> None:
+        self._drop_unfinished("close()")
+        super().close()
+
+    # ------------------------------------------------------------------ internals
+    def _episode(self) -> dict[str, np.ndarray]:
+        buf = self._buffer
+        assert buf is not None
+        n = len(buf["image"])
+        is_first = np.zeros(n, dtype=bool)
+        is_first[0] = True
+        is_last = np.zeros(n, dtype=bool)
+        is_last[-1] = True
+        episode = {
+            "image": np.stack(buf["image"]),  # (T+1, H, W, C)
+            "action": np.stack(buf["action"]).astype(np.float32),  # (T+1, A)
+            "reward": np.asarray(buf["reward"], dtype=np.float32),  # (T+1,)
+            "is_first": is_first,
+            "is_last": is_last,
+            "is_terminal": np.asarray(buf["terminated"], dtype=bool) & is_last,
+        }
+        for key in self.info_keys:
+            episode[f"log_{key}"] = np.stack(buf[f"log_{key}"])
+        return episode
+
+    def _drop_unfinished(self, where: str) -> None:
+        if self._buffer is not None and len(self._buffer["image"]) > 1:
+            warnings.warn(
+                f"EpisodeRecorder: {where} before the episode ended; dropping its "
+                f"{len(self._buffer['image']) - 1} recorded steps",
+                stacklevel=3,
+            )
+        self._buffer = None
+
+    @staticmethod
+    def _image(obs: Any) -> np.ndarray:
+        image = np.asarray(obs, dtype=np.uint8)
+        return image[..., None] if image.ndim == 2 else image.copy()
+
+    @staticmethod
+    def _info_value(info: Mapping[str, Any], key: str, t: int) -> np.ndarray:
+        if key not in info:
+            raise ValueError(
+                f"EpisodeRecorder: info key {key!r} missing at step {t}; info has {sorted(info)}"
+            )
+        value = np.asarray(info[key])
+        if value.dtype.kind not in "biuf":
+            raise ValueError(
+                f"EpisodeRecorder: info[{key!r}] must be numeric or bool to be stored, "
+                f"got dtype {value.dtype}"
+            )
+        return value
+
+
+# ---------------------------------------------------------------------- recording
+def record_episodes(
+    env: gym.Env,
+    policy: Policy | str,
+    episodes: int,
+    out_dir: str | os.PathLike[str],
+    seed: int | None = 0,
+    progress: bool = True,
+    info_keys: Sequence[str] = (),
+) -> list[Path]:
+    """Run ``episodes`` episodes of ``policy`` in ``env`` and write each to ``out_dir``.
+
+    Episode ``i`` starts with ``reset(seed=seed + i)`` (``reset()`` if ``seed`` is
+    None), so every file can be reproduced on its own. ``env`` must end its
+    episodes by itself (a time limit; see ``make_pixel_env(max_episode_steps=...)``).
+    The env is not closed.
+
+    Args:
+        env: image-observation env (see :class:`EpisodeRecorder`).
+        policy: callable ``obs -> action``, ``"random"`` or ``"sb3:PATH"``.
+        episodes: number of episodes, >= 1.
+        out_dir: output directory (created if missing).
+        seed: base seed.
+        progress: show a tqdm progress bar.
+        info_keys: info entries stored as ``log_{key}``.
+
+    Returns:
+        The paths of the written files, in order.
+    """
+    if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
+        raise ValueError(f"episodes must be a positive int, got {episodes!r}")
+    recorder = EpisodeRecorder(env, out_dir, info_keys=info_keys)
+    act = make_policy(policy, env, seed)
+    paths: list[Path] = []
+    with tqdm(total=int(episodes), unit="ep", desc="record", disable=not progress) as bar:
+        for i in range(int(episodes)):
+            obs, _ = recorder.reset(seed=None if seed is None else seed + i)
+            done, steps, ret = False, 0, 0.0
+            while not done:
+                obs, reward, terminated, truncated, info = recorder.step(act(obs))
+                done = terminated or truncated
+                steps += 1
+                ret += float(reward)
+            paths.append(Path(info["episode_path"]))
+            bar.set_postfix(steps=steps, ret=f"{ret:.2f}")
+            bar.update()
+    return paths

@@ -1,0 +1,87 @@
+"""Imagination reuses static levels: a level above the highest changing one runs no
+network; work per step follows the active levels, not N."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from tests.conftest import random_frames, tiny_model
+
+NETWORKS = ("decoder", "temporal", "posterior", "prior", "factor")
+
+
+def _count_calls(model) -> Counter:
+    counts: Counter = Counter()
+    for n, level in enumerate(model.hierarchy.levels, start=1):
+        for name in NETWORKS:
+            net = getattr(level, name)
+            if net is not None:
+                net.register_forward_hook(lambda *_, key=(n, name): counts.update([key]))
+    return counts
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_levels_above_the_highest_changing_level_run_no_network(batch):
+    model = tiny_model(levels=4)
+    torch.manual_seed(0)
+    state = model.observe(random_frames(batch, 4)).state
+    counts = _count_calls(model)
+    horizon = 60
+    for _ in range(horizon):
+        before = Counter(counts)
+        state, e = model.hierarchy.imagine_step(state, None, sample_e=True, gather_below=0.5)
+        step = counts - before
+        active = e.any(0)  # levels changing in some row
+        top = int(active.nonzero().max())  # 0-based highest changing level
+        for n in range(1, 5):
+            calls = {name: step[(n, name)] for name in NETWORKS}
+            if n - 1 <= top:  # a changing level: prior, decoder, temporal once each
+                assert calls["prior"] == 1 and calls["decoder"] == 1 and calls["temporal"] == 1
+            elif n - 1 == top + 1:  # the boundary level only evaluates its prior factor
+                assert calls == {"decoder": 0, "temporal": 0, "posterior": 0, "prior": 0, "factor": 1}
+            else:  # above: nothing at all
+                assert sum(calls.values()) == 0, f"level {n} ran {calls}"
+            assert calls["posterior"] == 0  # imagination never runs the posterior
+
+
+def test_mean_network_calls_follow_the_active_levels():
+    """Total level-network calls per step = 3·L̄ + (factor evaluations), far below 3·N."""
+    model = tiny_model(levels=4)
+    # bias the prior factors towards "static" so that upper levels rarely change
+    for level in model.hierarchy.levels[1:]:
+        torch.nn.init.constant_(level.factor[-1].bias, -4.0)
+    torch.manual_seed(0)
+    state = model.observe(random_frames(1, 3)).state
+    counts = _count_calls(model)
+    traj = model.imagine(state, 200)
+    levels_used = traj.changed.float().sum(-1).mean().item()
+    heavy = sum(v for (n, name), v in counts.items() if name in ("prior", "decoder", "temporal"))
+    assert heavy / 200 == pytest.approx(3 * levels_used)
+    assert levels_used < 1.5  # upper levels rarely active ...
+    assert heavy / 200 < 3 * 4 / 2  # ... so much less work than running all four levels
+
+
+def test_every_step_runs_every_level():
+    model = tiny_model(levels=3, timescale="every_step")
+    state = model.observe(random_frames(1, 2)).state
+    counts = _count_calls(model)
+    model.imagine(state, 10)
+    for n in (1, 2, 3):
+        assert counts[(n, "prior")] == 10 and counts[(n, "decoder")] == 10
+
+
+def test_gather_and_mask_paths_agree():
+    """Running a level on gathered rows or masked rows gives the same rollout."""
+    model = tiny_model(levels=3)
+    state = model.observe(random_frames(16, 4)).state
+    # take the mode of e so that both runs make the same decisions
+    torch.manual_seed(5)
+    e_gather = model.imagine(state, 10, sample_e=False, gather_below=1.0)
+    torch.manual_seed(5)
+    e_mask = model.imagine(state, 10, sample_e=False, gather_below=0.0)
+    assert torch.equal(e_gather.changed, e_mask.changed)
+    # samples differ in draw order only on partially active levels; level 1 is always full
+    torch.testing.assert_close(e_gather.states[0].d[0], e_mask.states[0].d[0])

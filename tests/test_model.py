@@ -1,0 +1,300 @@
+"""Behaviour of the DLH model: shapes, the nested constraint, static reuse, schedules,
+determinism, gradients, save/load, filtering step by step, actions and heads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import random_frames, tiny_config, tiny_model
+from worldmodel import DLH, DLHConfig, HierarchicalState, load
+
+
+def _nested(changed: torch.Tensor) -> bool:
+    """e^n <= e^{n-1} everywhere and column 0 all True."""
+    c = changed.int()
+    return bool(c[..., 0].eq(1).all()) and bool((c[..., 1:] <= c[..., :-1]).all())
+
+
+def test_paper_sized_model_has_about_seven_million_parameters():
+    model = DLH(DLHConfig(levels=3, image_size=64, channels=1))
+    count = sum(p.numel() for p in model.parameters())
+    print(f"3-level 64x64 DLH with the paper's sizes: {count:,} parameters")
+    assert 5_000_000 <= count <= 9_000_000
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3, 4])
+@pytest.mark.parametrize("batch,steps", [(1, 1), (3, 7)])
+@pytest.mark.parametrize("timescale", ["dynamic", "clockwork", "every_step"])
+def test_observe_and_imagine_shapes(levels, batch, steps, timescale):
+    model = tiny_model(levels=levels, timescale=timescale, clockwork_k=2)
+    cfg = model.config
+    frames = random_frames(batch, steps)
+    out = model.observe(frames)
+    assert out.changed.shape == (batch, steps, levels) and out.changed.dtype == torch.bool
+    assert out.kl.shape == (batch, steps, levels) and out.kl.dtype == torch.float32
+    assert out.recon.shape == frames.shape and out.recon.min() >= 0 and out.recon.max() <= 1
+    assert out.features.shape == (batch, steps, cfg.feature_dim)
+    assert _nested(out.changed)
+    assert (out.kl >= 0).all()
+    traj = model.imagine(out.state, 5)
+    assert traj.changed.shape == (batch, 5, levels)
+    assert traj.features.shape == (batch, 5, cfg.feature_dim)
+    assert len(traj.states) == 5 and _nested(traj.changed)
+    video = model.decode(traj)
+    assert video.shape == (batch, 5, 1, 16, 16) and video.min() >= 0 and video.max() <= 1
+    assert model.features(out.state).shape == (batch, cfg.feature_dim)
+    assert model.decode(out.state).shape == (batch, 1, 16, 16)
+
+
+def test_every_level_updates_at_the_first_step():
+    out = tiny_model(levels=4).observe(random_frames(3, 4))
+    assert out.changed[:, 0].all()
+
+
+def test_static_levels_keep_their_exact_state_in_imagine():
+    torch.manual_seed(1)
+    model = tiny_model(levels=3)
+    state = model.observe(random_frames(8, 5)).state
+    traj = model.imagine(state, 30)
+    prev = state
+    seen_static = 0
+    for k, cur in enumerate(traj.states):
+        for n in range(3):
+            static = ~traj.changed[:, k, n]
+            seen_static += int(static.sum())
+            for field in ("s", "mean", "std", "top_down", "d"):
+                a, b = getattr(cur, field)[n][static], getattr(prev, field)[n][static]
+                assert torch.equal(a, b), f"{field} of static level {n + 1} changed at step {k}"
+        prev = cur
+    assert seen_static > 0
+
+
+def test_levels_above_the_boundary_keep_their_exact_state_in_observe():
+    """In observe, levels above K (not evaluated) are copied; level K itself is re-inferred."""
+    model = tiny_model(levels=4)
+    frames = random_frames(6, 8)
+    states = []
+    torch.manual_seed(0)
+    state = model.initial_state(6)
+    for t in range(8):
+        state = model.observe_step(state, frames[:, t])
+        states.append(state)
+    torch.manual_seed(0)
+    out = model.observe(frames)
+    for t in range(1, 8):
+        for n in range(4):
+            frozen = ~out.evaluated[:, t, n]
+            for field in ("s", "mean", "std", "top_down", "d"):
+                a = getattr(states[t], field)[n][frozen]
+                b = getattr(states[t - 1], field)[n][frozen]
+                assert torch.equal(a, b)
+            assert (out.kl[:, t, n][frozen] == 0).all()
+    assert (~out.evaluated[:, 1:]).any(), "the test needs some frozen levels"
+
+
+def test_clockwork_follows_its_schedule():
+    k = 3
+    model = tiny_model(levels=3, timescale="clockwork", clockwork_k=k)
+    steps = 20
+    out = model.observe(random_frames(2, steps))
+    t = torch.arange(steps)
+    for n in range(3):
+        expected = (t % k**n == 0).expand(2, steps)
+        assert torch.equal(out.changed[:, :, n], expected)
+    # imagination continues the clock where filtering stopped
+    traj = model.imagine(out.state, 12)
+    t = torch.arange(steps, steps + 12)
+    for n in range(3):
+        assert torch.equal(traj.changed[:, :, n], (t % k**n == 0).expand(2, 12))
+
+
+def test_every_step_updates_every_level():
+    model = tiny_model(levels=3, timescale="every_step")
+    out = model.observe(random_frames(2, 6))
+    assert out.changed.all()
+    assert model.imagine(out.state, 4).changed.all()
+
+
+def test_one_level_is_a_flat_sequential_vae():
+    model = tiny_model(levels=1)
+    assert all(lvl.factor is None and lvl.encoder is None for lvl in model.hierarchy.levels)
+    loss, metrics = model.loss(random_frames(2, 5))
+    assert torch.isfinite(loss) and metrics["levels_used"] == 1.0
+
+
+def test_determinism_under_a_seed():
+    model = tiny_model()
+    frames = random_frames(3, 6)
+
+    def run():
+        torch.manual_seed(123)
+        out = model.observe(frames)
+        traj = model.imagine(out.state, 8)
+        return out.recon, out.kl, traj.features, traj.changed
+
+    for a, b in zip(run(), run()):
+        assert torch.equal(a, b)
+
+
+def test_observe_step_matches_observe_under_the_same_seed():
+    model = tiny_model(levels=3)
+    frames = random_frames(4, 9)
+    torch.manual_seed(7)
+    out = model.observe(frames)
+    torch.manual_seed(7)
+    state = model.initial_state(4)
+    for t in range(9):
+        state = model.observe_step(state, frames[:, t])
+    for a, b in zip(out.state.s + out.state.d + out.state.top_down, state.s + state.d + state.top_down):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(model.features(state), out.features[:, -1])
+
+
+@pytest.mark.parametrize("timescale", ["dynamic", "clockwork", "every_step"])
+@pytest.mark.parametrize("assignment", ["hard", "vade"])
+def test_gradients_reach_every_parameter_the_loss_uses(timescale, assignment, monkeypatch):
+    model = tiny_model(levels=3, timescale=timescale, assignment=assignment, clockwork_k=2)
+    if timescale == "dynamic":
+        # Which networks a dynamic step uses depends on e; make every level change so that
+        # every network (the factor included) is on the loss's path.
+        import worldmodel.hierarchy as hierarchy
+
+        monkeypatch.setattr(hierarchy, "change_posterior", lambda q, *a: torch.ones(q.mean.shape[0]))
+    # long enough that every level advances its GRU at least twice in every mode
+    loss, _ = model.loss(random_frames(4, 10), beta=1.0)
+    loss.backward()
+    missing = []
+    for name, p in model.named_parameters():
+        if timescale != "dynamic" and ".factor." in name:
+            assert p.grad is None, f"{name}: the factor is not part of the {timescale} loss"
+            continue
+        if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0:
+            missing.append(name)
+    assert not missing, f"no gradient for {missing}"
+
+
+@pytest.mark.parametrize("assignment", ["hard", "vade"])
+def test_the_change_decision_carries_no_gradient(assignment, monkeypatch):
+    """Replaying the recorded decisions as constants gives exactly the same gradients."""
+    import worldmodel.hierarchy as hierarchy
+
+    model = tiny_model(levels=3, assignment=assignment)
+    frames = random_frames(3, 6)
+    recorded = []
+    real = hierarchy.change_posterior
+
+    def record(*args):
+        q1 = real(*args)
+        recorded.append(q1.detach().clone())
+        return q1
+
+    def grads(fn):
+        monkeypatch.setattr(hierarchy, "change_posterior", fn)
+        model.zero_grad()
+        torch.manual_seed(0)
+        model.loss(frames)[0].backward()
+        return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    first = grads(record)
+    replay = iter(list(recorded))
+    second = grads(lambda *args: next(replay))
+    assert first.keys() == second.keys()
+    for k in first:
+        torch.testing.assert_close(first[k], second[k], rtol=0, atol=0)
+
+
+def test_save_load_gives_identical_outputs(tmp_path):
+    model = tiny_model(levels=2, reward_head=True)
+    path = tmp_path / "model.safetensors"
+    model.save(path)
+    loaded = load(path)
+    assert loaded.config == model.config
+    frames = random_frames(2, 5)
+    torch.manual_seed(3)
+    a = model.observe(frames)
+    ta = model.imagine(a.state, 6)
+    torch.manual_seed(3)
+    b = loaded.observe(frames)
+    tb = loaded.imagine(b.state, 6)
+    assert torch.equal(a.recon, b.recon) and torch.equal(ta.features, tb.features)
+    assert not list(tmp_path.glob("*.tmp")), "the atomic write left a temporary file"
+
+
+def test_load_rejects_other_files(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        load(bad)
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "missing.safetensors")
+
+
+def test_actions_enter_the_transition_and_is_first_resets():
+    model = tiny_model(levels=2, action_dim=3)
+    frames = random_frames(2, 6)
+    a0 = torch.zeros(2, 6, 3)
+    a1 = torch.randn(2, 6, 3)
+    torch.manual_seed(0)
+    out0 = model.observe(frames, a0)
+    torch.manual_seed(0)
+    out1 = model.observe(frames, a1)
+    assert not torch.allclose(out0.state.d[0], out1.state.d[0])
+    # the first action (into frame 0) is never used: there is no transition into a first step
+    a2 = a0.clone()
+    a2[:, 0] = 5.0
+    torch.manual_seed(0)
+    out2 = model.observe(frames, a2)
+    assert torch.equal(out0.state.d[0], out2.state.d[0])
+    # is_first at t=3 makes rows restart: every level updates there, like at t=0
+    is_first = torch.zeros(2, 6, dtype=torch.bool)
+    is_first[0, 3] = True
+    out3 = model.observe(frames, a1, is_first=is_first)
+    assert out3.changed[0, 3].all()
+    # a reset row depends only on frames from the reset on
+    torch.manual_seed(0)
+    tail = model.observe(frames[:1, 3:], a1[:1, 3:])
+    torch.manual_seed(0)
+    assert tail.changed.shape == (1, 3, 2)
+    # imagine under an action tensor and under a policy
+    traj = model.imagine(out1.state, 4, torch.zeros(2, 4, 3))
+    assert traj.actions.shape == (2, 4, 3)
+    calls = []
+
+    def policy(state: HierarchicalState) -> torch.Tensor:
+        calls.append(state.batch_size)
+        return torch.ones(state.batch_size, 3)
+
+    traj = model.imagine(out1.state, 4, policy)
+    assert calls == [2, 2, 2, 2] and torch.equal(traj.actions, torch.ones(2, 4, 3))
+
+
+def test_reward_and_continue_heads_train_with_the_loss():
+    model = tiny_model(levels=2, action_dim=2, reward_head=True, continue_head=True)
+    frames = random_frames(2, 5)
+    actions = torch.randn(2, 5, 2)
+    rewards = torch.randn(2, 5)
+    continues = torch.ones(2, 5)
+    loss, metrics = model.loss(frames, actions, rewards=rewards, continues=continues)
+    assert "reward_nll" in metrics and "continue_nll" in metrics
+    loss.backward()
+    assert model.reward_head[0].weight.grad.abs().sum() > 0
+    assert model.continue_head[0].weight.grad.abs().sum() > 0
+    feats = model.imagine(model.observe(frames, actions).state, 3, torch.zeros(2, 3, 2)).features
+    assert model.predict_reward(feats).shape == (2, 3)
+    p = model.predict_continue(feats)
+    assert p.shape == (2, 3) and ((p >= 0) & (p <= 1)).all()
+    with pytest.raises(ValueError, match="reward head"):
+        tiny_model().predict_reward(torch.zeros(1, tiny_config().feature_dim))
+
+
+def test_loss_metrics_cover_every_term_and_level():
+    model = tiny_model(levels=3)
+    loss, metrics = model.loss(random_frames(2, 6), beta=0.3)
+    for key in ("loss", "elbo", "recon", "kl", "factor_kl", "levels_used", "beta",
+                "kl/level1", "kl/level2", "kl/level3", "change_rate/level1",
+                "change_rate/level3", "factor_kl/level2", "factor_kl/level3"):
+        assert key in metrics and isinstance(metrics[key], float)
+    assert metrics["beta"] == 0.3
+    assert abs(metrics["loss"] - (metrics["recon"] + 0.3 * (metrics["kl"] + metrics["factor_kl"]))) < 1e-2
+    assert 1.0 <= metrics["levels_used"] <= 3.0

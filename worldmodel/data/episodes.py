@@ -1,0 +1,277 @@
+"""Episodes recorded from Gymnasium environments, in the layout Dreamer-family code uses.
+
+One compressed ``.npz`` per episode; for steps t = 0..T (length L = T + 1):
+
+* ``image``: (L, H, W, C) uint8 observation at step t;
+* ``action``: (L, A) float, the action that led to step t (zeros at t = 0);
+* ``reward``: (L,) float, the reward received on arriving at step t (0 at t = 0);
+* ``is_first``, ``is_last``, ``is_terminal``: (L,) bool (Gymnasium's ``terminated``
+  is ``is_terminal``; ``terminated or truncated`` is ``is_last``).
+
+Keys starting with ``log_`` (and any other extra key) are kept but never trained on.
+Files are written atomically and read with ``allow_pickle=False``. Sampled windows
+lie inside one episode; episodes shorter than ``seq_len`` are skipped.
+
+Example::
+
+    >>> source = EpisodeSource(image_size=64, channels=3, action_dim=2)
+    >>> source.add_episode(episode)          # e.g. from an online RL loop
+    >>> batch = source.sample(np.random.default_rng(0), 16, 50)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zipfile
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from worldmodel.data.base import (
+    Batch,
+    DatasetNotFoundError,
+    SequenceSource,
+    check_batch_args,
+    not_found,
+    prepare_video,
+    sample_windows,
+    split_dir,
+    split_files,
+    videos_to_frames,
+)
+from worldmodel.data.options import check_float, set_field
+from worldmodel.data.video_io import read_many
+
+if TYPE_CHECKING:
+    from worldmodel.data.registry import DataConfig
+
+EPISODE_KEYS = ("image", "action", "reward", "is_first", "is_last", "is_terminal")
+_FLAG_KEYS = ("is_first", "is_last", "is_terminal")
+_HOW = (
+    "episodes needs a folder of episode .npz files (image, action, reward, is_first, is_last, "
+    "is_terminal), e.g. recorded from a Gymnasium environment with "
+    "worldmodel.data.episodes.save_episode."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeOptions:
+    """Options of ``episodes`` (``data.options``).
+
+    Attributes:
+        test_fraction: without train/ and test/ sub-folders, the last fraction of the
+            episode files (by sorted name) form the test split.
+    """
+
+    test_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        set_field(self, "test_fraction", check_float("test_fraction", self.test_fraction, 0, 1))
+
+
+def _flags(name: str, value: np.ndarray, origin: str) -> np.ndarray:
+    if value.dtype == np.bool_:
+        return value
+    if np.issubdtype(value.dtype, np.number) and np.isin(value, (0, 1)).all():
+        return value.astype(bool)
+    raise ValueError(f"{origin}: {name!r} must be bool (or 0/1), got {value.dtype}")
+
+
+def validate_episode(ep: Mapping[str, Any], origin: str = "episode") -> dict[str, np.ndarray]:
+    """Check an episode's keys, dtypes and lengths; return a normalised copy.
+
+    The copy has ``image`` (L, H, W, C) uint8, ``action`` (L, A) float32, ``reward`` (L,)
+    float32 and bool flags; extra keys are kept unchanged. Raises ValueError (prefixed
+    with ``origin``) naming the first problem found.
+    """
+    if not isinstance(ep, Mapping):
+        raise ValueError(f"{origin}: an episode must be a mapping of arrays, got "
+                         f"{type(ep).__name__}")
+    missing = [k for k in EPISODE_KEYS if k not in ep]
+    if missing:
+        raise ValueError(f"{origin}: episode is missing key(s) {missing}; required: "
+                         f"{list(EPISODE_KEYS)}")
+    out = {k: np.asarray(v) for k, v in ep.items()}
+    image = out["image"]
+    if image.dtype != np.uint8:
+        raise ValueError(f"{origin}: 'image' must be uint8, got {image.dtype}")
+    if image.ndim == 3:
+        image = image[..., None]
+    if image.ndim != 4 or image.shape[-1] not in (1, 3) or image.shape[0] == 0:
+        raise ValueError(f"{origin}: 'image' must be (L, H, W, C) with C in 1, 3 and L >= 1, "
+                         f"got {image.shape}")
+    out["image"] = image
+    length = image.shape[0]
+    expected = {"action": 2, "reward": 1, "is_first": 1, "is_last": 1, "is_terminal": 1}
+    for key, ndim in expected.items():
+        value = out[key]
+        if value.ndim != ndim or value.shape[0] != length:
+            want = f"({length}, A)" if ndim == 2 else f"({length},)"
+            raise ValueError(f"{origin}: {key!r} must have shape {want} to match 'image' "
+                             f"with {length} steps, got {value.shape}")
+    for key in ("action", "reward"):
+        value = out[key]
+        if value.dtype == np.bool_ or not np.issubdtype(value.dtype, np.number):
+            raise ValueError(f"{origin}: {key!r} must be numeric, got {value.dtype}")
+        if not np.isfinite(value).all():
+            raise ValueError(f"{origin}: {key!r} contains NaN or infinity")
+        out[key] = value.astype(np.float32)
+    if out["action"].shape[1] == 0:
+        raise ValueError(f"{origin}: 'action' has no components (shape {out['action'].shape}); "
+                         "one-hot encode discrete actions")
+    for key in _FLAG_KEYS:
+        out[key] = _flags(key, out[key], origin)
+    if not out["is_first"][0]:
+        raise ValueError(f"{origin}: 'is_first' must be True at step 0")
+    return out
+
+
+def load_episode(path: str | Path) -> dict[str, np.ndarray]:
+    """Read and validate one episode ``.npz`` (never unpickles); ValueError names the file."""
+    path = Path(path)
+    errors = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except errors as err:
+        raise ValueError(f"{path}: not a readable episode .npz file ({err})") from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: not an .npz archive (holds a single .npy array)")
+    try:
+        with archive:
+            ep = {key: archive[key] for key in archive.files}
+    except errors as err:
+        raise ValueError(f"{path}: corrupt episode .npz file ({err})") from err
+    return validate_episode(ep, str(path))
+
+
+def save_episode(path: str | Path, ep: Mapping[str, Any]) -> Path:
+    """Validate and write an episode as compressed ``.npz``, atomically (temp file + rename)."""
+    path = Path(path)
+    data = validate_episode(ep, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+class EpisodeSource(SequenceSource):
+    """A replay of episodes from which windows inside single episodes are sampled.
+
+    Args:
+        image_size: S; frames are resized to S x S on insertion.
+        channels: C (1 or 3).
+        action_dim: A; None = taken from the first episode added.
+        split: "train" or "test" (changes the stream of :meth:`eval_batch`).
+        capacity: keep at most this many steps, dropping the oldest episodes (None = all).
+    """
+
+    def __init__(
+        self, image_size: int = 64, channels: int = 3, action_dim: int | None = None,
+        split: str = "train", capacity: int | None = None,
+    ) -> None:
+        self.image_size = image_size
+        self.channels = channels
+        self.action_dim = 0 if action_dim is None else int(action_dim)
+        self._action_dim_known = action_dim is not None
+        self.split = split
+        self.capacity = capacity
+        self.episodes: list[dict[str, np.ndarray]] = []
+        self.lengths: list[int] = []
+
+    @classmethod
+    def from_directory(
+        cls, path: str | Path, image_size: int = 64, channels: int = 3,
+        split: str | None = None, test_fraction: float = 0.1,
+        action_dim: int | None = None, capacity: int | None = None,
+    ) -> EpisodeSource:
+        """Load every episode ``.npz`` under ``path`` (all, or one split of them)."""
+        root = Path(path)
+        if not root.is_dir():
+            raise DatasetNotFoundError(not_found("episodes", str(path), _HOW))
+        sub = split_dir(root, split) if split is not None else None
+        files = sorted((p for p in (sub or root).rglob("*.npz") if not p.name.startswith(".")),
+                       key=lambda p: p.name)  # hidden names are temporary files of writers
+        if not files:
+            raise DatasetNotFoundError(not_found("episodes: no .npz files", str(sub or root), _HOW))
+        if split is not None and sub is None:
+            files = split_files(files, split, test_fraction, "episode")
+        source = cls(image_size, channels, action_dim, split or "train", capacity)
+        for ep in read_many(load_episode, files):
+            source.add_episode(ep, validate=False)
+        return source
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def num_steps(self) -> int:
+        return int(sum(self.lengths))
+
+    def add_episode(self, ep: Mapping[str, Any], validate: bool = True) -> None:
+        """Append one episode (see the module docstring for its layout)."""
+        data = validate_episode(ep) if validate else dict(ep)
+        action_dim = data["action"].shape[1]
+        if not self._action_dim_known:
+            self.action_dim, self._action_dim_known = action_dim, True
+        elif action_dim != self.action_dim:
+            raise ValueError(f"episode has action dimension {action_dim}, the source "
+                             f"{self.action_dim}")
+        self.episodes.append({
+            "image": prepare_video(data["image"], self.image_size, self.channels, "episode"),
+            "action": data["action"],
+            "reward": data["reward"],
+            "is_first": data["is_first"],
+            "is_terminal": data["is_terminal"],
+        })
+        self.lengths.append(len(data["image"]))
+        if self.capacity is not None:
+            while len(self.episodes) > 1 and sum(self.lengths) > self.capacity:
+                self.episodes.pop(0)
+                self.lengths.pop(0)
+
+    def sample(self, rng: np.random.Generator, batch_size: int, seq_len: int) -> Batch:
+        """Windows (B, T) that never cross an episode's end."""
+        check_batch_args(batch_size, seq_len)
+        index, start = sample_windows(rng, self.lengths, batch_size, seq_len, what="episode")
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in self.episodes[0]}
+        for i, s in zip(index.tolist(), start.tolist()):
+            for key, value in self.episodes[i].items():
+                parts[key].append(value[s:s + seq_len])
+        stacked = {k: np.stack(v) for k, v in parts.items()}
+        return Batch(
+            frames=videos_to_frames(stacked["image"]),  # (B, T, C, H, W)
+            actions=torch.from_numpy(stacked["action"]),  # (B, T, A)
+            rewards=torch.from_numpy(stacked["reward"]),  # (B, T)
+            is_first=torch.from_numpy(stacked["is_first"]),  # (B, T) bool
+            continues=torch.from_numpy(1.0 - stacked["is_terminal"].astype(np.float32)),
+        )
+
+    def __repr__(self) -> str:
+        return (f"EpisodeSource(split={self.split!r}, episodes={self.num_episodes}, "
+                f"steps={self.num_steps}, size={self.image_size}, channels={self.channels}, "
+                f"action_dim={self.action_dim})")
+
+
+def build(cfg: DataConfig, options: EpisodeOptions, split: str) -> EpisodeSource:
+    if cfg.path is None:
+        raise DatasetNotFoundError(not_found("episodes", None, _HOW))
+    source = EpisodeSource.from_directory(cfg.path, cfg.image_size, cfg.channels, split,
+                                          options.test_fraction)
+    if max(source.lengths) < cfg.seq_len:
+        raise ValueError(f"episodes ({split}) at {cfg.path!r}: no episode has at least "
+                         f"data.seq_len={cfg.seq_len} steps; the longest has {max(source.lengths)}")
+    return source

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,27 +13,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import DLHConfig, from_dict
+from .files import atomic_write
 
 if TYPE_CHECKING:
     from .model import DLH
 
 FORMAT = "worldmodel.dlh"
 VERSION = "1"
-
-
-def atomic_write(path: str | os.PathLike, write: callable) -> None:  # type: ignore[valid-type]
-    """Call `write(tmp_path)` then rename tmp_path to `path` (same directory)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_model(model: DLH, path: str | os.PathLike) -> None:
@@ -71,4 +56,4 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> D
     return model.to(map_location)
 
 
-__all__ = ["save_model", "load", "read_model_file", "atomic_write"]
+__all__ = ["save_model", "load", "read_model_file"]

@@ -172,6 +172,12 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str | None = Non
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; allowed keys are {names}")
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        # a nested section given in part keeps the defaults of the field's default instance
+        if f.name in data and isinstance(data[f.name], dict) and dataclasses.is_dataclass(hints[f.name]):
+            if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                defaults = to_dict(f.default_factory())  # type: ignore[misc]
+                data[f.name] = {**defaults, **data[f.name]}
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
 

@@ -298,6 +298,10 @@ class DLH(nn.Module):
             metrics.update({k: float(v.mean()) for k, v in extra.items()})
         return total, metrics, out
 
+    def forward(self, *args, **kwargs) -> tuple[Tensor, dict[str, float], ObserveOutput]:
+        """Same as `loss_and_output` (so that DistributedDataParallel can wrap the model)."""
+        return self.loss_and_output(*args, **kwargs)
+
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
         """Weights (safetensors) and config (JSON metadata) in one file, written atomically."""

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .files import atomic_write
 
 __all__ = [
     "BACKGROUND_COLOUR",
@@ -291,22 +292,11 @@ def _check_fps(fps: float) -> float:
 
 
 def _atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` on a hidden sibling of ``path`` and move it into place.
-
-    The temporary name keeps ``path``'s extension, so writers that pick a
-    container from it (OpenCV) behave as for the final name.
-    """
-    final = Path(path)
-    directory = final.parent
+    """`files.atomic_write` into an existing directory (a missing one is an error here)."""
+    directory = Path(path).parent
     if not directory.is_dir():
-        raise FileNotFoundError(f"directory {str(directory)!r} for {str(final)!r} does not exist")
-    tmp = directory / f".{final.stem}.{uuid.uuid4().hex[:12]}.tmp{final.suffix}"
-    try:
-        write(str(tmp))
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final
+        raise FileNotFoundError(f"directory {str(directory)!r} for {str(path)!r} does not exist")
+    return atomic_write(path, write)
 
 
 def write_gif(path: str | os.PathLike[str], frames: np.ndarray, fps: float = 10, upscale: int = 1) -> Path:

@@ -107,7 +107,9 @@ class TrainConfig:
                 f"data.image_size/channels ({d.image_size}, {d.channels})"
             )
         if d.name == "episodes" and m.action_dim == 0:
-            raise ValueError("data.name=episodes carries actions: set model.action_dim to the env's action size")
+            raise ValueError(
+                "data.name=episodes carries actions: set model.action_dim to the env's action size"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

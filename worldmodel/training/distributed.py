@@ -28,7 +28,9 @@ def choose_device(requested: str, local_rank: int = 0) -> torch.device:
     if requested == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={requested!r} but CUDA is not available on this machine; use device=auto or cpu")
+        raise ValueError(
+            f"device={requested!r} but CUDA is not available on this machine; use device=auto or cpu"
+        )
     if requested == "cuda":
         return torch.device(f"cuda:{local_rank}")
     return torch.device(requested)

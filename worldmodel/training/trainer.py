@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..data import build_source
+from ..data import Batch, SequenceSource, build_source
 from ..data.base import batch_at
 from ..files import atomic_write_text
 from ..model import DLH
@@ -59,159 +59,217 @@ def _media_batch(cfg: TrainConfig):
         return source.eval_batch(cfg.media_sequences, length, seed=cfg.seed), context
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train a DLH as configured; returns the run summary (also written to summary.json)."""
-    runtime = distributed.setup(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if runtime.device.type == "cpu":
-        torch.set_flush_denormal(True)
-    run_dir = Path(cfg.out_dir)
-    if cfg.data.batch_size % runtime.world_size:
-        raise ValueError(
-            f"data.batch_size={cfg.data.batch_size} must be divisible by the {runtime.world_size} processes"
-        )
-    local_batch = cfg.data.batch_size // runtime.world_size
+class Trainer:
+    """Trains one DLH on one source; `train(cfg)` is `Trainer(cfg).fit()`.
 
-    torch.manual_seed(cfg.seed)  # identical initialisation on every rank
-    model = DLH(cfg.model).to(runtime.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, eps=cfg.optim.eps)
-    start = 0
-    if resume:
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            warnings.warn(f"--resume: no checkpoint in {run_dir}; starting from step 0", stacklevel=2)
-        else:
-            start = int(load_checkpoint(ckpt, model, optimizer, runtime.device)["step"])
-    elif latest_checkpoint(run_dir) is not None:
-        raise ValueError(
-            f"{run_dir} already holds checkpoints: pass --resume to continue that run, "
-            "or choose another out_dir (--set out_dir=...)"
-        )
-    wrapped: torch.nn.Module = model
-    if runtime.distributed:
-        wrapped = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
-            find_unused_parameters=True,  # static levels leave networks out of some steps
-        )
+    An online loop (e.g. the PlaNet-style agent loop) builds a Trainer on a growing
+    `EpisodeSource` and alternates `train_steps(k)` with data collection; checkpoints,
+    TensorBoard and media work the same.
 
-    source = build_source(cfg.data, "train")
-    monitor = Monitor(run_dir, enabled=runtime.is_main, purge_step=start if resume else None)
-    if runtime.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        media_batch, media_context = _media_batch(cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    bad_in_a_row = 0
-    window: dict[str, list[float]] = {}
-    last: dict[str, float] = {}
-    frames_per_step = cfg.data.batch_size * cfg.data.seq_len
-    started = time.perf_counter()
-    interval_start, interval_steps = time.perf_counter(), 0
-    bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and runtime.is_main),
-               dynamic_ncols=True, mininterval=1.0, desc="train")
+    Args:
+        cfg: the run's configuration.
+        resume: continue from the latest checkpoint in `cfg.out_dir`.
+        progress: show a tqdm bar.
+        source: the training data (default: `build_source(cfg.data, "train")`).
+        media_frames: a fixed Batch for logged videos (default: evaluation windows of the data).
+    """
 
-    def checkpoint(step: int) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        resume: bool = False,
+        progress: bool = True,
+        source: SequenceSource | None = None,
+        media_batch: Batch | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.runtime = runtime = distributed.setup(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if runtime.device.type == "cpu":
+            torch.set_flush_denormal(True)
+        self.run_dir = run_dir = Path(cfg.out_dir)
+        if cfg.data.batch_size % runtime.world_size:
+            raise ValueError(
+                f"data.batch_size={cfg.data.batch_size} must be divisible by the "
+                f"{runtime.world_size} processes"
+            )
+        self.local_batch = cfg.data.batch_size // runtime.world_size
+        torch.manual_seed(cfg.seed)  # identical initialisation on every rank
+        self.model = model = DLH(cfg.model).to(runtime.device)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, eps=cfg.optim.eps)
+        self.step = 0
+        if resume:
+            ckpt = latest_checkpoint(run_dir)
+            if ckpt is None:
+                warnings.warn(f"--resume: no checkpoint in {run_dir}; starting from step 0", stacklevel=2)
+            else:
+                self.step = int(load_checkpoint(ckpt, model, self.optimizer, runtime.device)["step"])
+        elif latest_checkpoint(run_dir) is not None:
+            raise ValueError(
+                f"{run_dir} already holds checkpoints: pass --resume to continue that run, "
+                "or choose another out_dir (--set out_dir=...)"
+            )
+        self.resumed_from = self.step
+        self.wrapped: torch.nn.Module = model
+        if runtime.distributed:
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+                find_unused_parameters=True,  # static levels leave networks out of some steps
+            )
+        self.source = source if source is not None else build_source(cfg.data, "train")
+        self.monitor = Monitor(run_dir, enabled=runtime.is_main, purge_step=self.step if resume else None)
+        self.media_batch, self.media_context = None, cfg.rollout_context
         if runtime.is_main:
-            save_checkpoint(run_dir, step, model, optimizer,
-                            {"metrics": last, "config": cfg.to_dict()}, keep=cfg.keep_checkpoints)
-        distributed.barrier(runtime)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+            if media_batch is not None:
+                self.media_batch = media_batch
+                self.media_context = min(cfg.rollout_context, max(1, media_batch.frames.shape[1] // 2))
+            else:
+                self.media_batch, self.media_context = _media_batch(cfg)
+        self.progress = progress and runtime.is_main
+        self.bad_in_a_row = 0
+        self.window: dict[str, list[float]] = {}
+        self.last: dict[str, float] = {}
+        self.started = time.perf_counter()
+        self._interval_start, self._interval_steps = time.perf_counter(), 0
 
-    def media(step: int) -> dict[str, Any]:
-        model.eval()
-        batch = media_batch.to(runtime.device)
-        torch.manual_seed(_step_seed(cfg.seed, step, 10_000))
+    # ------------------------------------------------------------------ one step
+    def train_step(self) -> dict[str, float] | None:
+        """One optimiser step on the batch of the current step; None if it was skipped."""
+        cfg, runtime, step = self.cfg, self.runtime, self.step
+        batch = batch_at(self.source, cfg.seed, step, self.local_batch, cfg.data.seq_len, runtime.rank)
+        batch = batch.to(runtime.device)
+        torch.manual_seed(_step_seed(cfg.seed, step, runtime.rank))
+        beta = cfg.optim.beta(step)
+        kwargs: dict[str, Any] = {"is_first": batch.is_first}
+        if cfg.model.reward_head and batch.rewards is not None:
+            kwargs["rewards"] = batch.rewards
+        if cfg.model.continue_head and batch.continues is not None:
+            kwargs["continues"] = batch.continues
         with _autocast(runtime, cfg.precision):
-            result = rollout_media(model, batch.frames, media_context,
-                                   batch.frames.shape[1] - media_context, batch.actions)
+            loss, metrics, _ = self.wrapped(batch.frames, batch.actions, beta, **kwargs)
+        bad = distributed.any_true(not math.isfinite(metrics["loss"]), runtime)
+        grad_norm = float("nan")
+        if not bad:
+            loss.backward()
+            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+            bad = distributed.any_true(not math.isfinite(grad_norm), runtime)
+        self.step += 1
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.bad_in_a_row += 1
+            warnings.warn(f"step {step}: non-finite loss or gradient; step skipped "
+                          f"({self.bad_in_a_row}/{cfg.max_bad_steps} in a row)", stacklevel=2)
+            if self.bad_in_a_row >= cfg.max_bad_steps:
+                ckpt = latest_checkpoint(self.run_dir)
+                raise TrainingDiverged(
+                    f"{self.bad_in_a_row} non-finite steps in a row at step {step}; stopping. "
+                    f"The last good checkpoint is {ckpt or 'none (no checkpoint written yet)'}; "
+                    "try a lower optim.lr, a grad_clip, or precision=fp32"
+                )
+            return None
+        self.bad_in_a_row = 0
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics["grad_norm"] = grad_norm
+        return metrics
+
+    def _after_step(self, metrics: dict[str, float] | None, bar: tqdm, end: int) -> None:
+        cfg, done = self.cfg, self.step
+        bar.update(1)
+        if metrics is not None:
+            self._interval_steps += 1
+            for key, value in metrics.items():
+                self.window.setdefault(key, []).append(value)
+            bar.set_postfix(loss=f"{metrics['loss']:.1f}", L=f"{metrics['levels_used']:.2f}",
+                            beta=f"{metrics['beta']:.2f}")
+        if (done % cfg.log_every == 0 or done == end) and self.window:
+            elapsed = time.perf_counter() - self._interval_start
+            self.last = {k: sum(v) / len(v) for k, v in self.window.items()}
+            frames = cfg.data.batch_size * cfg.data.seq_len * self._interval_steps
+            self.last["frames_per_s"] = frames / max(elapsed, 1e-9)
+            self.last["lr"] = self.optimizer.param_groups[0]["lr"]
+            self.monitor.scalars(done, self.last)
+            self.window.clear()
+            self._interval_start, self._interval_steps = time.perf_counter(), 0
+        if self.runtime.is_main and cfg.media_every and done % cfg.media_every == 0 and done != end:
+            self.media()
+        if done % cfg.checkpoint_every == 0 or done == end:
+            self.checkpoint()
+
+    def train_steps(self, count: int) -> dict[str, float]:
+        """Run `count` optimiser steps (with logging and checkpoints); returns the last metrics."""
+        end = self.step + count
+        bar = tqdm(total=end, initial=self.step, disable=not self.progress, dynamic_ncols=True,
+                   mininterval=1.0, desc="train")
+        try:
+            while self.step < end:
+                self._after_step(self.train_step(), bar, end)
+        finally:
+            bar.close()
+        return self.last
+
+    # ------------------------------------------------------------------ outputs
+    def checkpoint(self) -> None:
+        if self.runtime.is_main:
+            save_checkpoint(self.run_dir, self.step, self.model, self.optimizer,
+                            {"metrics": self.last, "config": self.cfg.to_dict()},
+                            keep=self.cfg.keep_checkpoints)
+        distributed.barrier(self.runtime)
+
+    def media(self) -> dict[str, Any]:
+        """Log reconstruction and rollout videos of the media batch; returns their scores."""
+        model, cfg = self.model, self.cfg
+        model.eval()
+        batch = self.media_batch.to(self.runtime.device)
+        torch.manual_seed(_step_seed(cfg.seed, self.step, 10_000))
+        with _autocast(self.runtime, cfg.precision):
+            result = rollout_media(model, batch.frames, self.media_context,
+                                   batch.frames.shape[1] - self.media_context, batch.actions)
         model.train()
-        monitor.video("reconstruction", step, result["recon"])
-        monitor.video("rollout", step, result["rollout"])
-        monitor.scalars(step, {"eval/rollout_ssim": result["ssim"], "eval/rollout_psnr": result["psnr"],
-                               "eval/rollout_levels_used": result["levels_used"]})
+        self.monitor.video("reconstruction", self.step, result["recon"])
+        self.monitor.video("rollout", self.step, result["rollout"])
+        self.monitor.scalars(self.step, {
+            "eval/rollout_ssim": result["ssim"], "eval/rollout_psnr": result["psnr"],
+            "eval/rollout_levels_used": result["levels_used"]})
         return result
 
-    model.train()
-    try:
-        for step in range(start, cfg.steps):
-            batch = batch_at(source, cfg.seed, step, local_batch, cfg.data.seq_len, runtime.rank)
-            batch = batch.to(runtime.device)
-            torch.manual_seed(_step_seed(cfg.seed, step, runtime.rank))
-            beta = cfg.optim.beta(step)
-            kwargs: dict[str, Any] = {"is_first": batch.is_first}
-            if cfg.model.reward_head and batch.rewards is not None:
-                kwargs["rewards"] = batch.rewards
-            if cfg.model.continue_head and batch.continues is not None:
-                kwargs["continues"] = batch.continues
-            with _autocast(runtime, cfg.precision):
-                loss, metrics, _ = wrapped(batch.frames, batch.actions, beta, **kwargs)
-            bad = distributed.any_true(not math.isfinite(metrics["loss"]), runtime)
-            grad_norm = float("nan")
-            if not bad:
-                loss.backward()
-                clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-                bad = distributed.any_true(not math.isfinite(grad_norm), runtime)
-            if bad:
-                optimizer.zero_grad(set_to_none=True)
-                bad_in_a_row += 1
-                warnings.warn(f"step {step}: non-finite loss or gradient; step skipped "
-                              f"({bad_in_a_row}/{cfg.max_bad_steps} in a row)", stacklevel=2)
-                if bad_in_a_row >= cfg.max_bad_steps:
-                    ckpt = latest_checkpoint(run_dir)
-                    raise TrainingDiverged(
-                        f"{bad_in_a_row} non-finite steps in a row at step {step}; stopping. "
-                        f"The last good checkpoint is {ckpt or 'none (no checkpoint written yet)'}; "
-                        "try a lower optim.lr, a grad_clip, or precision=fp32"
-                    )
-                bar.update(1)
-                continue
-            bad_in_a_row = 0
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            done = step + 1
-            interval_steps += 1
-            metrics["grad_norm"] = grad_norm
-            for key, value in metrics.items():
-                window.setdefault(key, []).append(value)
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.1f}", L=f"{metrics['levels_used']:.2f}", beta=f"{beta:.2f}")
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                elapsed = time.perf_counter() - interval_start
-                last = {k: sum(v) / len(v) for k, v in window.items()}
-                last["frames_per_s"] = frames_per_step * interval_steps / max(elapsed, 1e-9)
-                last["lr"] = optimizer.param_groups[0]["lr"]
-                monitor.scalars(done, last)
-                window.clear()
-                interval_start, interval_steps = time.perf_counter(), 0
-            if runtime.is_main and cfg.media_every and done % cfg.media_every == 0 and done != cfg.steps:
-                media(done)
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                checkpoint(done)
-    finally:
-        bar.close()
+    def finish(self) -> dict[str, Any]:
+        """Final media, model file and summary.json (rank 0); closes logs and the process group."""
+        summary: dict[str, Any] = {}
+        if self.runtime.is_main:
+            result = self.media()
+            rollout_gif = write_gif(self.run_dir / "rollout.gif", result["rollout"], fps=8, upscale=2)
+            self.model.save(self.run_dir / "model.safetensors")
+            summary = {
+                "steps": self.step,
+                "resumed_from": self.resumed_from,
+                "wall_time_s": round(time.perf_counter() - self.started, 1),
+                "device": str(self.runtime.device),
+                "processes": self.runtime.world_size,
+                "final_metrics": self.last,
+                "rollout": {"context": self.media_context, "ssim": result["ssim"], "psnr": result["psnr"],
+                            "levels_used": result["levels_used"]},
+                "rollout_gif": str(rollout_gif),
+                "model": str(self.run_dir / "model.safetensors"),
+            }
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=1))
+        self.monitor.close()
+        distributed.teardown(self.runtime)
+        return summary
 
-    summary: dict[str, Any] = {}
-    if runtime.is_main:
-        result = media(cfg.steps)
-        rollout_gif = write_gif(run_dir / "rollout.gif", result["rollout"], fps=8, upscale=2)
-        model.save(run_dir / "model.safetensors")
-        summary = {
-            "steps": cfg.steps,
-            "resumed_from": start,
-            "wall_time_s": round(time.perf_counter() - started, 1),
-            "device": str(runtime.device),
-            "processes": runtime.world_size,
-            "final_metrics": last,
-            "rollout": {"context": media_context, "ssim": result["ssim"], "psnr": result["psnr"],
-                        "levels_used": result["levels_used"]},
-            "rollout_gif": str(rollout_gif),
-            "model": str(run_dir / "model.safetensors"),
-        }
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
-    monitor.close()
-    distributed.teardown(runtime)
-    return summary
+    def fit(self) -> dict[str, Any]:
+        """Train up to `cfg.steps` and finish."""
+        self.train_steps(max(0, self.cfg.steps - self.step))
+        return self.finish()
 
 
-__all__ = ["train", "TrainingDiverged"]
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train a DLH as configured; returns the run summary (also written to summary.json)."""
+    return Trainer(cfg, resume=resume, progress=progress).fit()
+
+
+__all__ = ["Trainer", "train", "TrainingDiverged"]

@@ -152,6 +152,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return dict(value)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if annotation in (int, float, str, bool):
         if annotation is int and isinstance(value, bool) or not isinstance(value, annotation):
             raise ValueError(f"{where}: expected {annotation.__name__}, got {value!r}")

@@ -1,0 +1,198 @@
+"""Configs, the trainer end to end through the CLI, exact resume after SIGKILL, NaN handling,
+and DDP with two gloo processes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from worldmodel import load
+from worldmodel.cli import main
+from worldmodel.training import Trainer, TrainingDiverged, load_config
+from worldmodel.training.checkpoints import latest_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "model.levels=2", "model.image_size=16", "model.channels=3", "model.x_dim=32", "model.c_dim=32",
+    "model.d_dim=32", "model.s_dim=8", "model.enc_hidden=[32]", "model.dec_hidden=[32]",
+    "model.state_hidden=[16]", "model.factor_hidden=[16]", "model.conv_depth=4", "model.obs_std=0.1",
+    "data.image_size=16", "data.channels=3", "data.seq_len=8", "data.batch_size=4",
+    "optim.beta_warmup=10", "rollout_context=3", "rollout_horizon=5", "media_sequences=2",
+    "threads=1",
+]
+
+
+def _args(out: Path, *extra: str) -> list[str]:
+    args = ["train", "--no-progress"]
+    for item in [*TINY, f"out_dir={out}", *extra]:
+        args += ["--set", item]
+    return args
+
+
+def _losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+# ---------------------------------------------------------------------------- configs
+def test_config_files_in_the_repo_load():
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.model.image_size == cfg.data.image_size, path
+
+
+def test_unknown_keys_are_errors_naming_them(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  levles: 3\n")
+    with pytest.raises(ValueError, match=r"config\.model.*levles"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="stepz"):
+        load_config(None, ["stepz=3"])
+    with pytest.raises(ValueError, match="lamda"):
+        load_config(None, ["data.options.lamda=0.1"])
+
+
+def test_overrides_parse_values_as_yaml():
+    cfg = load_config(None, ["optim.lr=1e-3", "model.enc_hidden=[64, 64]", "threads=null", "steps=7"])
+    assert cfg.optim.lr == 1e-3 and cfg.model.enc_hidden == (64, 64) and cfg.threads is None
+    assert cfg.steps == 7
+    with pytest.raises(ValueError, match="section.key=value"):
+        load_config(None, ["steps"])
+    with pytest.raises(ValueError, match="must match"):
+        load_config(None, ["model.image_size=64"])
+    with pytest.raises(ValueError, match="expected int"):
+        load_config(None, ["steps=many"])
+    with pytest.raises(FileNotFoundError):
+        load_config("no/such/config.yaml")
+
+
+def test_cli_reports_config_errors_without_a_traceback(capsys, tmp_path):
+    assert main(["train", "--set", "model.levles=3", "--set", f"out_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "levles" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------- end to end
+def test_a_short_training_run_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(out, "steps=20", "log_every=5", "media_every=10", "checkpoint_every=10")) == 0
+    printed = capsys.readouterr().out
+    assert "rollout GIF" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 20 and math.isfinite(summary["final_metrics"]["loss"])
+    for key in ("kl/level1", "kl/level2", "change_rate/level2", "levels_used", "beta", "grad_norm",
+                "frames_per_s", "recon", "factor_kl/level2"):
+        assert key in summary["final_metrics"], key
+    assert (out / "rollout.gif").stat().st_size > 0
+    assert list((out / "media").glob("rollout_*.gif")) and list((out / "media").glob("reconstruction_*.gif"))
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_00000010", "step_00000020"]
+    model = load(out / "model.safetensors")
+    assert model.config.levels == 2
+    ckpt = latest_checkpoint(out)
+    assert ckpt is not None and ckpt.name == "step_00000020"
+    # a finished run's folder is not silently overwritten
+    assert main(_args(out, "steps=20")) == 2
+
+
+def test_loss_falls_while_training(tmp_path):
+    out = tmp_path / "run"
+    cfg = load_config(None, [*TINY, f"out_dir={out}", "steps=60", "log_every=10", "optim.lr=0.003"])
+    Trainer(cfg, progress=False).fit()
+    losses = _losses(out)
+    assert losses[60] < losses[10]
+
+
+def _resume_runs(tmp_path: Path, steps: int = 40):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "worldmodel.cli", *_args(killed, "steps=100000", "log_every=1",
+                                                           "checkpoint_every=6", "media_every=0")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while latest_checkpoint(killed) is None or latest_checkpoint(killed).name < "step_00000012":
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline, "no checkpoint written in time"
+            time.sleep(0.05)
+        time.sleep(0.3)  # let it run on past the checkpoint before it dies
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert main(_args(killed, f"steps={steps}", "log_every=1", "checkpoint_every=6",
+                      "media_every=0") + ["--resume"]) == 0
+    straight = tmp_path / "straight"
+    assert main(_args(straight, f"steps={steps}", "log_every=1", "checkpoint_every=6", "media_every=0")) == 0
+    return killed, straight
+
+
+def test_a_killed_run_resumes_with_the_same_losses(tmp_path):
+    killed, straight = _resume_runs(tmp_path)
+    resumed_from = json.loads((killed / "summary.json").read_text())["resumed_from"]
+    assert resumed_from >= 12
+    a, b = _losses(killed), _losses(straight)
+    assert sorted(a) == sorted(b) == list(range(1, 41)), "metrics.jsonl lost or repeated steps"
+    for step in range(1, 41):
+        assert a[step] == b[step], f"step {step}: {a[step]} (resumed at {resumed_from}) vs {b[step]}"
+    wa = load(killed / "model.safetensors").state_dict()
+    wb = load(straight / "model.safetensors").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ---------------------------------------------------------------------------- NaN handling
+def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
+    from worldmodel.model import DLH
+
+    cfg = load_config(None, [*TINY, f"out_dir={tmp_path / 'run'}", "steps=30", "checkpoint_every=4",
+                             "max_bad_steps=3", "media_every=0"])
+    trainer = Trainer(cfg, progress=False)
+    real = DLH.loss_and_output
+    poisoned = {5, 9, 10, 11, 12}
+
+    def maybe_nan(self, *args, **kwargs):
+        loss, metrics, out = real(self, *args, **kwargs)
+        if trainer.step in poisoned:
+            loss = loss * float("nan")
+            metrics = {**metrics, "loss": float("nan")}
+        return loss, metrics, out
+
+    monkeypatch.setattr(DLH, "loss_and_output", maybe_nan)
+    with pytest.warns(UserWarning, match="non-finite"):
+        trainer.train_steps(8)  # step 5 is skipped, training goes on
+    good = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(TrainingDiverged, match="3 non-finite steps in a row.*step_00000008"):
+        with pytest.warns(UserWarning):
+            trainer.train_steps(10)
+    # the last good checkpoint is intact and equals the weights before the bad steps
+    ckpt = latest_checkpoint(tmp_path / "run")
+    assert ckpt.name == "step_00000008"
+    saved = load(ckpt / "model.safetensors").state_dict()
+    assert all(torch.equal(saved[k], good[k]) for k in good)
+
+
+# ---------------------------------------------------------------------------- DDP
+@pytest.mark.slow
+def test_ddp_with_two_gloo_processes(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    sets = []
+    for item in [*TINY, f"out_dir={out}", "steps=6", "checkpoint_every=3", "media_every=0", "log_every=2"]:
+        sets += ["--set", item]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "worldmodel.cli", "train", "--no-progress", *sets]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 6
+    assert math.isfinite(summary["final_metrics"]["loss"])
+    assert (out / "checkpoints" / "step_00000006" / "model.safetensors").is_file()

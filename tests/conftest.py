@@ -9,7 +9,7 @@ import torch
 
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # tiny models: more threads only spin on a busy machine
 
 from worldmodel import DLH, DLHConfig  # noqa: E402
 

@@ -1,0 +1,171 @@
+"""Finding what an evaluation command needs: the model file, the run's data config, the data.
+
+`--checkpoint` may name a model file (`*.safetensors`), a checkpoint folder
+(`run/checkpoints/step_*/`) or a run folder (`run/`: its `model.safetensors`, else its latest
+checkpoint). The data section comes from `--config` when given, else from the run's
+`config.yaml`, else from the checkpoint's `trainer.json`, else Moving Ball at the model's size;
+`--set data.key=value` overrides apply on top.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from ..checkpoint import load
+from ..config import from_dict
+from ..data import Batch, DataConfig, SequenceSource, build_source
+from ..data.base import EVAL_SALT
+from ..data.moving_ball import MovingBallSource
+from ..model import DLH
+from ..training.checkpoints import latest_checkpoint
+from ..training.config import apply_overrides
+
+MODEL_FILE = "model.safetensors"
+
+
+@dataclass
+class Resolved:
+    """A loaded model with where it came from and the data it was trained on."""
+
+    model: DLH
+    model_file: Path
+    run_dir: Path | None
+    data: DataConfig
+    data_origin: str
+
+
+def _run_dir_of(model_file: Path) -> Path | None:
+    """The run folder of a model file: its folder, or run/ for run/checkpoints/step_*/model."""
+    folder = model_file.parent
+    if (folder / "config.yaml").is_file():
+        return folder
+    if folder.name.startswith("step_") and folder.parent.name == "checkpoints":
+        return folder.parent.parent
+    return None
+
+
+def resolve_model_file(checkpoint: str | Path) -> tuple[Path, Path | None]:
+    """(model file, run folder or None) of a `--checkpoint` argument; FileNotFoundError if none."""
+    path = Path(checkpoint)
+    if path.is_file():
+        return path, _run_dir_of(path)
+    if path.is_dir():
+        if (path / MODEL_FILE).is_file():
+            return path / MODEL_FILE, _run_dir_of(path / MODEL_FILE) or path
+        latest = latest_checkpoint(path)
+        if latest is not None:
+            return latest / MODEL_FILE, path
+        raise FileNotFoundError(
+            f"--checkpoint {path}: no {MODEL_FILE} and no checkpoints/step_*/ in this folder "
+            "(pass a model file, a checkpoint folder or a training run folder)"
+        )
+    raise FileNotFoundError(f"--checkpoint {path}: no such file or folder")
+
+
+def _config_tree(config: str | Path | None, model_file: Path, run_dir: Path | None) -> tuple[dict, str]:
+    """The config mapping holding the data section, and a word on where it came from."""
+    candidates: list[Path] = []
+    if config is not None:
+        if not Path(config).is_file():
+            raise FileNotFoundError(f"--config {config}: no such file")
+        candidates.append(Path(config))
+    elif run_dir is not None:
+        candidates.append(run_dir / "config.yaml")
+    for path in candidates:
+        if path.is_file():
+            tree = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(tree, dict):
+                raise ValueError(f"{path}: expected a mapping at the top level")
+            return tree, str(path)
+    trainer = model_file.parent / "trainer.json"
+    if trainer.is_file():
+        info = json.loads(trainer.read_text())
+        if isinstance(info.get("config"), dict):
+            return info["config"], str(trainer)
+    return {}, "defaults (moving_ball at the model's image size)"
+
+
+def resolve(
+    checkpoint: str | Path,
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+    device: str = "cpu",
+) -> Resolved:
+    """Load the model of `checkpoint` on `device` and its data config (see module docstring)."""
+    model_file, run_dir = resolve_model_file(checkpoint)
+    device = _device(device)
+    model = load(model_file, map_location=device)
+    model.eval()
+    tree, origin = _config_tree(config, model_file, run_dir)
+    for item in overrides or []:
+        if not item.split("=", 1)[0].strip().startswith("data."):
+            raise ValueError(f"--set {item!r}: only data.* settings can be overridden here")
+    tree = apply_overrides(dict(tree), list(overrides or []))
+    section: dict[str, Any] = dict(tree.get("data") or {})
+    section.setdefault("image_size", model.config.image_size)
+    section.setdefault("channels", model.config.channels)
+    data = from_dict(DataConfig, section, "data")
+    if (data.image_size, data.channels) != (model.config.image_size, model.config.channels):
+        raise ValueError(
+            f"data.image_size/channels ({data.image_size}, {data.channels}) differ from the model's "
+            f"({model.config.image_size}, {model.config.channels})"
+        )
+    return Resolved(model, model_file, run_dir, data, origin)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu" or name.startswith("cuda"):
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        return torch.device(name)
+    raise ValueError(f"--device must be auto, cpu or cuda[:i], got {name!r}")
+
+
+def evaluation_source(data: DataConfig) -> tuple[SequenceSource, str]:
+    """The test split of the data (the train split when the data set has no test split)."""
+    try:
+        return build_source(data, "test"), "test"
+    except ValueError as exc:  # e.g. an empty test split: use the training data, as the trainer does
+        try:
+            return build_source(data, "train"), "train"
+        except ValueError:
+            raise exc from None
+
+
+def eval_sequences(
+    source: SequenceSource, num: int, length: int, seed: int, what: str = "length"
+) -> tuple[Batch, np.ndarray | None]:
+    """`num` fixed windows of `length` frames (`SequenceSource.eval_batch`), and for Moving
+    Ball the (B, T) ground-truth colour changes of the same windows (else None).
+
+    ValueError with the lengths involved when the data set's videos are too short (`what`
+    names the setting that asked for `length` frames).
+    """
+    for name, value in (("sequences", num), ("length", length), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
+            raise ValueError(f"{name}: expected a {'non-negative' if name == 'seed' else 'positive'} "
+                             f"int, got {value!r}")
+    try:
+        if isinstance(source, MovingBallSource):
+            # the same generator as eval_batch, so the windows are identical to `dlh eval`'s
+            rng = np.random.default_rng([EVAL_SALT, seed, 0 if source.split == "train" else 1])
+            batch, changed = source.sample_with_changes(rng, num, length)
+            return batch, changed
+        return source.eval_batch(num, length, seed), None
+    except ValueError as exc:
+        raise ValueError(
+            f"cannot cut {num} sequence(s) of {length} frames ({what}) from the "
+            f"{getattr(source, 'split', '')} data: {exc}"
+        ) from exc
+
+
+__all__ = ["Resolved", "resolve", "resolve_model_file", "evaluation_source", "eval_sequences"]

@@ -37,10 +37,8 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 import warnings
 from collections.abc import Mapping, Sequence
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -113,52 +111,41 @@ def encode_action(space: gym.Space, action: Any) -> np.ndarray:
 
 # ---------------------------------------------------------------------- files
 def validate_episode(episode: Mapping[str, np.ndarray]) -> int:
-    """Check an episode against the layout above; return its number of steps ``T``.
+    """Check an episode a recorder is about to write; return its number of steps ``T``.
+
+    On top of the reader's checks (:func:`worldmodel.data.episodes.validate_episode`), a
+    recorder must store the layout exactly: the dtypes the reader would otherwise convert
+    to, no keys beyond the layout but ``log_*`` ones (with one entry per step), and
+    ``is_last`` at the final step.
 
     Raises:
         ValueError: naming the key and what was expected and found.
     """
-    missing = [k for k in EPISODE_KEYS if k not in episode]
-    if missing:
-        raise ValueError(f"episode is missing keys {missing}; expected {list(EPISODE_KEYS)}")
+    from worldmodel.data.episodes import validate_episode as check_readable
+
+    readable = check_readable(episode)
+    n = readable["image"].shape[0]
     extra = [k for k in episode if k not in EPISODE_KEYS and not k.startswith("log_")]
     if extra:
         raise ValueError(f"episode has unknown keys {extra}; extra keys must start with 'log_'")
-    image = episode["image"]
-    if image.dtype != np.uint8 or image.ndim != 4:
-        raise ValueError(f"'image' must be uint8 (T+1, H, W, C), got {image.dtype} {image.shape}")
-    n = image.shape[0]
-    if n < 1:
-        raise ValueError("episode has no frames")
-    action = episode["action"]
-    if action.dtype != np.float32 or action.ndim != 2 or action.shape[0] != n:
-        raise ValueError(f"'action' must be float32 ({n}, A), got {action.dtype} {action.shape}")
-    if episode["reward"].dtype != np.float32 or episode["reward"].shape != (n,):
-        raise ValueError(
-            f"'reward' must be float32 ({n},), got {episode['reward'].dtype} {episode['reward'].shape}"
-        )
-    for key in ("is_first", "is_last", "is_terminal"):
-        if episode[key].dtype != np.bool_ or episode[key].shape != (n,):
-            raise ValueError(f"'{key}' must be bool ({n},), got {episode[key].dtype} {episode[key].shape}")
+    for key in EPISODE_KEYS:
+        stored, wanted = np.asarray(episode[key]), readable[key]
+        if stored.dtype != wanted.dtype or stored.shape != wanted.shape:
+            raise ValueError(f"'{key}' must be stored as {wanted.dtype} {wanted.shape}, "
+                             f"got {stored.dtype} {stored.shape}")
     for key in episode:
         if key.startswith("log_") and (np.ndim(episode[key]) < 1 or len(episode[key]) != n):
             raise ValueError(f"'{key}' must have {n} entries, got shape {np.shape(episode[key])}")
-    if not episode["is_first"][0]:
-        raise ValueError("'is_first' must be True at t=0")
-    if not episode["is_last"][-1]:
+    if not readable["is_last"][-1]:
         raise ValueError("'is_last' must be True at the last step")
     return n - 1
 
 
 def load_episode(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Load and validate one episode file (``allow_pickle=False``)."""
-    with np.load(path, allow_pickle=False) as data:
-        episode = {key: data[key] for key in data.files}
-    try:
-        validate_episode(episode)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
-    return episode
+    """Load and validate one episode file (the data layer's reader; never unpickles)."""
+    from worldmodel.data.episodes import load_episode as read
+
+    return read(path)
 
 
 def _next_free_index(out_dir: Path, prefix: str) -> int:
@@ -180,26 +167,17 @@ def save_episode(
 
     The index is the next free one; an existing file is never replaced.
     """
+    from worldmodel.data.episodes import save_episode as write
+
     length = validate_episode(episode)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{prefix}-{os.getpid()}-{uuid.uuid4().hex}.npz.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            np.savez_compressed(f, **episode)
-            f.flush()
-            os.fsync(f.fileno())
-        index = _next_free_index(out, prefix)
+    index = _next_free_index(out, prefix)
+    final = out / f"{prefix}_{index:06d}_{length}.npz"
+    while final.exists():  # a file with another length but this index is fine; this is not
+        index += 1
         final = out / f"{prefix}_{index:06d}_{length}.npz"
-        while final.exists():  # a file with another length but this index is fine; this is not
-            index += 1
-            final = out / f"{prefix}_{index:06d}_{length}.npz"
-        os.replace(tmp, final)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return final
+    return write(final, episode)  # atomic: temporary name, then rename
 
 
 # ---------------------------------------------------------------------- the wrapper

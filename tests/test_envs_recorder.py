@@ -273,13 +273,14 @@ def good_episode(length: int = 2) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        (lambda e: e.pop("reward"), "missing keys"),
+        (lambda e: e.pop("reward"), "missing key"),
         (lambda e: e.update(extra=np.zeros(3)), "must start with 'log_'"),
         (lambda e: e.update(image=e["image"].astype(np.float32)), "'image' must be uint8"),
-        (lambda e: e.update(action=e["action"][:2]), "'action' must be float32"),
+        (lambda e: e.update(action=e["action"][:2]), "'action' must have shape"),
+        (lambda e: e.update(action=e["action"].astype(np.float64)), "'action' must be stored as float32"),
         (lambda e: e.update(reward=e["reward"].astype(np.float64)), "'reward'"),
         (lambda e: e.update(is_last=np.zeros(3, bool)), "'is_last' must be True"),
-        (lambda e: e.update(is_first=np.zeros(3, np.uint8)), "'is_first' must be bool"),
+        (lambda e: e.update(is_first=np.array([1, 0, 0], np.uint8)), "'is_first' must be stored as bool"),
         (lambda e: e.update(log_x=np.zeros(2)), "'log_x' must have 3 entries"),
     ],
 )
@@ -300,7 +301,7 @@ def test_save_and_load_episode(tmp_path: Path) -> None:
         assert episode[key].dtype == value.dtype
     bad = tmp_path / "bad.npz"
     np.savez(bad, image=np.zeros((2, 4, 4, 1), np.uint8))
-    with pytest.raises(ValueError, match="bad.npz: episode is missing keys"):
+    with pytest.raises(ValueError, match="bad.npz: episode is missing key"):
         load_episode(bad)
 
 

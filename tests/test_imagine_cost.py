@@ -34,7 +34,7 @@ def test_levels_above_the_highest_changing_level_run_no_network(batch):
         before = Counter(counts)
         state, e = model.hierarchy.imagine_step(state, None, sample_e=True, gather_below=0.5)
         step = counts - before
-        active = e.any(0)  # levels changing in some row
+        active = torch.stack(e, 1).any(0)  # levels changing in some row
         top = int(active.nonzero().max())  # 0-based highest changing level
         for n in range(1, 5):
             calls = {name: step[(n, name)] for name in NETWORKS}

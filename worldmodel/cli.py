@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import os
+import sys
 from collections.abc import Sequence
 
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")  # pygame (gymnasium rendering) without a sound card
@@ -25,10 +25,12 @@ def _train(args: argparse.Namespace) -> int:
     summary = train(cfg, resume=args.resume, progress=not args.no_progress)
     if summary:
         final = summary["final_metrics"]
+        nan = float("nan")
+        rollout = summary["rollout"]
         print(f"done: {summary['steps']} steps in {summary['wall_time_s']} s on {summary['device']}")
-        print(f"  final loss {final.get('loss', float('nan')):.2f}  elbo {final.get('elbo', float('nan')):.2f}"
-              f"  levels used {final.get('levels_used', float('nan')):.2f}")
-        print(f"  open-loop rollout: SSIM {summary['rollout']['ssim']:.3f}  PSNR {summary['rollout']['psnr']:.2f} dB")
+        print(f"  final loss {final.get('loss', nan):.2f}  elbo {final.get('elbo', nan):.2f}"
+              f"  levels used {final.get('levels_used', nan):.2f}")
+        print(f"  open-loop rollout: SSIM {rollout['ssim']:.3f}  PSNR {rollout['psnr']:.2f} dB")
         print(f"  rollout GIF: {summary['rollout_gif']}")
         print(f"  model: {summary['model']}   summary: {cfg.out_dir}/summary.json")
     return 0

@@ -24,7 +24,7 @@ class Gaussian(NamedTuple):
 
     def rsample(self) -> Tensor:
         """A reparametrised sample (..., S)."""
-        return self.mean + self.std * torch.randn_like(self.mean)
+        return torch.addcmul(self.mean, self.std, torch.randn_like(self.mean))
 
 
 def gaussian_from_params(params: Tensor, min_std: float) -> Gaussian:

@@ -48,8 +48,11 @@ class Rows:
     the active fraction under which gathering is used (0 disables it).
     """
 
-    def __init__(self, mask: Tensor, gather_below: float = 0.0) -> None:
+    def __init__(self, mask: Tensor, gather_below: float = 0.0, all_rows: bool = False) -> None:
         self.mask = mask
+        if all_rows:  # known to be all True: skip the count
+            self.kind = "all"
+            return
         active = int(mask.sum())
         size = mask.numel()
         if active == 0:
@@ -186,11 +189,9 @@ class Hierarchy(nn.Module):
                 pending.append((state.pending[:, i] & ~evaluated[i]) | rows[i].mask)
             else:
                 d[i] = self._advance(i, rows[i], s[i], d[i], None)
-                pending.append(torch.zeros_like(rows[i].mask))
-        return HierarchicalState(
-            s=s, mean=mean, std=std, d=d, top_down=top_down,
-            pending=torch.stack(pending, 1), t=state.t + 1,
-        )
+                pending.append(state.pending[:, i])  # stays False
+        owed = torch.stack(pending, 1) if self.cfg.action_dim else state.pending
+        return HierarchicalState(s=s, mean=mean, std=std, d=d, top_down=top_down, pending=owed, t=state.t + 1)
 
     def _settle_pending(
         self, i: int, state: HierarchicalState, d: list[Tensor], evaluated: Tensor,
@@ -295,19 +296,19 @@ class Hierarchy(nn.Module):
         action: Tensor | None,
         sample_e: bool = True,
         gather_below: float = 0.5,
-    ) -> tuple[HierarchicalState, Tensor]:
+    ) -> tuple[HierarchicalState, list[Tensor]]:
         """One open-loop step: sample e^n ~ p(e^n | d^n) bottom-up while e^{n-1} = 1, then
         sample s^n from the change prior for the changing levels, top-down.
 
         Levels above the highest changing level K' keep their state and cached top-down
         output exactly and run no network (level K'+1 only evaluates its prior factor to
-        decide that it is static). Returns the new state and e (B, N) bool.
+        decide that it is static). Returns the new state and e per level, (B,) bool each.
         """
         cfg = self.cfg
         first = state.t == 0
         any_first = bool(first.any())
         d = list(state.d)
-        rows = [Rows(torch.ones_like(first))]  # level 1 always changes
+        rows = [Rows(torch.ones_like(first), all_rows=True)]  # level 1 always changes
         evaluated = [rows[0].mask]
         self._settle_pending(0, state, d, rows[0].mask, action, gather_below)
         for i in range(1, len(self.levels)):
@@ -326,7 +327,8 @@ class Hierarchy(nn.Module):
                 e = torch.bernoulli(prob).bool() if sample_e else prob > 0.5
                 if any_first:
                     e = e | below.take(first)
-                rows.append(Rows(below.put(e, torch.zeros_like(below.mask)), gather_below))
+                mask = e if below.kind == "all" else below.put(e, torch.zeros_like(below.mask))
+                rows.append(Rows(mask, gather_below))
             if cfg.timescale != "dynamic":
                 self._settle_pending(i, state, d, rows[i].mask, action, gather_below)
                 evaluated[i] = rows[i].mask
@@ -336,7 +338,7 @@ class Hierarchy(nn.Module):
 
         s, mean, std, top_down = self._top_down(state, d, rows, change_prior)
         new_state = self._finish(state, s, d, rows, evaluated, mean, std, top_down)
-        return new_state, torch.stack([r.mask for r in rows], 1)
+        return new_state, [r.mask for r in rows]
 
 
 __all__ = ["Hierarchy", "Rows", "change_posterior"]

@@ -201,7 +201,7 @@ class DLH(nn.Module):
                 used.append(action)
         return Trajectory(
             states=states,
-            changed=torch.stack(changed, 1),
+            changed=torch.stack([torch.stack(e, 1) for e in changed], 1),  # (B, horizon, N)
             features=self._features_over_time(states),
             decoder_input=torch.stack([s.top_down[0] for s in states], 1),
             actions=torch.stack(used, 1) if used else None,

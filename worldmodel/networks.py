@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -25,6 +26,17 @@ class MLP(nn.Sequential):
         layers.append(nn.Linear(size, out_dim))
         super().__init__(*layers)
         self.in_dim, self.out_dim = in_dim, out_dim
+        self._linears = [m for m in layers if isinstance(m, nn.Linear)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Functional calls instead of one module call per layer: at batch 1 (an acting agent,
+        # imagination) the per-call overhead of the layers is most of the cost.
+        last = len(self._linears) - 1
+        for i, linear in enumerate(self._linears):
+            x = F.linear(x, linear.weight, linear.bias)
+            if i < last:
+                x = F.elu(x)
+        return x
 
 
 class ConvEncoder(nn.Module):

@@ -34,7 +34,9 @@ def timed_rollout(model: DLH, state, horizon: int, repeats: int) -> tuple[float,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", default=None, help="a saved DLH (default: random weights)")
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--horizon", type=int, default=200)

@@ -71,7 +71,8 @@ def baselines(root: Path) -> list[str]:
             ssim, psnr = av["ssim_gaussian11"], av["psnr"]
             lines.append(
                 f"| {data} | {mode} | {ssim['mean']:.3f} ± {ssim['std_over_sequences']:.3f}"
-                f" | {av['ssim_uniform7']['mean']:.3f} | {psnr['mean']:.2f} ± {psnr['std_over_sequences']:.2f}"
+                f" | {av['ssim_uniform7']['mean']:.3f}"
+                f" | {psnr['mean']:.2f} ± {psnr['std_over_sequences']:.2f}"
                 f" | {e['context']} / {e['horizon']} / {e['samples']} | {_wall(run)} |"
             )
     return lines

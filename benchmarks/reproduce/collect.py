@@ -58,19 +58,18 @@ def levels(root: Path) -> list[str]:
 
 
 def baselines(root: Path) -> list[str]:
-    lines = ["| data | timescale | SSIM (Gaussian 11×11) | SSIM (uniform 7×7) | PSNR (dB) "
-             "| context / horizon / K | train wall |", "|---|---|---|---|---|---|---|"]
+    lines = ["| data | steps | timescale | SSIM (Gaussian 11×11) | SSIM (uniform 7×7) | PSNR (dB) "
+             "| context / horizon / K | train wall |", "|---|---|---|---|---|---|---|---|"]
     for data, prefix in (("Moving Ball", "ball"), ("Moving Fashion-MNIST", "fmnist")):
-        for mode in ("dynamic", "clockwork", "every_step"):
-            shared = prefix == "ball" and mode == "dynamic"  # Table 3's λ = 0 run
-            run = root / (f"{prefix}_lam0.0" if shared else f"{prefix}_{mode}")
+        for run in sorted(root.glob(f"{prefix}_steps*_*")):
             e = _load(run / "eval" / "eval.json")
             if e is None:
                 continue
+            steps, mode = run.name[len(prefix) + 6:].split("_", 1)
             av = e["averages"]
             ssim, psnr = av["ssim_gaussian11"], av["psnr"]
             lines.append(
-                f"| {data} | {mode} | {ssim['mean']:.3f} ± {ssim['std_over_sequences']:.3f}"
+                f"| {data} | {steps} | {mode} | {ssim['mean']:.3f} ± {ssim['std_over_sequences']:.3f}"
                 f" | {av['ssim_uniform7']['mean']:.3f}"
                 f" | {psnr['mean']:.2f} ± {psnr['std_over_sequences']:.2f}"
                 f" | {e['context']} / {e['horizon']} / {e['samples']} | {_wall(run)} |"

@@ -320,3 +320,17 @@ def test_a_tiny_model_learns_bouncing_balls():
         history.append(metrics["recon"] + metrics["kl"] + metrics["factor_kl"])  # −ELBO, β = 1
     first, last = np.mean(history[:10]), np.mean(history[-10:])
     assert last < first - 0.5 * abs(first), (first, last)
+
+
+def test_head_loss_scales_weight_the_head_terms():
+    frames, rewards = random_frames(2, 4), torch.randn(2, 4)
+    losses = {}
+    for scale in (0.0, 1.0, 10.0):
+        model = tiny_model(levels=2, reward_head=True, reward_scale=scale)
+        torch.manual_seed(0)
+        losses[scale], metrics = model.loss(frames, rewards=rewards)
+    nll = metrics["reward_nll"]
+    assert float(losses[10.0] - losses[0.0]) == pytest.approx(10 * nll, rel=1e-4)
+    assert float(losses[1.0] - losses[0.0]) == pytest.approx(nll, rel=1e-4)
+    with pytest.raises(ValueError, match="reward_scale"):
+        tiny_config(reward_scale=-1.0)

@@ -2,6 +2,8 @@
 
     dlh train --config configs/moving_ball_cpu.yaml [--set section.key=value ...] [--resume]
     dlh record --env worldmodel/PointTarget-v0 --policy random --episodes 20 --out data/pt
+    dlh eval | rollout | analyze --checkpoint RUN ...      (worldmodel.evaluation)
+    dlh agent-train | agent-eval --env ID ...               (agents)
 """
 
 from __future__ import annotations
@@ -49,22 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
+    from agents.cli import add_agent_parsers
     from envs.cli import add_record_parser
 
     add_record_parser(sub)
-    for extra in _extra_commands():
-        extra(sub)
+    add_agent_parsers(sub)
+    from .evaluation.cli import add_parsers as add_evaluation_parsers
+
+    add_evaluation_parsers(sub)
     return parser
-
-
-def _extra_commands() -> list:
-    commands = []
-    try:
-        from .evaluation.cli import add_parsers
-    except ImportError:
-        return commands
-    commands.append(add_parsers)
-    return commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:

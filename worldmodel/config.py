@@ -42,6 +42,8 @@ class DLHConfig:
         assignment: "hard" (eq. 4, the paper's default) or "vade" (soft q(e), eq. 34).
         reward_head, continue_head: add heads on `features(state)` trained with the loss.
         head_hidden: hidden sizes of the reward and continue heads.
+        reward_scale, continue_scale: weights of the heads' losses against the ELBO (whose
+            reconstruction term sums over pixels and can drown a unit-weight reward loss).
     """
 
     levels: int = 3
@@ -66,6 +68,8 @@ class DLHConfig:
     reward_head: bool = False
     continue_head: bool = False
     head_hidden: tuple[int, ...] = (200, 200)
+    reward_scale: float = 1.0
+    continue_scale: float = 1.0
 
     def __post_init__(self) -> None:
         def positive(name: str) -> None:
@@ -89,6 +93,11 @@ class DLHConfig:
             raise ValueError(f"DLHConfig.assignment must be one of {ASSIGNMENTS}, got {self.assignment!r}")
         if not isinstance(self.clockwork_k, int) or self.clockwork_k < 2:
             raise ValueError(f"DLHConfig.clockwork_k must be an int >= 2, got {self.clockwork_k!r}")
+        if not self.reward_scale >= 0 or not self.continue_scale >= 0:
+            raise ValueError(
+                f"DLHConfig.reward_scale and continue_scale must be >= 0, "
+                f"got {self.reward_scale!r}, {self.continue_scale!r}"
+            )
         if not self.min_std > 0 or not self.obs_std > 0:
             raise ValueError(
                 f"DLHConfig.min_std and obs_std must be > 0, got {self.min_std!r}, {self.obs_std!r}"

@@ -277,8 +277,9 @@ class DLH(nn.Module):
             if self.continue_head is None:
                 raise ValueError("continues given but the model has no continue head")
             extra["continue_nll"] = continue_nll(self.continue_head(out.features).squeeze(-1), continues)
-        for value in extra.values():
-            loss = loss + value
+        scales = {"reward_nll": self.config.reward_scale, "continue_nll": self.config.continue_scale}
+        for key, value in extra.items():
+            loss = loss + scales[key] * value
         total = loss.mean()
         with torch.no_grad():
             metrics = {

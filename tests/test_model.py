@@ -328,7 +328,8 @@ def test_head_loss_scales_weight_the_head_terms():
     for scale in (0.0, 1.0, 10.0):
         model = tiny_model(levels=2, reward_head=True, reward_scale=scale)
         torch.manual_seed(0)
-        losses[scale], metrics = model.loss(frames, rewards=rewards)
+        loss, metrics = model.loss(frames, rewards=rewards)
+        losses[scale] = loss.detach()
     nll = metrics["reward_nll"]
     assert float(losses[10.0] - losses[0.0]) == pytest.approx(10 * nll, rel=1e-4)
     assert float(losses[1.0] - losses[0.0]) == pytest.approx(nll, rel=1e-4)

@@ -32,7 +32,7 @@ def test_levels_above_the_highest_changing_level_run_no_network(batch):
     horizon = 60
     for _ in range(horizon):
         before = Counter(counts)
-        state, e = model.hierarchy.imagine_step(state, None, sample_e=True, gather_below=0.5)
+        state, e = model.hierarchy.imagine_step(state, None, sample_e=True)
         step = counts - before
         active = torch.stack(e, 1).any(0)  # levels changing in some row
         top = int(active.nonzero().max())  # 0-based highest changing level

@@ -295,7 +295,7 @@ class Hierarchy(nn.Module):
         state: HierarchicalState,
         action: Tensor | None,
         sample_e: bool = True,
-        gather_below: float = 0.5,
+        gather_below: float = 1.0,
     ) -> tuple[HierarchicalState, list[Tensor]]:
         """One open-loop step: sample e^n ~ p(e^n | d^n) bottom-up while e^{n-1} = 1, then
         sample s^n from the change prior for the changing levels, top-down.

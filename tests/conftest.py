@@ -34,6 +34,16 @@ def random_frames(batch: int = 2, steps: int = 6, channels: int = 1, size: int =
     return torch.rand(batch, steps, channels, size, size, generator=g)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread (two spin against each other on busy cores);
+    restored after each test, which may change it (the trainer's `threads` setting)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def model() -> DLH:
     return tiny_model()

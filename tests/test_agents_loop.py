@@ -6,7 +6,6 @@ import argparse
 import json
 
 import pytest
-import torch
 import yaml
 
 import envs
@@ -22,14 +21,6 @@ from worldmodel.training import TrainConfig
 from worldmodel.training.checkpoints import latest_checkpoint
 
 PLANNER = {"horizon": 3, "candidates": 16, "iterations": 2, "top_k": 4}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def train_config(out_dir, **model) -> TrainConfig:

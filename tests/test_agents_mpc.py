@@ -16,14 +16,6 @@ from worldmodel import DLH
 SPACE = spaces.Box(-1.0, 1.0, (2,), np.float32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class SpyModel(DLH):
     """Records the action and is_first of every observe_step call."""
 

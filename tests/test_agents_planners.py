@@ -12,15 +12,6 @@ from worldmodel import DLH
 TARGET = torch.tensor([0.5, -0.3])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny batched matmuls are far faster on one thread when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def agent_model(seed: int = 0, **overrides) -> DLH:
     torch.manual_seed(seed)
     base = dict(levels=2, channels=3, action_dim=2, reward_head=True)

@@ -19,14 +19,6 @@ from tests.conftest import tiny_config  # noqa: E402
 from worldmodel import DLH  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def world_model(seed: int = 0, **overrides) -> DLH:
     torch.manual_seed(seed)
     base = {"levels": 2, "channels": 3, "action_dim": 2, "reward_head": True, **overrides}

@@ -331,18 +331,7 @@ def test_progress_bar(tmp_path: Path, capsys) -> None:
     assert "2/2" in capsys.readouterr().err
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Tiny networks run faster (and steadier on a busy 2-core machine) on one thread."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_sb3_policy(tmp_path: Path, one_torch_thread) -> None:
+def test_sb3_policy(tmp_path: Path) -> None:
     from stable_baselines3 import PPO
 
     train_env = gym.wrappers.TimeLimit(PointTargetEnv(), 16)  # 64x64: CnnPolicy needs >= 36
@@ -360,7 +349,7 @@ def test_sb3_policy(tmp_path: Path, one_torch_thread) -> None:
             np.testing.assert_allclose(episode["action"][t + 1], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_sb3_policy_on_flattened_observations(tmp_path: Path, one_torch_thread) -> None:
+def test_sb3_policy_on_flattened_observations(tmp_path: Path) -> None:
     from stable_baselines3 import PPO
 
     train_env = gym.wrappers.FlattenObservation(PointTargetEnv(size=16))

@@ -28,15 +28,6 @@ from worldmodel.evaluation.loading import eval_sequences
 from worldmodel.state import ObserveOutput
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run fastest on one thread (two spin against each other on busy cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _force_e(monkeypatch, value):
     """Make the inferred q(e^n = 1) constant (`value` 0 or 1) or a function of the row."""
 

@@ -9,22 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from tests.conftest import tiny_config, tiny_model
 from worldmodel.cli import main
 from worldmodel.data import DataConfig
 from worldmodel.evaluation.loading import resolve, resolve_model_file
 from worldmodel.training.config import TrainConfig, dump_config
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run fastest on one thread (two spin against each other on busy cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -11,15 +11,6 @@ from worldmodel.evaluation import best_of_k_curves, evaluate, ssim_name
 from worldmodel.metrics import PSNR_MSE_FLOOR, per_frame_metrics, ssim
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run fastest on one thread (two spin against each other on busy cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _fixed_samples(truth: torch.Tensor, k: int, seed: int = 10) -> torch.Tensor:
     """(B, K, H, C, h, w): noisy versions of truth with sample-dependent noise levels."""
     g = torch.Generator().manual_seed(seed)

@@ -193,13 +193,30 @@ def test_resampling_a_level_changes_nothing_above_it(level):
 
 def test_resampled_levels_follow_their_stored_distribution():
     model, state = _filtered_state(batch=1)
-    _, new = resample_levels(model, state, [2, 3], samples=4000, generator=torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    _, new = resample_levels(model, state, [2, 3], samples=4000, generator=generator, source="posterior")
     for i in (1, 2):
         draws = new.s[i]
         torch.testing.assert_close(draws.mean(0), state.mean[i][0], atol=4 * float(state.std[i].max()) / 60,
                                    rtol=0)
         torch.testing.assert_close(draws.std(0), state.std[i][0], rtol=0.1, atol=0)
     assert torch.equal(new.s[0], state.repeat_interleave(4000).s[0])
+
+
+def test_resampled_levels_follow_their_change_prior_by_default():
+    """Level 3 (top) is drawn from p(s^3 | d^3, c^3) with the constant top context; level 2
+    from its prior given the context recomputed from level 3's new sample."""
+    model, state = _filtered_state(batch=1)
+    rep = state.repeat_interleave(4000)
+    _, new = resample_levels(model, state, [3], samples=4000, generator=torch.Generator().manual_seed(1))
+    hierarchy = model.hierarchy
+    with torch.no_grad():
+        prior = hierarchy.levels[2].predict(rep.d[2], hierarchy._context(2, rep.top_down, 4000))
+    torch.testing.assert_close(new.s[2].mean(0), prior.mean[0], atol=4 * float(prior.std.max()) / 60, rtol=0)
+    torch.testing.assert_close(new.s[2].std(0), prior.std[0], rtol=0.1, atol=0)
+    assert torch.equal(new.s[1], rep.s[1]) and torch.equal(new.s[0], rep.s[0])  # held below
+    with pytest.raises(ValueError, match="source"):
+        resample_levels(model, state, [2], samples=2, source="guess")
 
 
 def test_level_samples_grid_and_groups():

@@ -200,17 +200,22 @@ def resample_levels(
     levels: Iterable[int],
     samples: int,
     generator: torch.Generator | None = None,
+    source: str = "prior",
 ) -> tuple[Tensor, HierarchicalState]:
     """Decode `state` with s^n redrawn for the chosen `levels` and every other level held.
 
-    For each listed level n (1-based), s^n ~ N(state.mean[n], state.std[n]) — the
-    distribution the filtered sample came from — `samples` times; the other levels keep
-    their samples s^m. The top-down pass is recomputed from the highest resampled level down
-    to level 1 (held levels below it read the new context); levels above it are untouched.
+    For each listed level n (1-based), s^n is drawn `samples` times, top-down from the
+    highest listed level: from the level's change prior p(s^n | d^n, c^n) given the context
+    from above (`source="prior"`, the default: what the level could hold — Fig. 5a, 10, 11),
+    or from the distribution the filtered sample came from, N(state.mean[n], state.std[n])
+    (`source="posterior"`: how certain the filter is). Other levels keep their samples s^m;
+    the top-down pass is recomputed from the highest resampled level down to level 1 (held
+    levels below it read the new context); levels above it are untouched.
 
     Args:
         model: the DLH; state: a filtered state (B rows); levels: 1-based level numbers
-            (empty: decode the held state); samples: K >= 1; generator: for the noise.
+            (empty: decode the held state); samples: K >= 1; generator: for the noise;
+            source: "prior" or "posterior".
     Returns:
         frames (B, K, C, H, W) in [0, 1], and the (B·K)-row state with the new s and top_down
         (rows sample-major within each sequence, as `repeat_interleave`).
@@ -221,13 +226,21 @@ def resample_levels(
             raise ValueError(f"levels: expected level numbers in 1..{state.levels}, got {n}")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples: expected a positive int, got {samples!r}")
+    if source not in ("prior", "posterior"):
+        raise ValueError(f"source: expected 'prior' or 'posterior', got {source!r}")
     rep = state.repeat_interleave(samples)
-    s = list(rep.s)
-    for n in chosen:
-        mean, std = rep.mean[n - 1], rep.std[n - 1]
-        noise = torch.randn(mean.shape, generator=generator, device="cpu").to(mean.device, mean.dtype)
-        s[n - 1] = mean + std * noise
-    top_down = top_down_from(model, rep, s, max(chosen)) if chosen else list(rep.top_down)
+    s, top_down = list(rep.s), list(rep.top_down)
+    hierarchy = model.hierarchy
+    for i in reversed(range(max(chosen) if chosen else 0)):
+        context = hierarchy._context(i, top_down, rep.batch_size)
+        if i + 1 in chosen:
+            if source == "prior":
+                mean, std = hierarchy.levels[i].predict(rep.d[i], context)
+            else:
+                mean, std = rep.mean[i], rep.std[i]
+            noise = torch.randn(mean.shape, generator=generator, device="cpu").to(mean.device, mean.dtype)
+            s[i] = mean + std * noise
+        top_down[i] = hierarchy.levels[i].top_down(s[i], context)
     new = HierarchicalState(s=s, mean=rep.mean, std=rep.std, d=rep.d, top_down=top_down,
                             pending=rep.pending, t=rep.t)
     frames = model.decoder(top_down[0]).clamp(0, 1)  # (B·K, C, H, W)

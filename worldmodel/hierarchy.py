@@ -90,6 +90,9 @@ class Hierarchy(nn.Module):
         self.cfg = cfg
         self.levels = nn.ModuleList(Level(cfg, n) for n in range(1, cfg.levels + 1))
         self.top_context = nn.Parameter(torch.zeros(cfg.c_dim))
+        # the same modules in a plain list: ModuleList indexing costs microseconds per call,
+        # which shows in batch-1 imagination
+        self._level = list(self.levels)
 
     # ----------------------------------------------------------------- state helpers
     def initial_state(self, batch_size: int, device: torch.device | None = None) -> HierarchicalState:
@@ -153,7 +156,7 @@ class Hierarchy(nn.Module):
             s[i] = sel.put(sample, s[i])
             mean[i] = sel.put(dist.mean, mean[i])
             std[i] = sel.put(dist.std, std[i])
-            top_down[i] = sel.put(self.levels[i].top_down(sample, context), top_down[i])
+            top_down[i] = sel.put(self._level[i].top_down(sample, context), top_down[i])
         return s, mean, std, top_down
 
     def _advance(
@@ -168,7 +171,7 @@ class Hierarchy(nn.Module):
         if sel.kind == "none":
             return d
         act = sel.take(action) if action is not None else None
-        return sel.put(self.levels[i].transition(sel.take(s), sel.take(d), act), d)
+        return sel.put(self._level[i].transition(sel.take(s), sel.take(d), act), d)
 
     def _finish(
         self,
@@ -198,7 +201,7 @@ class Hierarchy(nn.Module):
         action: Tensor | None, gather_below: float,
     ) -> None:
         """An action-taking level about to be used pays its owed transition with `action`."""
-        if self.levels[i].takes_action:
+        if self._level[i].takes_action:
             owed = Rows(evaluated & state.pending[:, i], gather_below)
             d[i] = self._advance(i, owed, state.s[i], d[i], action)
 
@@ -228,7 +231,7 @@ class Hierarchy(nn.Module):
         self._settle_pending(0, state, d, ones, action, 0.0)
         nan = torch.full((batch,), float("nan"), device=first.device)
         for i in range(1, n_levels):
-            level = self.levels[i]
+            level = self._level[i]
             candidate = changed[i - 1]
             if cfg.timescale != "dynamic":
                 e = candidate & (ones if cfg.timescale == "every_step" else self._clockwork(i, state.t))
@@ -267,7 +270,7 @@ class Hierarchy(nn.Module):
         rows = [Rows(evaluated[i]) for i in range(n_levels)]
 
         def posterior(i: int, sel: Rows, context: Tensor) -> Gaussian:
-            level = self.levels[i]  # filtering runs dense (masked): sel.take is the identity
+            level = self._level[i]  # filtering runs dense (masked): sel.take is the identity
             q = level.infer(sel.take(xs[i]), context)
             kl = kl_gaussian(q, level.predict(sel.take(d[i]), context))
             if cfg.timescale == "dynamic" and i > 0:  # eq. 9
@@ -323,7 +326,7 @@ class Hierarchy(nn.Module):
                 rows.append(Rows(below.mask & self._clockwork(i, state.t), gather_below))
             else:
                 self._settle_pending(i, state, d, below.mask, action, gather_below)
-                prob = torch.sigmoid(self.levels[i].change_logit(below.take(d[i])))
+                prob = torch.sigmoid(self._level[i].change_logit(below.take(d[i])))
                 e = torch.bernoulli(prob).bool() if sample_e else prob > 0.5
                 if any_first:
                     e = e | below.take(first)
@@ -334,7 +337,7 @@ class Hierarchy(nn.Module):
                 evaluated[i] = rows[i].mask
 
         def change_prior(i: int, sel: Rows, context: Tensor) -> Gaussian:
-            return self.levels[i].predict(sel.take(d[i]), context)
+            return self._level[i].predict(sel.take(d[i]), context)
 
         s, mean, std, top_down = self._top_down(state, d, rows, change_prior)
         new_state = self._finish(state, s, d, rows, evaluated, mean, std, top_down)

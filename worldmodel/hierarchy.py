@@ -53,8 +53,8 @@ class Rows:
         if all_rows:  # known to be all True: skip the count
             self.kind = "all"
             return
-        active = int(mask.sum())
         size = mask.numel()
+        active = int(mask.item()) if size == 1 else int(mask.sum())  # batch 1: one read, no sum
         if active == 0:
             self.kind = "none"
         elif active == size:
@@ -186,13 +186,14 @@ class Hierarchy(nn.Module):
     ) -> HierarchicalState:
         """Advance the GRUs of the levels that changed (`rows`) and build the next state."""
         pending = []
-        for i, level in enumerate(self.levels):
+        for i, level in enumerate(self._level):
             if level.takes_action:
                 # The transition into the next step needs that step's action: owe it.
                 pending.append((state.pending[:, i] & ~evaluated[i]) | rows[i].mask)
             else:
                 d[i] = self._advance(i, rows[i], s[i], d[i], None)
-                pending.append(state.pending[:, i])  # stays False
+                if self.cfg.action_dim:
+                    pending.append(state.pending[:, i])  # stays False
         owed = torch.stack(pending, 1) if self.cfg.action_dim else state.pending
         return HierarchicalState(s=s, mean=mean, std=std, d=d, top_down=top_down, pending=owed, t=state.t + 1)
 

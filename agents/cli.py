@@ -16,17 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from envs.cli import positive_int
+
 __all__ = ["add_agent_parsers", "run_agent_train", "run_agent_eval"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _non_negative_float(text: str) -> float:
@@ -42,19 +34,19 @@ def _non_negative_float(text: str) -> float:
 def _add_planner_args(p: argparse.ArgumentParser, noise: float) -> None:
     g = p.add_argument_group("planner")
     g.add_argument("--planner", choices=("cem", "mppi"), default="cem", help="default cem")
-    g.add_argument("--horizon", type=_positive_int, default=12, help="imagined steps (default 12)")
-    g.add_argument("--candidates", type=_positive_int, default=None, metavar="N",
+    g.add_argument("--horizon", type=positive_int, default=12, help="imagined steps (default 12)")
+    g.add_argument("--candidates", type=positive_int, default=None, metavar="N",
                    help="sequences per iteration (default: cem 1000, mppi 512)")
-    g.add_argument("--elites", type=_positive_int, default=None, metavar="K",
+    g.add_argument("--elites", type=positive_int, default=None, metavar="K",
                    help="elites per iteration (default: cem 100, mppi 64)")
-    g.add_argument("--plan-iterations", type=_positive_int, default=None, metavar="I",
+    g.add_argument("--plan-iterations", type=positive_int, default=None, metavar="I",
                    help="refinement iterations per action (default: cem 10, mppi 6)")
     g.add_argument("--exploration-noise", type=_non_negative_float, default=noise,
                    help=f"Gaussian noise added to planned actions (default {noise})")
     e = p.add_argument_group("environment")
     e.add_argument("--env", required=True, metavar="ID", help="Gymnasium id, e.g. worldmodel/PointTarget-v0")
-    e.add_argument("--action-repeat", type=_positive_int, default=1, metavar="K")
-    e.add_argument("--max-episode-steps", type=_positive_int, default=None, metavar="N")
+    e.add_argument("--action-repeat", type=positive_int, default=1, metavar="K")
+    e.add_argument("--max-episode-steps", type=positive_int, default=None, metavar="N")
     e.add_argument("--seed", type=int, default=None, help="episode seeds start here")
 
 
@@ -80,10 +72,10 @@ def add_agent_parsers(subparsers: Any) -> None:
                    "model.reward_head must be set for the env)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--out", default=None, help="output directory (same as --set out_dir=...)")
-    p.add_argument("--iterations", type=_positive_int, required=True, metavar="N",
+    p.add_argument("--iterations", type=positive_int, required=True, metavar="N",
                    help="train/collect rounds")
-    p.add_argument("--seed-episodes", type=_positive_int, default=5, metavar="N", help="default 5")
-    p.add_argument("--train-steps", type=_positive_int, default=100, metavar="K",
+    p.add_argument("--seed-episodes", type=positive_int, default=5, metavar="N", help="default 5")
+    p.add_argument("--train-steps", type=positive_int, default=100, metavar="K",
                    help="optimiser steps per iteration (default 100)")
     p.add_argument("--episodes-dir", default=None, help="episode files (default OUT/episodes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -96,7 +88,7 @@ def add_agent_parsers(subparsers: Any) -> None:
                     "episode seeds, planning time per action and per-level change rates.")
     q.add_argument("--checkpoint", required=True, metavar="MODEL",
                    help="a model file (model.safetensors) or a run directory holding one")
-    q.add_argument("--episodes", type=_positive_int, default=20, help="default 20")
+    q.add_argument("--episodes", type=positive_int, default=20, help="default 20")
     q.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     q.add_argument("--no-random", action="store_true", help="skip the random-policy baseline")
     q.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")

@@ -19,7 +19,8 @@ import gymnasium as gym
 __all__ = ["add_record_parser", "run_record", "main"]
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a positive integer, with a clear message otherwise."""
     try:
         value = int(text)
     except ValueError:
@@ -57,15 +58,15 @@ def add_record_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="random|sb3:PATH",
         help="'random' or 'sb3:PATH' to a saved Stable-Baselines3 model zip (default: random)",
     )
-    parser.add_argument("--episodes", type=_positive_int, required=True, metavar="N")
+    parser.add_argument("--episodes", type=positive_int, required=True, metavar="N")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--size", type=_positive_int, default=64, help="image side (default 64)")
+    parser.add_argument("--size", type=positive_int, default=64, help="image side (default 64)")
     parser.add_argument("--grayscale", action="store_true", help="one channel instead of RGB")
-    parser.add_argument("--action-repeat", type=_positive_int, default=1, metavar="K", help="default 1")
+    parser.add_argument("--action-repeat", type=positive_int, default=1, metavar="K", help="default 1")
     parser.add_argument("--seed", type=int, default=0, help="episode i is reset with seed+i (default 0)")
     parser.add_argument(
         "--max-steps",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="cap on agent steps per episode (after action repeat); the env's own limit still applies",

@@ -34,6 +34,22 @@ def random_frames(batch: int = 2, steps: int = 6, channels: int = 1, size: int =
     return torch.rand(batch, steps, channels, size, size, generator=g)
 
 
+class SpyModel(DLH):
+    """A DLH that records (action, is_first) of every `observe_step` call; with
+    `require_inference_mode`, it also checks that the caller filters under inference mode."""
+
+    def __init__(self, config, require_inference_mode: bool = False):
+        super().__init__(config)
+        self.require_inference_mode = require_inference_mode
+        self.seen: list[tuple[torch.Tensor, bool]] = []
+
+    def observe_step(self, state, frame, action=None, is_first=None):
+        self.seen.append((action.clone(), bool(is_first.item())))
+        if self.require_inference_mode:
+            assert torch.is_inference_mode_enabled()
+        return super().observe_step(state, frame, action, is_first)
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny networks run fastest on one thread (two spin against each other on busy cores);

@@ -10,28 +10,16 @@ from gymnasium import spaces
 import envs
 from agents.mpc import LatentMPCAgent, obs_to_frame
 from agents.planners import CEMPlanner
-from tests.conftest import tiny_config
+from tests.conftest import SpyModel, tiny_config
 from worldmodel import DLH
 
 SPACE = spaces.Box(-1.0, 1.0, (2,), np.float32)
 
 
-class SpyModel(DLH):
-    """Records the action and is_first of every observe_step call."""
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.seen: list[tuple[torch.Tensor, bool]] = []
-
-    def observe_step(self, state, frame, action=None, is_first=None):
-        self.seen.append((action.clone(), bool(is_first.item())))
-        assert torch.is_inference_mode_enabled()
-        return super().observe_step(state, frame, action, is_first)
-
-
 def make_agent(noise: float = 0.0, **planner_kwargs) -> tuple[LatentMPCAgent, SpyModel]:
     torch.manual_seed(0)
-    model = SpyModel(tiny_config(levels=2, channels=3, action_dim=2, reward_head=True))
+    model = SpyModel(tiny_config(levels=2, channels=3, action_dim=2, reward_head=True),
+                     require_inference_mode=True)
     kwargs = dict(horizon=3, candidates=32, iterations=2, top_k=4, seed=0)
     kwargs.update(planner_kwargs)
     return LatentMPCAgent(model, CEMPlanner(**kwargs), SPACE, exploration_noise=noise, seed=0), model

@@ -15,7 +15,7 @@ from stable_baselines3 import PPO  # noqa: E402
 
 import envs  # noqa: E402
 from agents.sb3 import DLHFeaturesExtractor, DLHFeatureWrapper, freeze  # noqa: E402
-from tests.conftest import tiny_config  # noqa: E402
+from tests.conftest import SpyModel, tiny_config  # noqa: E402
 from worldmodel import DLH  # noqa: E402
 
 
@@ -47,16 +47,6 @@ def assert_frozen(model: DLH, sb3_model: PPO) -> None:
     optimised = {id(p) for group in sb3_model.policy.optimizer.param_groups for p in group["params"]}
     assert not dlh_params & optimised
     assert not dlh_params & {id(p) for p in sb3_model.policy.parameters()}
-
-
-class SpyModel(DLH):
-    def __init__(self, config):
-        super().__init__(config)
-        self.seen: list[tuple[torch.Tensor, bool]] = []
-
-    def observe_step(self, state, frame, action=None, is_first=None):
-        self.seen.append((action.clone(), bool(is_first.item())))
-        return super().observe_step(state, frame, action, is_first)
 
 
 def test_wrapper_space_and_features():

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import zipfile
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +43,7 @@ from worldmodel.data.base import (
     videos_to_frames,
 )
 from worldmodel.data.options import check_float, set_field
-from worldmodel.data.video_io import read_many
+from worldmodel.data.video_io import READ_ERRORS, open_npz, read_many
 
 if TYPE_CHECKING:
     from worldmodel.data.registry import DataConfig
@@ -134,17 +132,11 @@ def validate_episode(ep: Mapping[str, Any], origin: str = "episode") -> dict[str
 def load_episode(path: str | Path) -> dict[str, np.ndarray]:
     """Read and validate one episode ``.npz`` (never unpickles); ValueError names the file."""
     path = Path(path)
-    errors = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except errors as err:
-        raise ValueError(f"{path}: not a readable episode .npz file ({err})") from err
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: not an .npz archive (holds a single .npy array)")
+    archive = open_npz(path, "episode .npz file")
     try:
         with archive:
             ep = {key: archive[key] for key in archive.files}
-    except errors as err:
+    except READ_ERRORS as err:
         raise ValueError(f"{path}: corrupt episode .npz file ({err})") from err
     return validate_episode(ep, str(path))
 

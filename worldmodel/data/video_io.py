@@ -22,7 +22,7 @@ import numpy as np
 T = TypeVar("T")
 VIDEO_SUFFIXES = (".npy", ".npz", ".mp4", ".avi")
 NPZ_KEYS = ("video", "image")
-_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
+READ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
 
 
 def _cv2_open(path: Path) -> cv2.VideoCapture:
@@ -76,20 +76,26 @@ def _npz_key(path: Path, names: list[str]) -> str:
                      f"array), found {sorted(names)}")
 
 
+def open_npz(path: Path, kind: str = ".npz file") -> np.lib.npyio.NpzFile:
+    """Open an ``.npz`` archive without unpickling; ValueError naming the file (and `kind`)
+    when it is unreadable or holds a single ``.npy`` array."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except READ_ERRORS as err:
+        raise ValueError(f"{path}: not a readable {kind} ({err})") from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: not an .npz archive (holds a single .npy array)")
+    return archive
+
+
 def read_npz_video(path: str | Path) -> np.ndarray:
     """The video array of an ``.npz`` file (key ``video``, ``image``, or its only array)."""
     path = Path(path)
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except _READ_ERRORS as err:
-        raise ValueError(f"{path}: not a readable .npz file ({err})") from err
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: not an .npz archive (holds a single .npy array)")
-    with archive:
+    with open_npz(path) as archive:
         key = _npz_key(path, list(archive.files))
         try:
             return np.asarray(archive[key])
-        except _READ_ERRORS as err:
+        except READ_ERRORS as err:
             raise ValueError(f"{path}: cannot read array {key!r} ({err})") from err
 
 
@@ -98,7 +104,7 @@ def read_npy_video(path: str | Path, mmap: bool = False) -> np.ndarray:
     path = Path(path)
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         raise ValueError(f"{path}: not a readable .npy file ({err})") from err
     if not isinstance(array, np.ndarray):
         array.close()
@@ -129,7 +135,7 @@ def video_length(path: str | Path) -> int:
     elif suffix == ".npz":
         try:
             archive = zipfile.ZipFile(path)
-        except _READ_ERRORS as err:
+        except READ_ERRORS as err:
             raise ValueError(f"{path}: not a readable .npz file ({err})") from err
         with archive:
             key = _npz_key(path, archive.namelist())
@@ -140,7 +146,7 @@ def video_length(path: str | Path) -> int:
                         shape = np.lib.format.read_array_header_1_0(member)[0]
                     else:
                         shape = np.lib.format.read_array_header_2_0(member)[0]
-            except _READ_ERRORS as err:
+            except READ_ERRORS as err:
                 raise ValueError(f"{path}: cannot read array {key!r} ({err})") from err
     elif suffix in (".mp4", ".avi"):
         capture = _cv2_open(path)

@@ -92,7 +92,7 @@ class DLH(nn.Module):
         state = self.initial_state(batch) if state is None else self._check_state(state, batch)
         x1 = self.encoder(frames.flatten(0, 1)).unflatten(0, (batch, steps))  # (B, T, X)
         xs = self.hierarchy.bottom_up(x1)  # per level (B, T, X)
-        initial = self.initial_state(batch)
+        initial = self.initial_state(batch) if is_first is not None else None  # for resets
         infos, states = [], []
         for t in range(steps):
             if is_first is not None and bool(is_first[:, t].any()):

@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import random_frames, tiny_model
 
-NETWORKS = ("decoder", "temporal", "posterior", "prior", "factor")
+NETWORKS = ("decoder", "temporal", "posterior", "prior", "factor", "factor_cell")
 
 
 def _count_calls(model) -> Counter:
@@ -24,8 +24,10 @@ def _count_calls(model) -> Counter:
 
 
 @pytest.mark.parametrize("batch", [1, 5])
-def test_levels_above_the_highest_changing_level_run_no_network(batch):
-    model = tiny_model(levels=4)
+@pytest.mark.parametrize("prior_factor", ["feedforward", "recurrent"])
+def test_levels_above_the_highest_changing_level_run_no_network(batch, prior_factor):
+    model = tiny_model(levels=4, prior_factor=prior_factor)
+    cell = int(prior_factor == "recurrent")
     torch.manual_seed(0)
     state = model.observe(random_frames(batch, 4)).state
     counts = _count_calls(model)
@@ -41,7 +43,8 @@ def test_levels_above_the_highest_changing_level_run_no_network(batch):
             if n - 1 <= top:  # a changing level: prior, decoder, temporal once each
                 assert calls["prior"] == 1 and calls["decoder"] == 1 and calls["temporal"] == 1
             elif n - 1 == top + 1:  # the boundary level only evaluates its prior factor
-                assert calls == {"decoder": 0, "temporal": 0, "posterior": 0, "prior": 0, "factor": 1}
+                assert calls == {"decoder": 0, "temporal": 0, "posterior": 0, "prior": 0, "factor": 1,
+                                 "factor_cell": cell}
             else:  # above: nothing at all
                 assert sum(calls.values()) == 0, f"level {n} ran {calls}"
             assert calls["posterior"] == 0  # imagination never runs the posterior

@@ -52,13 +52,14 @@ def test_every_level_updates_at_the_first_step():
     assert out.changed[:, 0].all()
 
 
-def test_static_levels_keep_their_exact_state_in_imagine():
+@pytest.mark.parametrize("prior_factor", ["feedforward", "recurrent"])
+def test_static_levels_keep_their_exact_state_in_imagine(prior_factor):
     torch.manual_seed(1)
-    model = tiny_model(levels=3)
+    model = tiny_model(levels=3, prior_factor=prior_factor)
     state = model.observe(random_frames(8, 5)).state
     traj = model.imagine(state, 30)
     prev = state
-    seen_static = 0
+    seen_static = seen_untouched = 0
     for k, cur in enumerate(traj.states):
         for n in range(3):
             static = ~traj.changed[:, k, n]
@@ -66,8 +67,13 @@ def test_static_levels_keep_their_exact_state_in_imagine():
             for field in ("s", "mean", "std", "top_down", "d"):
                 a, b = getattr(cur, field)[n][static], getattr(prev, field)[n][static]
                 assert torch.equal(a, b), f"{field} of static level {n + 1} changed at step {k}"
+            # the prior factor ticks where e^n is decided (level below changed); above that
+            # level nothing runs
+            untouched = static & ~traj.changed[:, k, n - 1] if n else static
+            seen_untouched += int(untouched.sum()) if n else 0
+            assert torch.equal(cur.factor[n][untouched], prev.factor[n][untouched])
         prev = cur
-    assert seen_static > 0
+    assert seen_static > 0 and seen_untouched > 0
 
 
 def test_levels_above_the_boundary_keep_their_exact_state_in_observe():
@@ -137,8 +143,9 @@ def test_determinism_under_a_seed():
         assert torch.equal(a, b)
 
 
-def test_observe_step_matches_observe_under_the_same_seed():
-    model = tiny_model(levels=3)
+@pytest.mark.parametrize("prior_factor", ["feedforward", "recurrent"])
+def test_observe_step_matches_observe_under_the_same_seed(prior_factor):
+    model = tiny_model(levels=3, prior_factor=prior_factor)
     frames = random_frames(4, 9)
     torch.manual_seed(7)
     out = model.observe(frames)
@@ -146,27 +153,36 @@ def test_observe_step_matches_observe_under_the_same_seed():
     state = model.initial_state(4)
     for t in range(9):
         state = model.observe_step(state, frames[:, t])
-    for a, b in zip(out.state.s + out.state.d + out.state.top_down, state.s + state.d + state.top_down):
+    for a, b in zip(out.state.s + out.state.d + out.state.top_down + out.state.factor,
+                    state.s + state.d + state.top_down + state.factor):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(model.features(state), out.features[:, -1])
 
 
 @pytest.mark.parametrize("timescale", ["dynamic", "clockwork", "every_step"])
 @pytest.mark.parametrize("assignment", ["hard", "vade"])
-def test_gradients_reach_every_parameter_the_loss_uses(timescale, assignment, monkeypatch):
-    model = tiny_model(levels=3, timescale=timescale, assignment=assignment, clockwork_k=2)
+@pytest.mark.parametrize("prior_factor", ["feedforward", "recurrent"])
+def test_gradients_reach_every_parameter_the_loss_uses(timescale, assignment, prior_factor, monkeypatch):
+    model = tiny_model(levels=3, timescale=timescale, assignment=assignment, clockwork_k=2,
+                       prior_factor=prior_factor)
     if timescale == "dynamic":
         # Which networks a dynamic step uses depends on e; make every level change so that
         # every network (the factor included) is on the loss's path.
         import worldmodel.hierarchy as hierarchy
 
-        monkeypatch.setattr(hierarchy, "change_posterior", lambda q, *a: torch.ones(q.mean.shape[0]))
+        forced = lambda q, *a: torch.ones(q.mean.shape[0])  # noqa: E731
+        if prior_factor == "recurrent":
+            # the factor's recurrent weights act only across static steps: mostly changes,
+            # some static steps (fixed draws)
+            g = torch.Generator().manual_seed(0)
+            forced = lambda q, *a: (torch.rand(q.mean.shape[0], generator=g) < 0.7).float()  # noqa: E731
+        monkeypatch.setattr(hierarchy, "change_posterior", forced)
     # long enough that every level advances its GRU at least twice in every mode
     loss, _ = model.loss(random_frames(4, 10), beta=1.0)
     loss.backward()
     missing = []
     for name, p in model.named_parameters():
-        if timescale != "dynamic" and ".factor." in name:
+        if timescale != "dynamic" and ".factor" in name:
             assert p.grad is None, f"{name}: the factor is not part of the {timescale} loss"
             continue
         if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0:
@@ -204,8 +220,9 @@ def test_the_change_decision_carries_no_gradient(assignment, monkeypatch):
         torch.testing.assert_close(first[k], second[k], rtol=0, atol=0)
 
 
-def test_save_load_gives_identical_outputs(tmp_path):
-    model = tiny_model(levels=2, reward_head=True)
+@pytest.mark.parametrize("prior_factor", ["feedforward", "recurrent"])
+def test_save_load_gives_identical_outputs(tmp_path, prior_factor):
+    model = tiny_model(levels=2, reward_head=True, prior_factor=prior_factor)
     path = tmp_path / "model.safetensors"
     model.save(path)
     loaded = load(path)

@@ -18,6 +18,7 @@ T = TypeVar("T")
 
 TIMESCALES = ("dynamic", "clockwork", "every_step")
 ASSIGNMENTS = ("hard", "vade")
+PRIOR_FACTORS = ("feedforward", "recurrent")
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,14 @@ class DLHConfig:
         x_dim, c_dim, d_dim, s_dim: |x^n|, |c^n|, |d^n|, |s^n| (App. A.1: 200, 200, 200, 20).
         enc_hidden, dec_hidden: hidden sizes of f_enc^n and f_dec^n (Table 4: MLP [200]).
         state_hidden: hidden sizes of the posterior and change-prior MLPs (Table 4: [40, 40, 40]).
-        factor_hidden: hidden sizes of the prior factor p(e^n | d^n) MLP.
+        factor_hidden: hidden sizes of the prior factor's MLP head.
+        prior_factor: "feedforward" — p(e^n = 1 | d^n) is an MLP on the level's temporal
+            state d^n, which is frozen while the level is static, so the predicted change
+            probability is constant over a static stretch; "recurrent" — Table 4's
+            "GRU [200]": a GRU cell of its own (hidden size d_dim) reads d^n every step the
+            factor is evaluated (e^{n-1} = 1) and restarts from zero when level n changes,
+            so it can learn when the next change is due (a hazard over the time since the
+            last change). See docs/model.md.
         conv_depth: channels of the first conv layer; layers use depth * (1, 2, 4, 8).
         min_std: floor added to every Gaussian standard deviation.
         obs_std: the fixed standard deviation of the Gaussian frame likelihood.
@@ -59,6 +67,7 @@ class DLHConfig:
     dec_hidden: tuple[int, ...] = (200,)
     state_hidden: tuple[int, ...] = (40, 40, 40)
     factor_hidden: tuple[int, ...] = (200,)
+    prior_factor: str = "feedforward"
     conv_depth: int = 48
     min_std: float = 0.01
     obs_std: float = 1.0
@@ -91,6 +100,10 @@ class DLHConfig:
             raise ValueError(f"DLHConfig.timescale must be one of {TIMESCALES}, got {self.timescale!r}")
         if self.assignment not in ASSIGNMENTS:
             raise ValueError(f"DLHConfig.assignment must be one of {ASSIGNMENTS}, got {self.assignment!r}")
+        if self.prior_factor not in PRIOR_FACTORS:
+            raise ValueError(
+                f"DLHConfig.prior_factor must be one of {PRIOR_FACTORS}, got {self.prior_factor!r}"
+            )
         if not isinstance(self.clockwork_k, int) or self.clockwork_k < 2:
             raise ValueError(f"DLHConfig.clockwork_k must be an int >= 2, got {self.clockwork_k!r}")
         if not self.reward_scale >= 0 or not self.continue_scale >= 0:

@@ -110,6 +110,7 @@ class Hierarchy(nn.Module):
             top_down=zeros(cfg.c_dim),
             pending=torch.zeros(batch_size, n, dtype=torch.bool, device=device),
             t=torch.zeros(batch_size, dtype=torch.long, device=device),
+            factor=[torch.zeros(batch_size, level.factor_size, device=device) for level in self._level],
         )
 
     def bottom_up(self, x1: Tensor) -> list[Tensor]:
@@ -183,6 +184,7 @@ class Hierarchy(nn.Module):
         mean: list[Tensor],
         std: list[Tensor],
         top_down: list[Tensor],
+        factor: list[Tensor],
     ) -> HierarchicalState:
         """Advance the GRUs of the levels that changed (`rows`) and build the next state."""
         pending = []
@@ -195,7 +197,9 @@ class Hierarchy(nn.Module):
                 if self.cfg.action_dim:
                     pending.append(state.pending[:, i])  # stays False
         owed = torch.stack(pending, 1) if self.cfg.action_dim else state.pending
-        return HierarchicalState(s=s, mean=mean, std=std, d=d, top_down=top_down, pending=owed, t=state.t + 1)
+        return HierarchicalState(
+            s=s, mean=mean, std=std, d=d, top_down=top_down, pending=owed, t=state.t + 1, factor=factor
+        )
 
     def _settle_pending(
         self, i: int, state: HierarchicalState, d: list[Tensor], evaluated: Tensor,
@@ -224,7 +228,7 @@ class Hierarchy(nn.Module):
         cfg, n_levels, batch = self.cfg, len(self.levels), state.batch_size
         first = state.t == 0
         ones = torch.ones(batch, dtype=torch.bool, device=first.device)
-        d = list(state.d)
+        d, factor = list(state.d), list(state.factor)
         changed, evaluated = [ones], [ones]
         change_prob = [torch.ones(batch, device=first.device)]
         factor_kl = [torch.zeros(batch, device=first.device)]
@@ -244,7 +248,7 @@ class Hierarchy(nn.Module):
                 q_change.append(e.float())
                 continue
             self._settle_pending(i, state, d, candidate, action, 0.0)
-            logit = level.change_logit(d[i])
+            logit, h = level.change_logit(d[i], factor[i])
             with torch.no_grad():
                 # eq. 25: the context above is taken at its previous state (cached c^n).
                 context = self._context(i, state.top_down, batch)
@@ -256,6 +260,9 @@ class Hierarchy(nn.Module):
                 q1 = torch.where(first, torch.ones_like(q1), q1)
             inferred = candidate & ~first
             e = candidate & (q1 > 0.5)  # eq. 5: nothing changes above a static level
+            if level.factor_cell is not None:  # ticks where e^n was decided, restarts on a change
+                h = torch.where(candidate.unsqueeze(1), h, factor[i])
+                factor[i] = torch.where(e.unsqueeze(1), torch.zeros_like(h), h)
             if cfg.assignment == "hard":
                 fkl = bernoulli_nll(logit, e.float())  # KL[one-hot q(e) || p(e)] = −log p(e)
             else:
@@ -283,7 +290,7 @@ class Hierarchy(nn.Module):
 
         s, mean, std, top_down = self._top_down(state, d, rows, posterior)
         changed_rows = [Rows(e) for e in changed]
-        new_state = self._finish(state, s, d, changed_rows, evaluated, mean, std, top_down)
+        new_state = self._finish(state, s, d, changed_rows, evaluated, mean, std, top_down, factor)
         info = {
             "changed": torch.stack(changed, 1),
             "evaluated": torch.stack(evaluated, 1),
@@ -301,7 +308,7 @@ class Hierarchy(nn.Module):
         sample_e: bool = True,
         gather_below: float = 1.0,
     ) -> tuple[HierarchicalState, list[Tensor]]:
-        """One open-loop step: sample e^n ~ p(e^n | d^n) bottom-up while e^{n-1} = 1, then
+        """One open-loop step: sample e^n ~ p(e^n | d^n[, h^n]) bottom-up while e^{n-1} = 1, then
         sample s^n from the change prior for the changing levels, top-down.
 
         Levels above the highest changing level K' keep their state and cached top-down
@@ -311,7 +318,7 @@ class Hierarchy(nn.Module):
         cfg = self.cfg
         first = state.t == 0
         any_first = bool(first.any())
-        d = list(state.d)
+        d, factor = list(state.d), list(state.factor)
         rows = [Rows(torch.ones_like(first), all_rows=True)]  # level 1 always changes
         evaluated = [rows[0].mask]
         self._settle_pending(0, state, d, rows[0].mask, action, gather_below)
@@ -327,10 +334,14 @@ class Hierarchy(nn.Module):
                 rows.append(Rows(below.mask & self._clockwork(i, state.t), gather_below))
             else:
                 self._settle_pending(i, state, d, below.mask, action, gather_below)
-                prob = torch.sigmoid(self._level[i].change_logit(below.take(d[i])))
+                level = self._level[i]
+                logit, h = level.change_logit(below.take(d[i]), below.take(factor[i]))
+                prob = torch.sigmoid(logit)
                 e = torch.bernoulli(prob).bool() if sample_e else prob > 0.5
                 if any_first:
                     e = e | below.take(first)
+                if level.factor_cell is not None:  # restarts where the level changes
+                    factor[i] = below.put(torch.where(e.unsqueeze(1), torch.zeros_like(h), h), factor[i])
                 mask = e if below.kind == "all" else below.put(e, torch.zeros_like(below.mask))
                 rows.append(Rows(mask, gather_below))
             if cfg.timescale != "dynamic":
@@ -341,7 +352,7 @@ class Hierarchy(nn.Module):
             return self._level[i].predict(sel.take(d[i]), context)
 
         s, mean, std, top_down = self._top_down(state, d, rows, change_prior)
-        new_state = self._finish(state, s, d, rows, evaluated, mean, std, top_down)
+        new_state = self._finish(state, s, d, rows, evaluated, mean, std, top_down, factor)
         return new_state, [r.mask for r in rows]
 
 

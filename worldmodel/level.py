@@ -19,6 +19,9 @@ class Level(nn.Module):
     - `posterior` q(s^n | x^n, c^n)                      (eq. 13)
     - `prior`     p(s^n | d^n, c^n), the change prior    (eq. 14)
     - `factor`    logit of p(e^n = 1 | d^n)              (eq. 15; absent on level 1, where e = 1)
+    - `factor_cell` the prior factor's own GRU cell (``prior_factor: recurrent`` only): its
+      state h^n restarts at zero when the level changes and ticks on d^n whenever e^n is
+      decided, and the MLP head reads h^n instead of d^n
     """
 
     def __init__(self, cfg: DLHConfig, index: int) -> None:
@@ -33,6 +36,9 @@ class Level(nn.Module):
         self.posterior = MLP(cfg.x_dim + cfg.c_dim, cfg.state_hidden, 2 * cfg.s_dim)
         self.prior = MLP(cfg.d_dim + cfg.c_dim, cfg.state_hidden, 2 * cfg.s_dim)
         self.factor = MLP(cfg.d_dim, cfg.factor_hidden, 1) if index > 1 else None
+        recurrent = index > 1 and cfg.prior_factor == "recurrent"
+        self.factor_cell = nn.GRUCell(cfg.d_dim, cfg.d_dim) if recurrent else None
+        self.factor_size = cfg.d_dim if recurrent else 0  # width of the factor's state h^n
 
     def infer(self, x: Tensor, context: Tensor) -> Gaussian:
         """q(s^n | x^n, c^n): x (B, X), context (B, C) -> Gaussian over (B, S)."""
@@ -42,10 +48,18 @@ class Level(nn.Module):
         """Change prior p(s^n | d^n, c^n): d (B, D), context (B, C) -> Gaussian over (B, S)."""
         return gaussian_from_params(self.prior(torch.cat([d, context], -1)), self.min_std)
 
-    def change_logit(self, d: Tensor) -> Tensor:
-        """Logit of p(e^n = 1 | d^n): d (B, D) -> (B,)."""
+    def change_logit(self, d: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Logit of p(e^n = 1 | ·) and the factor's next state: d (B, D), h (B, H) -> (B,), (B, H).
+
+        Feed-forward factor: logit = MLP(d^n), h (width 0) passes through. Recurrent
+        factor: h' = GRU(d^n, h) and logit = MLP(h'); the caller keeps h' where e^n was
+        decided and resets it to zero where the level changed.
+        """
         assert self.factor is not None, "level 1 has no prior factor: e^1 = 1 always"
-        return self.factor(d).squeeze(-1)
+        if self.factor_cell is None:
+            return self.factor(d).squeeze(-1), h
+        h = self.factor_cell(d, h)
+        return self.factor(h).squeeze(-1), h
 
     def top_down(self, s: Tensor, context: Tensor) -> Tensor:
         """c^{n-1} = f_dec^n(s^n, c^n): (B, S), (B, C) -> (B, C)."""

@@ -25,6 +25,8 @@ class HierarchicalState:
         pending: (B, N) bool, transitions owed by action-taking levels.
         t: (B,) long, steps since the last reset (drives the clockwork schedule; 0 = the
             next step is a sequence's first, where every level updates).
+        factor: per level (B, H), the recurrent prior factor's state h^n (H = 0 for level 1
+            and for the feed-forward factor); zero right after the level changed.
     """
 
     s: list[Tensor]
@@ -34,6 +36,7 @@ class HierarchicalState:
     top_down: list[Tensor]
     pending: Tensor
     t: Tensor
+    factor: list[Tensor]
 
     @property
     def batch_size(self) -> int:

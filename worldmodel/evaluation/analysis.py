@@ -15,6 +15,8 @@ Levels are 1-based in names and reports ("level2" is the paper's L2), 0-based in
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -241,8 +243,7 @@ def resample_levels(
             noise = torch.randn(mean.shape, generator=generator, device="cpu").to(mean.device, mean.dtype)
             s[i] = mean + std * noise
         top_down[i] = hierarchy.levels[i].top_down(s[i], context)
-    new = HierarchicalState(s=s, mean=rep.mean, std=rep.std, d=rep.d, top_down=top_down,
-                            pending=rep.pending, t=rep.t)
+    new = dataclasses.replace(rep, s=s, top_down=top_down)
     frames = model.decoder(top_down[0]).clamp(0, 1)  # (B·K, C, H, W)
     return frames.unflatten(0, (state.batch_size, samples)), new
 

@@ -4,6 +4,7 @@
         [--set section.key=value ...] --iterations 100 --seed-episodes 5 --train-steps 100
     dlh agent-eval --checkpoint runs/pt/model.safetensors --env worldmodel/PointTarget-v0 \\
         --episodes 20 --planner cem
+    dlh agent-ppo --env worldmodel/PointTarget-v0 --steps 6000 --out runs/ppo_pt
 
 Register them with ``add_agent_parsers(subparsers)``; each parser's ``func`` returns the
 exit status.
@@ -18,7 +19,7 @@ from typing import Any
 
 from envs.cli import positive_int
 
-__all__ = ["add_agent_parsers", "run_agent_train", "run_agent_eval"]
+__all__ = ["add_agent_parsers", "run_agent_train", "run_agent_eval", "run_agent_ppo"]
 
 
 def _non_negative_float(text: str) -> float:
@@ -93,8 +94,30 @@ def add_agent_parsers(subparsers: Any) -> None:
     q.add_argument("--no-random", action="store_true", help="skip the random-policy baseline")
     q.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's)")
     _add_planner_args(q, noise=0.0)
     q.set_defaults(func=run_agent_eval)
+
+    r = subparsers.add_parser(
+        "agent-ppo", help="the model-free baseline: SB3 PPO from pixels, trained and evaluated",
+        description="Train Stable-Baselines3 PPO (CnnPolicy, stacked frames) on the same pixel env "
+                    "the planning agent sees, for a given number of agent steps, then evaluate its "
+                    "deterministic policy on the episode seeds `dlh agent-eval` uses.")
+    r.add_argument("--env", required=True, metavar="ID", help="Gymnasium id, e.g. Pendulum-v1")
+    r.add_argument("--steps", type=positive_int, required=True, metavar="N",
+                   help="environment (agent) steps to train for")
+    r.add_argument("--out", required=True, metavar="DIR", help="writes ppo.zip, ppo.json, TensorBoard logs")
+    r.add_argument("--image-size", type=positive_int, default=32, metavar="PX", help="default 32")
+    r.add_argument("--grayscale", action="store_true", help="one channel instead of RGB")
+    r.add_argument("--frame-stack", type=positive_int, default=3, metavar="K", help="default 3")
+    r.add_argument("--action-repeat", type=positive_int, default=1, metavar="K")
+    r.add_argument("--max-episode-steps", type=positive_int, default=None, metavar="N")
+    r.add_argument("--episodes", type=positive_int, default=20, help="evaluation episodes (default 20)")
+    r.add_argument("--seed", type=int, default=0, help="training seed; evaluation episode seeds start here")
+    r.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's)")
+    r.set_defaults(func=run_agent_ppo)
 
 
 def run_agent_train(args: argparse.Namespace) -> int:
@@ -138,6 +161,10 @@ def run_agent_eval(args: argparse.Namespace) -> int:
     from .loop import make_env
     from .planners import make_planner
 
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     path = Path(args.checkpoint)
     if path.is_dir():
         path = path / "model.safetensors"
@@ -171,4 +198,33 @@ def run_agent_eval(args: argparse.Namespace) -> int:
         report = {**report, "env": args.env, "planner": args.planner, "checkpoint": str(path)}
         atomic_write_text(args.json, json.dumps(report, indent=1))
         print(f"  report: {args.json}")
+    return 0
+
+
+def run_agent_ppo(args: argparse.Namespace) -> int:
+    from worldmodel.files import atomic_write_text
+
+    from .ppo import evaluate_ppo, train_ppo_pixels
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env_kwargs = {"image_size": args.image_size, "channels": 1 if args.grayscale else 3,
+                  "action_repeat": args.action_repeat, "frame_stack": args.frame_stack,
+                  "max_episode_steps": args.max_episode_steps}
+    ppo, info = train_ppo_pixels(args.env, args.steps, seed=args.seed, tensorboard_log=str(out / "tb"),
+                                 **env_kwargs)
+    ppo.save(out / "ppo.zip")
+    report = evaluate_ppo(ppo, args.env, args.episodes, args.seed, **env_kwargs)
+    train = info["train_returns"]
+    print(f"{args.env}: PPO from {args.image_size}px pixels, {info['env_steps']} env steps in "
+          f"{info['wall_time_s']:.0f} s ({len(train)} training episodes)")
+    print(f"  evaluation, {args.episodes} episodes (seeds {args.seed}..{args.seed + args.episodes - 1}): "
+          f"return {report['mean']:.2f} ± {report['std']:.2f}")
+    summary = {"env": args.env, "seed": args.seed, **env_kwargs, **info, "eval": report}
+    atomic_write_text(out / "ppo.json", json.dumps(summary, indent=1))
+    print(f"  model: {out / 'ppo.zip'}   report: {out / 'ppo.json'}")
     return 0

@@ -3,7 +3,7 @@
     dlh train --config configs/moving_ball_cpu.yaml [--set section.key=value ...] [--resume]
     dlh record --env worldmodel/PointTarget-v0 --policy random --episodes 20 --out data/pt
     dlh eval | rollout | analyze --checkpoint RUN ...      (worldmodel.evaluation)
-    dlh agent-train | agent-eval --env ID ...               (agents)
+    dlh agent-train | agent-eval | agent-ppo --env ID ...   (agents)
 """
 
 from __future__ import annotations

@@ -204,7 +204,10 @@ def run_agent_eval(args: argparse.Namespace) -> int:
 def run_agent_ppo(args: argparse.Namespace) -> int:
     from worldmodel.files import atomic_write_text
 
-    from .ppo import evaluate_ppo, train_ppo_pixels
+    try:
+        from .ppo import evaluate_ppo, train_ppo_pixels
+    except ImportError as err:
+        raise ValueError(f"agent-ppo needs stable-baselines3 ({err}): pip install 'worldmodel[sb3]'") from err
 
     if args.threads is not None:
         import torch

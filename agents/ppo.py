@@ -19,6 +19,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
 from torch import nn
 
 from .loop import make_env
@@ -26,52 +30,29 @@ from .loop import make_env
 __all__ = ["SmallCNN", "train_ppo_pixels", "evaluate_ppo"]
 
 
-def _sb3():
-    try:
-        import stable_baselines3 as sb3
-        from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-        from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
-    except ImportError as err:  # pragma: no cover - sb3 is a test dependency
-        raise ValueError("PPO needs stable-baselines3: pip install 'worldmodel[sb3]'") from err
-    return sb3, BaseFeaturesExtractor, DummyVecEnv, VecFrameStack
+class SmallCNN(BaseFeaturesExtractor):
+    """Three 4×4 stride-2 conv layers (32, 64, 64 channels, ReLU) and a linear layer, for
+    channel-first images of side >= 8 (SB3 scales uint8 images to [0, 1] before this)."""
 
+    def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 256) -> None:
+        super().__init__(observation_space, features_dim)
+        channels = observation_space.shape[0]
+        self.cnn = nn.Sequential(
+            nn.Conv2d(channels, 32, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(64, 64, 4, 2, 1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.cnn(torch.zeros(1, *observation_space.shape)).shape[1]
+        self.linear = nn.Sequential(nn.Linear(flat, features_dim), nn.ReLU())
 
-def _small_cnn_class():
-    _, BaseFeaturesExtractor, _, _ = _sb3()
-
-    class SmallCNN(BaseFeaturesExtractor):
-        """Three 4×4 stride-2 conv layers (32, 64, 64 channels, ReLU) and a linear layer, for
-        channel-first uint8 images of side >= 8 (SB3 scales them to [0, 1] before this)."""
-
-        def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 256) -> None:
-            super().__init__(observation_space, features_dim)
-            channels = observation_space.shape[0]
-            self.cnn = nn.Sequential(
-                nn.Conv2d(channels, 32, 4, 2, 1), nn.ReLU(),
-                nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(),
-                nn.Conv2d(64, 64, 4, 2, 1), nn.ReLU(),
-                nn.Flatten(),
-            )
-            with torch.no_grad():
-                flat = self.cnn(torch.zeros(1, *observation_space.shape)).shape[1]
-            self.linear = nn.Sequential(nn.Linear(flat, features_dim), nn.ReLU())
-
-        def forward(self, observations: torch.Tensor) -> torch.Tensor:
-            return self.linear(self.cnn(observations))
-
-    return SmallCNN
-
-
-def __getattr__(name: str) -> Any:  # SmallCNN is built on first use: sb3 stays optional
-    if name == "SmallCNN":
-        return _small_cnn_class()
-    raise AttributeError(name)
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.cnn(observations))
 
 
 def _vec_env(env_id: str, image_size: int, channels: int, action_repeat: int, frame_stack: int,
              max_episode_steps: int | None, seed: int):
-    _, _, DummyVecEnv, VecFrameStack = _sb3()
-
     def build() -> gym.Env:
         return make_env(env_id, image_size, channels, action_repeat=action_repeat, seed=seed,
                         max_episode_steps=max_episode_steps)
@@ -119,33 +100,30 @@ def train_ppo_pixels(
     tensorboard_log: str | None = None,
     device: str = "cpu",
     verbose: int = 0,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[PPO, dict[str, Any]]:
     """Train SB3 PPO (``CnnPolicy``) from pixels for `total_steps` agent steps.
 
     Returns the PPO model and {"env_steps", "wall_time_s", "train_returns"} (returns of the
     training episodes, in order). The rollout length is the divisor of `total_steps` nearest
     `n_steps` (when one lies within a factor 2), so that PPO stops at exactly `total_steps`;
-    the minibatch the divisor of that nearest `batch_size` (if not below half of it). Other hyper-parameters are SB3's
-    defaults.
+    the minibatch the divisor of that nearest `batch_size` (if not below half of it). Other
+    hyper-parameters are SB3's defaults.
     """
-    sb3, _, _, _ = _sb3()
     total_steps = _check("total_steps", total_steps, 1)
     frame_stack = _check("frame_stack", frame_stack, 1)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     venv = _vec_env(env_id, image_size, channels, action_repeat, frame_stack, max_episode_steps, seed)
     venv.seed(seed)
-    policy_kwargs = {"features_extractor_class": _small_cnn_class()} if image_size < 36 else {}
+    policy_kwargs = {"features_extractor_class": SmallCNN} if image_size < 36 else {}
     n_steps = _rollout_length(total_steps, n_steps)
     near = _divisor_near(n_steps, batch_size)
     batch_size = near if near >= batch_size // 2 else batch_size  # else SB3 drops a remainder
-    ppo = sb3.PPO("CnnPolicy", venv, n_steps=n_steps, batch_size=batch_size,
+    ppo = PPO("CnnPolicy", venv, n_steps=n_steps, batch_size=batch_size,
                   learning_rate=learning_rate, policy_kwargs=policy_kwargs, seed=seed, device=device,
                   tensorboard_log=tensorboard_log, verbose=verbose)
     returns: list[float] = []
     running = [0.0]
-
-    from stable_baselines3.common.callbacks import BaseCallback
 
     class Returns(BaseCallback):
         def _on_step(self) -> bool:
@@ -163,7 +141,7 @@ def train_ppo_pixels(
 
 
 def evaluate_ppo(
-    ppo: Any,
+    ppo: PPO,
     env_id: str,
     episodes: int,
     seed: int = 0,

@@ -42,8 +42,9 @@ def test_ppo_rejects_bad_arguments():
 
 def test_agent_ppo_cli_end_to_end(tmp_path, capsys):
     out = tmp_path / "ppo"
-    code = main(["agent-ppo", "--env", POINT_TARGET_ID, "--steps", "64", "--out", str(out), "--image-size", "16",
-                 "--max-episode-steps", "16", "--episodes", "2", "--frame-stack", "1", "--threads", "1"])
+    code = main(["agent-ppo", "--env", POINT_TARGET_ID, "--steps", "64", "--out", str(out),
+                 "--image-size", "16", "--max-episode-steps", "16", "--episodes", "2", "--frame-stack", "1",
+                 "--threads", "1"])
     assert code == 0
     report = json.loads((out / "ppo.json").read_text())
     assert report["env_steps"] == 64 and len(report["eval"]["returns"]) == 2

@@ -26,21 +26,27 @@ def _wall(run: Path) -> str:
 
 
 def table3(root: Path) -> list[str]:
-    lines = ["| λ | p(e²=1) at inferred change | p(e²=1) at inferred static | L̄ | P(e²=1 \\| true change) "
-             "| P(e²=1 \\| no change) | train wall |", "|---|---|---|---|---|---|---|"]
-    for lam in ("0.0", "0.1", "0.3"):
-        run = root / f"ball_lam{lam}"
-        a = _load(run / "analysis" / "analysis.json")
-        if a is None:
-            continue
-        prior = a.get("change_prior", {}).get("level2", {})
-        det = a.get("change_detection", {}).get("level2", {})
-        lines.append(
-            f"| {lam} | {_pm(prior.get('change'), 3)} | {_pm(prior.get('static'), 3)} | "
-            f"{_pm(a['levels_used'])} | {det.get('hit_rate', float('nan')):.2f} | "
-            f"{det.get('false_alarm_rate', float('nan')):.2f} | {_wall(run)} |"
-        )
+    lines = ["| prior factor | λ | p(e²=1) at inferred change | p(e²=1) at inferred static | L̄ "
+             "| P(e²=1 \\| true change) | P(e²=1 \\| no change) | steps | train wall |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for factor, suffix in (("feedforward", ""), ("recurrent", "_recurrent")):
+        for lam in ("0.0", "0.1", "0.3"):
+            lines += _table3_row(root / f"ball_lam{lam}{suffix}", factor, lam)
     return lines
+
+
+def _table3_row(run: Path, factor: str, lam: str) -> list[str]:
+    a = _load(run / "analysis" / "analysis.json")
+    if a is None:
+        return []
+    prior = a.get("change_prior", {}).get("level2", {})
+    det = a.get("change_detection", {}).get("level2", {})
+    summary = _load(run / "summary.json") or {}
+    return [
+            f"| {factor} | {lam} | {_pm(prior.get('change'), 3)} | {_pm(prior.get('static'), 3)} | "
+            f"{_pm(a['levels_used'])} | {det.get('hit_rate', float('nan')):.2f} | "
+            f"{det.get('false_alarm_rate', float('nan')):.2f} | {summary.get('steps', '–')} | {_wall(run)} |"
+    ]
 
 
 def levels(root: Path) -> list[str]:

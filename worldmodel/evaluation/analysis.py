@@ -16,7 +16,6 @@ Levels are 1-based in names and reports ("level2" is the paper's L2), 0-based in
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import os
 from collections.abc import Iterable, Sequence

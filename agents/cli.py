@@ -192,6 +192,10 @@ def run_agent_eval(args: argparse.Namespace) -> int:
           f"({type(planner).__name__}, horizon {planner.horizon}, {planner.iterations} iterations)")
     print(f"  change rate while filtering: {_levels(report['filtered_change_rate'])}")
     print(f"  change rate in imagination:  {_levels(report['imagined_change_rate'])}")
+    if "reward_r2_filtered" in report:
+        print(f"  reward head R²: {report['reward_r2_filtered']:.3f} filtered, "
+              f"{report['reward_r2_imagined']:.3f} imagined {planner.horizon} steps ahead "
+              f"(MAE {report['reward_mae_filtered']:.3f} / {report['reward_mae_imagined']:.3f})")
     if args.json:
         from worldmodel.files import atomic_write_text
 

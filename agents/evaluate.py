@@ -31,21 +31,69 @@ def _summary(returns: list[float]) -> dict[str, Any]:
     return {"returns": [float(r) for r in values], "mean": float(values.mean()), "std": float(values.std())}
 
 
+def _episode_tensors(model: DLH, observations: list[Any], actions: list[np.ndarray]):
+    """Frames (1, T+1, C, H, W) and actions (1, T+1, A) (zeros first; None without actions)."""
+    frames = torch.cat([obs_to_frame(o, model) for o in observations])[None]
+    acts = None
+    if model.config.action_dim:
+        zero = np.zeros(model.config.action_dim, dtype=np.float32)
+        stacked = np.stack([zero, *[np.asarray(a, np.float32).reshape(-1) for a in actions]])
+        acts = torch.as_tensor(stacked, device=model.device)[None]
+    return frames, acts
+
+
 def filtered_change_rates(model: DLH, observations: list[Any], actions: list[np.ndarray]) -> list[float]:
     """Per-level fraction of steps (N,) where e^n = 1 when `model` filters one episode.
 
     observations: T + 1 uint8 frames (H, W, C), the first after reset; actions: T actions
     (A,), actions[t] taken after observations[t] (so it led to observations[t + 1]).
     """
-    frames = torch.cat([obs_to_frame(o, model) for o in observations])[None]  # (1, T+1, C, H, W)
-    acts = None
-    if model.config.action_dim:
-        zero = np.zeros(model.config.action_dim, dtype=np.float32)
-        stacked = np.stack([zero, *[np.asarray(a, np.float32).reshape(-1) for a in actions]])
-        acts = torch.as_tensor(stacked, device=model.device)[None]  # (1, T+1, A)
+    frames, acts = _episode_tensors(model, observations, actions)
     with torch.inference_mode():
         changed = model.observe(frames, acts).changed  # (1, T+1, N)
     return changed.float().mean((0, 1)).tolist()
+
+
+def r_squared(predicted: np.ndarray, target: np.ndarray) -> float:
+    """Coefficient of determination 1 − Σ(y − ŷ)² / Σ(y − ȳ)² (NaN when y is constant)."""
+    predicted, target = np.asarray(predicted, np.float64), np.asarray(target, np.float64)
+    if target.size < 2:
+        return float("nan")
+    total = float(((target - target.mean()) ** 2).sum())
+    return float("nan") if total == 0 else 1.0 - float(((target - predicted) ** 2).sum()) / total
+
+
+def reward_predictions(
+    model: DLH, observations: list[Any], actions: list[np.ndarray], rewards: list[float],
+    horizon: int, context: int = 5, stride: int | None = None,
+) -> dict[str, np.ndarray]:
+    """The reward head's predictions on one episode, paired with the true rewards.
+
+    "filtered": predicted from the filtered state after each frame t >= 1 (the posterior,
+    what the head is trained on) vs rewards[t - 1]. "imagined": open loop from the filtered
+    state at t0 = context, context + stride, ... (stride defaults to `horizon`), imagining
+    `horizon` steps with the actions actually taken — what the planner relies on. Returns
+    {"filtered": (2, T), "imagined": (2, M)}, rows (predicted, true).
+    """
+    frames, acts = _episode_tensors(model, observations, actions)
+    true = np.asarray(rewards, np.float64)
+    stride = stride or horizon
+    starts = set(range(context, len(rewards) - horizon + 1, stride))
+    pred_filtered, pred_imagined, true_imagined = [], [], []
+    with torch.inference_mode():
+        state = model.initial_state(1)
+        for t in range(len(observations)):
+            action = acts[:, t] if acts is not None else None
+            state = model.observe_step(state, frames[:, t], action)
+            if t >= 1:
+                pred_filtered.append(float(model.predict_reward(model.features(state))))
+            if t in starts:
+                future = acts[:, t + 1:t + 1 + horizon] if acts is not None else None
+                traj = model.imagine(state, horizon, future)
+                pred_imagined += model.predict_reward(traj.features)[0].tolist()
+                true_imagined += true[t:t + horizon].tolist()
+    return {"filtered": np.stack([np.asarray(pred_filtered), true]),
+            "imagined": np.asarray([pred_imagined, true_imagined]).reshape(2, -1)}
 
 
 def evaluate_random(env: gym.Env, episodes: int, seed: int = 0) -> dict[str, Any]:
@@ -70,12 +118,15 @@ def evaluate_agent(
 
     Returns {"agent": {"returns", "mean", "std"}, "random": same (if `compare_random`),
     "plan_ms": mean planning time per action, "plan_ms_std", "filtered_change_rate" (N,)
-    and "imagined_change_rate" (N,) averaged over episodes, "episodes", "steps"}.
+    and "imagined_change_rate" (N,) averaged over episodes, "episodes", "steps", and with a
+    reward head "reward_r2_filtered" / "reward_r2_imagined" and the matching "reward_mae_*"
+    (:func:`reward_predictions` over the agent's episodes, imagined over the planner's horizon)}.
     """
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes must be a positive int, got {episodes!r}")
     agent = LatentMPCAgent(model, planner, env.action_space, exploration_noise, seed=seed)
     returns, plan_times, filtered, imagined, steps = [], [], [], [], 0
+    rewards: dict[str, list[np.ndarray]] = {"filtered": [], "imagined": []}
 
     def policy(obs: Any) -> np.ndarray:
         action = agent.act(obs)
@@ -90,6 +141,11 @@ def evaluate_agent(
         returns.append(result["return"])
         steps += result["steps"]
         filtered.append(filtered_change_rates(model, result["observations"], result["actions"]))
+        if model.reward_head is not None:
+            pairs = reward_predictions(model, result["observations"], result["actions"], result["rewards"],
+                                       planner.horizon)
+            for key in rewards:
+                rewards[key].append(pairs[key])
     report: dict[str, Any] = {
         "agent": _summary(returns),
         "plan_ms": 1000 * float(np.mean(plan_times)),
@@ -99,9 +155,13 @@ def evaluate_agent(
         "episodes": episodes,
         "steps": steps,
     }
+    for key, pairs in rewards.items():
+        joined = np.concatenate(pairs, 1)
+        report[f"reward_r2_{key}"] = r_squared(joined[0], joined[1])
+        report[f"reward_mae_{key}"] = float(np.abs(joined[0] - joined[1]).mean()) if joined.size else float("nan")
     if compare_random:
         report["random"] = evaluate_random(env, episodes, seed)
     return report
 
 
-__all__ = ["evaluate_agent", "evaluate_random", "filtered_change_rates"]
+__all__ = ["evaluate_agent", "evaluate_random", "filtered_change_rates", "reward_predictions", "r_squared"]

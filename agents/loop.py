@@ -47,22 +47,23 @@ def run_episode(env: gym.Env, policy: Callable[[Any], Any], seed: int | None = N
     """Run one episode of `policy` (obs -> action) in `env`.
 
     Returns {"return", "steps", "observations" (list of obs, first included), "actions"
-    (list), "info" (the last step's info; holds "episode_path" under an EpisodeRecorder)}.
+    (list), "rewards" (list, rewards[t] after actions[t]), "info" (the last step's info;
+    holds "episode_path" under an EpisodeRecorder)}.
     `reset` (e.g. ``agent.reset``) is called after ``env.reset``.
     """
     obs, info = env.reset(seed=seed)
     if reset is not None:
         reset()
-    observations, actions, total, done = [obs], [], 0.0, False
+    observations, actions, rewards, done = [obs], [], [], False
     while not done:
         action = policy(obs)
         obs, reward, terminated, truncated, info = env.step(action)
         observations.append(obs)
         actions.append(np.asarray(action, dtype=np.float32))
-        total += float(reward)
+        rewards.append(float(reward))
         done = terminated or truncated
-    return {"return": total, "steps": len(actions), "observations": observations,
-            "actions": actions, "info": info}
+    return {"return": float(sum(rewards)), "steps": len(actions), "observations": observations,
+            "actions": actions, "rewards": rewards, "info": info}
 
 
 def make_env(env_id: str, image_size: int, channels: int, **kwargs: Any) -> gym.Env:

@@ -10,7 +10,7 @@ import yaml
 
 import envs
 from agents.cli import add_agent_parsers
-from agents.evaluate import evaluate_agent, filtered_change_rates
+from agents.evaluate import evaluate_agent, filtered_change_rates, r_squared, reward_predictions
 from agents.loop import run_planet_loop
 from agents.planners import CEMPlanner
 from envs.recorder import load_episode
@@ -79,6 +79,33 @@ def test_evaluate_agent_against_random(trained_run):
     assert report["steps"] == 10 and report["plan_ms"] > 0
     assert len(report["filtered_change_rate"]) == 2 and report["filtered_change_rate"][0] == 1.0
     assert len(report["imagined_change_rate"]) == 2
+    assert report["reward_r2_filtered"] <= 1 and report["reward_mae_filtered"] >= 0  # untrained: any R² <= 1
+    assert report["reward_r2_imagined"] != report["reward_r2_imagined"]  # NaN: episodes shorter than a plan
+
+
+def test_r_squared_by_hand():
+    assert r_squared([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 1.0
+    assert r_squared([2.0, 2.0, 2.0], [1.0, 2.0, 3.0]) == 0.0  # the mean predicts nothing
+    assert r_squared([3.0, 2.0, 1.0], [1.0, 2.0, 3.0]) == pytest.approx(1 - 8 / 2)
+    assert r_squared([1.0], [1.0]) != r_squared([1.0], [1.0])  # NaN for fewer than 2 points
+
+
+def test_reward_predictions_pair_each_prediction_with_its_reward(trained_run, monkeypatch):
+    out, _ = trained_run
+    model = load(out / "model.safetensors")
+    episode = load_episode(sorted((out / "episodes").glob("*.npz"))[0])  # 9 frames, 8 rewards
+    rewards = [float(r) for r in episode["reward"][1:]]
+    seen = []
+    real = model.predict_reward
+    monkeypatch.setattr(model, "predict_reward", lambda f: seen.append(f.shape) or real(f))
+    pairs = reward_predictions(model, list(episode["image"]), list(episode["action"][1:]), rewards,
+                               horizon=3, context=1, stride=2)
+    assert pairs["filtered"].shape == (2, 8)
+    assert pairs["filtered"][1].tolist() == rewards
+    # open loop from the states after frames 1, 3, 5 (t0 + 3 <= 8), 3 steps each
+    expected = rewards[1:4] + rewards[3:6] + rewards[5:8]
+    assert pairs["imagined"].shape == (2, 9) and pairs["imagined"][1].tolist() == expected
+    assert seen.count((1, 3, seen[0][-1])) == 3  # one batched prediction per imagined rollout
 
 
 def test_filtered_change_rates_shape(trained_run):

@@ -158,7 +158,8 @@ def evaluate_agent(
     for key, pairs in rewards.items():
         joined = np.concatenate(pairs, 1)
         report[f"reward_r2_{key}"] = r_squared(joined[0], joined[1])
-        report[f"reward_mae_{key}"] = float(np.abs(joined[0] - joined[1]).mean()) if joined.size else float("nan")
+        error = np.abs(joined[0] - joined[1])
+        report[f"reward_mae_{key}"] = float(error.mean()) if error.size else float("nan")
     if compare_random:
         report["random"] = evaluate_random(env, episodes, seed)
     return report

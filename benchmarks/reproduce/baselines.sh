@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Baselines at equal training budget: dynamic (DLH) vs clockwork (CW-VAE schedule) vs
 # every_step; best-of-K SSIM/PSNR of open-loop rollouts. DATA=ball (default) or fmnist
-# (long-horizon Moving Fashion-MNIST from Debian's dataset-fashion-mnist).
+# (long-horizon Moving Fashion-MNIST from Debian's dataset-fashion-mnist). MODES picks the
+# timescales (default all three), e.g. to train them in parallel shells.
 source "$(dirname "$0")/common.sh"
 OUT=${OUT:-runs/reproduce}
 DATA=${DATA:-ball}
@@ -10,7 +11,8 @@ case $DATA in
   fmnist) config=configs/moving_fashion_mnist_cpu.yaml; context=10; horizon=90 ;;
   *) echo "DATA must be ball or fmnist" >&2; exit 2 ;;
 esac
-for mode in dynamic clockwork every_step; do
+MODES=${MODES:-dynamic clockwork every_step}
+for mode in $MODES; do
   dir="$OUT/${DATA}_steps${STEPS}_$mode"
   train_run "$dir" "$config" --set model.timescale=$mode
   eval_run "$dir" $context $horizon

@@ -104,3 +104,25 @@ def test_only_the_recurrent_factor_learns_when_a_periodic_change_is_due(monkeypa
 def test_prior_factor_rejects_unknown_readings():
     with pytest.raises(ValueError, match="prior_factor"):
         tiny_config(prior_factor="lstm")
+
+
+def test_files_saved_before_the_option_load_with_the_feedforward_factor(tmp_path):
+    """A model file whose config has no `prior_factor` key (written before the option existed)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from worldmodel import load
+
+    model = tiny_model(levels=2)
+    path = tmp_path / "model.safetensors"
+    model.save(path)
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    config = json.loads(metadata["config"])
+    del config["prior_factor"]
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={**metadata, "config": json.dumps(config)})
+    old = load(tmp_path / "old.safetensors")
+    assert old.config.prior_factor == "feedforward" and old.config == model.config

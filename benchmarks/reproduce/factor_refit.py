@@ -128,9 +128,10 @@ def main() -> None:
         level.load_state_dict(best[1])
         with torch.no_grad():
             p = torch.sigmoid(factor_logits(level, *test[:3]))
-            fit = torch.sigmoid(factor_logits(level, *(x[:args.eval_seqs] for x in train[:3])))
+            part = [x[:args.eval_seqs] for x in train]
+            fit = torch.sigmoid(factor_logits(level, *part[:3]))
         results["refit " + reading] = report(p, *test[1:3])
-        results["refit " + reading]["train_nll"] = report(fit, *(x[:args.eval_seqs] for x in train[1:3]))["nll"]
+        results["refit " + reading]["train_nll"] = report(fit, *part[1:3])["nll"]
     rate = float(test[1][test[2]].mean())
     print(f"{r.model_file}: {args.train_seqs} train / {args.eval_seqs} held-out windows of {args.length} "
           f"frames; level 2 changes at {rate:.3f} of inferred steps ({time.perf_counter() - started:.0f} s)")
@@ -142,8 +143,8 @@ def main() -> None:
         print(f"| {name} | {m['nll']:.3f} | {train_nll} | {m['p_change']:.3f} | {m['p_static']:.3f} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"checkpoint": str(r.model_file), "change_rate": rate, **vars(args), "results": results}, f,
-                      indent=1)
+            summary = {"checkpoint": str(r.model_file), "change_rate": rate, **vars(args), "results": results}
+            json.dump(summary, f, indent=1)
 
 
 if __name__ == "__main__":

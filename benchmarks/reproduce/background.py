@@ -37,8 +37,7 @@ def main() -> None:
         with torch.no_grad():
             state = r.model.observe(frames[:, :args.context]).state
             traj = r.model.imagine(state, args.horizon)
-            pred = r.model.decoder(traj.decoder_input.flatten(0, 1)).clamp(0, 1)
-        pred = pred.unflatten(0, frames.shape[:1] + (args.horizon,)).flatten(0, 1)
+            pred = r.model.decode(traj).flatten(0, 1)  # (B·horizon, C, H, W)
         truth = frames[:, args.context:].flatten(0, 1)
         background = truth.max(1, keepdim=True).values < args.threshold  # (N, 1, H, W)
         bg = pred.mean(1, keepdim=True)[background].mean()

@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
@@ -25,7 +24,8 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
 from torch import nn
 
-from .loop import make_env
+from .evaluate import _summary
+from .loop import _check_positive, make_env
 
 __all__ = ["SmallCNN", "train_ppo_pixels", "evaluate_ppo"]
 
@@ -61,12 +61,6 @@ def _vec_env(env_id: str, image_size: int, channels: int, action_repeat: int, fr
     env.close()
     venv = DummyVecEnv([build])
     return VecFrameStack(venv, frame_stack, channels_order="last") if frame_stack > 1 else venv
-
-
-def _check(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _divisor_near(total: int, target: int) -> int:
@@ -109,8 +103,8 @@ def train_ppo_pixels(
     the minibatch the divisor of that nearest `batch_size` (if not below half of it). Other
     hyper-parameters are SB3's defaults.
     """
-    total_steps = _check("total_steps", total_steps, 1)
-    frame_stack = _check("frame_stack", frame_stack, 1)
+    total_steps = _check_positive("total_steps", total_steps, 1)
+    frame_stack = _check_positive("frame_stack", frame_stack, 1)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     venv = _vec_env(env_id, image_size, channels, action_repeat, frame_stack, max_episode_steps, seed)
@@ -155,7 +149,7 @@ def evaluate_ppo(
 ) -> dict[str, Any]:
     """Returns of `ppo`'s policy over `episodes` episodes (episode i reset with seed + i):
     {"returns", "mean", "std"}. The env settings must be the ones it was trained with."""
-    episodes = _check("episodes", episodes, 1)
+    episodes = _check_positive("episodes", episodes, 1)
     venv = _vec_env(env_id, image_size, channels, action_repeat, frame_stack, max_episode_steps, seed)
     returns = []
     try:
@@ -171,5 +165,4 @@ def evaluate_ppo(
             returns.append(total)
     finally:
         venv.close()
-    values = np.asarray(returns)
-    return {"returns": [float(r) for r in values], "mean": float(values.mean()), "std": float(values.std())}
+    return _summary(returns)

@@ -51,6 +51,18 @@ def _add_planner_args(p: argparse.ArgumentParser, noise: float) -> None:
     e.add_argument("--seed", type=int, default=None, help="episode seeds start here")
 
 
+def _add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's)")
+
+
+def _apply_threads(args: argparse.Namespace) -> None:
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _planner_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     names = {"cem": ("candidates", "top_k"), "mppi": ("num_samples", "num_elites")}[args.planner]
     kwargs: dict[str, Any] = {"horizon": args.horizon}
@@ -94,8 +106,7 @@ def add_agent_parsers(subparsers: Any) -> None:
     q.add_argument("--no-random", action="store_true", help="skip the random-policy baseline")
     q.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
-    q.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="torch CPU threads (default: torch's)")
+    _add_threads_arg(q)
     _add_planner_args(q, noise=0.0)
     q.set_defaults(func=run_agent_eval)
 
@@ -115,8 +126,7 @@ def add_agent_parsers(subparsers: Any) -> None:
     r.add_argument("--max-episode-steps", type=positive_int, default=None, metavar="N")
     r.add_argument("--episodes", type=positive_int, default=20, help="evaluation episodes (default 20)")
     r.add_argument("--seed", type=int, default=0, help="training seed; evaluation episode seeds start here")
-    r.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="torch CPU threads (default: torch's)")
+    _add_threads_arg(r)
     r.set_defaults(func=run_agent_ppo)
 
 
@@ -161,10 +171,7 @@ def run_agent_eval(args: argparse.Namespace) -> int:
     from .loop import make_env
     from .planners import make_planner
 
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _apply_threads(args)
     path = Path(args.checkpoint)
     if path.is_dir():
         path = path / "model.safetensors"
@@ -213,10 +220,7 @@ def run_agent_ppo(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise ValueError(f"agent-ppo needs stable-baselines3 ({err}): pip install 'worldmodel[sb3]'") from err
 
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _apply_threads(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env_kwargs = {"image_size": args.image_size, "channels": 1 if args.grayscale else 3,

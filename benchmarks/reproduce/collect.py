@@ -42,10 +42,11 @@ def _table3_row(run: Path, factor: str, lam: str) -> list[str]:
     prior = a.get("change_prior", {}).get("level2", {})
     det = a.get("change_detection", {}).get("level2", {})
     summary = _load(run / "summary.json") or {}
+    wall = f"{summary['wall_time_s'] / 60:.0f} min" if summary else "–"
     return [
-            f"| {factor} | {lam} | {_pm(prior.get('change'), 3)} | {_pm(prior.get('static'), 3)} | "
-            f"{_pm(a['levels_used'])} | {det.get('hit_rate', float('nan')):.2f} | "
-            f"{det.get('false_alarm_rate', float('nan')):.2f} | {summary.get('steps', '–')} | {_wall(run)} |"
+        f"| {factor} | {lam} | {_pm(prior.get('change'), 3)} | {_pm(prior.get('static'), 3)} | "
+        f"{_pm(a['levels_used'])} | {det.get('hit_rate', float('nan')):.2f} | "
+        f"{det.get('false_alarm_rate', float('nan')):.2f} | {summary.get('steps', '–')} | {wall} |"
     ]
 
 

@@ -31,7 +31,7 @@ from worldmodel.state import ObserveOutput
 def _force_e(monkeypatch, value):
     """Make the inferred q(e^n = 1) constant (`value` 0 or 1) or a function of the row."""
 
-    def forced(q, change_prior, static_prior, logit, assignment):
+    def forced(q, change_prior, static_prior, logit, assignment, *_):
         rows = q.mean.shape[0]
         if callable(value):
             return value(rows).to(q.mean.dtype)

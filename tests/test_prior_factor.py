@@ -24,7 +24,7 @@ def _force_period(monkeypatch, period: int) -> list[int]:
     counter to reset before each `observe`."""
     step = [0]
 
-    def forced(q, change_prior, static_prior, logit, assignment):
+    def forced(q, change_prior, static_prior, logit, assignment, *_):
         t = step[0]
         step[0] += 1
         return torch.full((q.mean.shape[0],), float(t % period == 0), dtype=q.mean.dtype)

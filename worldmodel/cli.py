@@ -33,6 +33,12 @@ def _train(args: argparse.Namespace) -> int:
         print(f"  final loss {final.get('loss', nan):.2f}  elbo {final.get('elbo', nan):.2f}"
               f"  levels used {final.get('levels_used', nan):.2f}")
         print(f"  open-loop rollout: SSIM {rollout['ssim']:.3f}  PSNR {rollout['psnr']:.2f} dB")
+        for n in range(2, cfg.model.levels + 1):
+            key = f"events/level{n}"
+            if f"{key}_f1" in final:
+                print(f"  level {n} vs the data's events: precision {final[f'{key}_precision']:.3f}  "
+                      f"recall {final[f'{key}_recall']:.3f}  F1 {final[f'{key}_f1']:.3f}  "
+                      f"(±1 step {final[f'{key}_f1_tol1']:.3f})")
         print(f"  rollout GIF: {summary['rollout_gif']}")
         print(f"  model: {summary['model']}   summary: {cfg.out_dir}/summary.json")
     return 0

@@ -18,6 +18,7 @@ T = TypeVar("T")
 
 TIMESCALES = ("dynamic", "clockwork", "every_step")
 ASSIGNMENTS = ("hard", "vade")
+DECISIONS = ("kl", "map")
 PRIOR_FACTORS = ("feedforward", "recurrent")
 
 
@@ -48,6 +49,22 @@ class DLHConfig:
         timescale: "dynamic" (DLH), "clockwork" (CW-VAE schedule) or "every_step".
         clockwork_k: the clockwork base k: level n updates when t mod k^(n-1) = 0.
         assignment: "hard" (eq. 4, the paper's default) or "vade" (soft q(e), eq. 34).
+        upper_min_std: the std floor of the levels n >= 2 (None: `min_std`). The static
+            prior is the previous posterior, so this floor sets how far a static level's
+            posterior may drift before eq. 4 calls it a change.
+        decision: how the hard rule (eq. 4) weighs the two components: "kl" (the paper:
+            the nearer component wins) or "map" (the learned prior odds join the rule:
+            change iff KL_change − log p(e=1) < KL_static − log p(e=0), the MAP
+            assignment of the mixture).
+        decision_margin: nats the change component must win by (0: the paper).
+        kl_balance: α of KL balancing (DreamerV2): the state KL's gradient trains the
+            prior with weight α and the posterior with 1 − α (0.5: the plain KL). The
+            loss value is unchanged.
+        free_nats: free bits of the state KL (DreamerV3): at each step the loss uses
+            max(free_nats, Σ_n KL^n), so below this many nats the KL is not pushed down —
+            a guard against early posterior collapse (0: the paper's ELBO).
+        static_prior_grad: whether the static prior (the previous posterior) receives
+            gradient from eq. 9's static KL (True: the paper's ELBO as written).
         reward_head, continue_head: add heads on `features(state)` trained with the loss.
         head_hidden: hidden sizes of the reward and continue heads.
         reward_scale, continue_scale: weights of the heads' losses against the ELBO (whose
@@ -74,6 +91,12 @@ class DLHConfig:
     timescale: str = "dynamic"
     clockwork_k: int = 6
     assignment: str = "hard"
+    upper_min_std: float | None = None
+    decision: str = "kl"
+    decision_margin: float = 0.0
+    kl_balance: float = 0.5
+    static_prior_grad: bool = True
+    free_nats: float = 0.0
     reward_head: bool = False
     continue_head: bool = False
     head_hidden: tuple[int, ...] = (200, 200)
@@ -100,6 +123,21 @@ class DLHConfig:
             raise ValueError(f"DLHConfig.timescale must be one of {TIMESCALES}, got {self.timescale!r}")
         if self.assignment not in ASSIGNMENTS:
             raise ValueError(f"DLHConfig.assignment must be one of {ASSIGNMENTS}, got {self.assignment!r}")
+        if self.decision not in DECISIONS:
+            raise ValueError(f"DLHConfig.decision must be one of {DECISIONS}, got {self.decision!r}")
+        if isinstance(self.decision_margin, bool) or not self.decision_margin >= 0:
+            raise ValueError(f"DLHConfig.decision_margin must be >= 0 nats, got {self.decision_margin!r}")
+        if isinstance(self.kl_balance, bool) or not 0 <= self.kl_balance <= 1:
+            raise ValueError(f"DLHConfig.kl_balance must be in [0, 1], got {self.kl_balance!r}")
+        if self.upper_min_std is not None and (isinstance(self.upper_min_std, bool)
+                                               or not self.upper_min_std > 0):
+            raise ValueError(f"DLHConfig.upper_min_std must be > 0 or null, got {self.upper_min_std!r}")
+        if isinstance(self.free_nats, bool) or not self.free_nats >= 0:
+            raise ValueError(f"DLHConfig.free_nats must be >= 0, got {self.free_nats!r}")
+        if not isinstance(self.static_prior_grad, bool):
+            raise ValueError(
+                f"DLHConfig.static_prior_grad must be true or false, got {self.static_prior_grad!r}"
+            )
         if self.prior_factor not in PRIOR_FACTORS:
             raise ValueError(
                 f"DLHConfig.prior_factor must be one of {PRIOR_FACTORS}, got {self.prior_factor!r}"
@@ -127,6 +165,12 @@ class DLHConfig:
             if any(not isinstance(h, int) or h < 1 for h in value):
                 raise ValueError(f"DLHConfig.{name} must be a list of positive ints, got {value!r}")
             object.__setattr__(self, name, value)
+
+    def level_min_std(self, level: int) -> float:
+        """The std floor of 1-based `level`."""
+        if level >= 2 and self.upper_min_std is not None:
+            return self.upper_min_std
+        return self.min_std
 
     @property
     def feature_dim(self) -> int:

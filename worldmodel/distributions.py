@@ -34,9 +34,16 @@ def gaussian_from_params(params: Tensor, min_std: float) -> Gaussian:
 
 
 def kl_gaussian(q: Gaussian, p: Gaussian) -> Tensor:
-    """KL[q || p] between diagonal Gaussians, summed over the last axis: (..., S) -> (...)."""
+    """KL[q || p] between diagonal Gaussians, summed over the last axis: (..., S) -> (...).
+
+    Always computed in fp32 (or fp64 when given): under bf16 autocast, rounding means whose
+    std is ≲ 0.05 would create spurious KL — and flip eq. 4's decisions.
+    """
     if q.mean.shape[-1] != p.mean.shape[-1]:
         raise ValueError(f"kl_gaussian: latent sizes differ, {q.mean.shape} vs {p.mean.shape}")
+    if q.mean.dtype in (torch.bfloat16, torch.float16) or p.mean.dtype in (torch.bfloat16, torch.float16):
+        q = Gaussian(q.mean.float(), q.std.float())
+        p = Gaussian(p.mean.float(), p.std.float())
     var_ratio = (q.std / p.std).pow(2)
     mean_term = ((q.mean - p.mean) / p.std).pow(2)
     return 0.5 * (var_ratio + mean_term - 1.0 - var_ratio.log()).sum(-1)

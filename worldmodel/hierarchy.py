@@ -22,21 +22,43 @@ from .state import HierarchicalState
 
 
 def change_posterior(
-    q: Gaussian, change_prior: Gaussian, static_prior: Gaussian, logit: Tensor, assignment: str
+    q: Gaussian, change_prior: Gaussian, static_prior: Gaussian, logit: Tensor, assignment: str,
+    decision: str = "kl", margin: float = 0.0,
 ) -> Tensor:
     """q(e^n = 1) from the candidate posterior q'(s^n) and the two mixture components.
 
-    "hard" (eq. 4): 1 where KL[q' ‖ change prior] < KL[q' ‖ static prior], else 0 — the
-    nearer component wins. "vade" (eq. 34): σ(KL_static − KL_change + logit p(e=1)), the
-    VaDE estimate with the learned prior odds. Shapes: Gaussians (B, S), logit (B,) -> (B,).
+    "hard" (eq. 4): 1 where KL[q' ‖ change prior] + margin < KL[q' ‖ static prior], else 0 —
+    the nearer component wins (`decision="map"` adds the learned prior odds, logit p(e=1),
+    to the static side: the MAP assignment). "vade" (eq. 34): σ(KL_static − KL_change −
+    margin + logit p(e=1)), the VaDE estimate with the learned prior odds. Computed in fp32
+    whatever the autocast dtype. Shapes: Gaussians (B, S), logit (B,) -> (B,).
     """
     kl_change = kl_gaussian(q, change_prior)
     kl_static = kl_gaussian(q, static_prior)
+    gap = kl_static - kl_change - margin  # > 0: the change component explains q' better
+    logit = logit.float()
     if assignment == "hard":
-        return (kl_change < kl_static).to(kl_change.dtype)
+        if decision == "map":
+            gap = gap + logit
+        return (gap > 0).to(kl_change.dtype)
     if assignment == "vade":
-        return torch.sigmoid(kl_static - kl_change + logit)
+        return torch.sigmoid(gap + logit)
     raise ValueError(f"assignment must be 'hard' or 'vade', got {assignment!r}")
+
+
+def balanced_kl(q: Gaussian, p: Gaussian, alpha: float, prior_grad: bool = True) -> Tensor:
+    """KL[q ‖ p] whose gradient reaches p with weight α and q with 1 − α (KL balancing).
+
+    α = 0.5 gives the plain KL's value and (up to a factor 1/2 on each side, undone
+    here) its gradient; `prior_grad=False` stops every gradient into p. (B, S) -> (B,).
+    """
+    if not prior_grad:
+        p = Gaussian(p.mean.detach(), p.std.detach())
+    if alpha == 0.5 or not prior_grad:
+        return kl_gaussian(q, p)
+    q_sg = Gaussian(q.mean.detach(), q.std.detach())
+    p_sg = Gaussian(p.mean.detach(), p.std.detach())
+    return 2.0 * (alpha * kl_gaussian(q_sg, p) + (1.0 - alpha) * kl_gaussian(q, p_sg))
 
 
 class Rows:
@@ -255,7 +277,8 @@ class Hierarchy(nn.Module):
                 q = level.infer(xs[i], context)
                 static = Gaussian(state.mean[i], state.std[i])
                 q1 = change_posterior(
-                    q, level.predict(d[i], context), static, logit, cfg.assignment
+                    q, level.predict(d[i], context), static, logit, cfg.assignment,
+                    cfg.decision, cfg.decision_margin,
                 )
                 q1 = torch.where(first, torch.ones_like(q1), q1)
             inferred = candidate & ~first
@@ -280,9 +303,10 @@ class Hierarchy(nn.Module):
         def posterior(i: int, sel: Rows, context: Tensor) -> Gaussian:
             level = self._level[i]  # filtering runs dense (masked): sel.take is the identity
             q = level.infer(sel.take(xs[i]), context)
-            kl = kl_gaussian(q, level.predict(sel.take(d[i]), context))
+            kl = balanced_kl(q, level.predict(sel.take(d[i]), context), cfg.kl_balance)
             if cfg.timescale == "dynamic" and i > 0:  # eq. 9
-                kl_static = kl_gaussian(q, Gaussian(state.mean[i], state.std[i]))
+                kl_static = balanced_kl(q, Gaussian(state.mean[i], state.std[i]), cfg.kl_balance,
+                                        cfg.static_prior_grad)
                 w = q_change[i]
                 kl = w * kl + (1.0 - w) * kl_static
             kls[i] = torch.where(sel.mask, kl, torch.zeros_like(kl))
@@ -356,4 +380,4 @@ class Hierarchy(nn.Module):
         return new_state, [r.mask for r in rows]
 
 
-__all__ = ["Hierarchy", "Rows", "change_posterior"]
+__all__ = ["Hierarchy", "Rows", "change_posterior", "balanced_kl"]

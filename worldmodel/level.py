@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
 from .config import DLHConfig
 from .distributions import Gaussian, gaussian_from_params
 from .networks import MLP
+
+
+def full_precision(x: Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off on x's device (fp32 heads) when it is on; else a no-op."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(device_type=x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class Level(nn.Module):
@@ -27,7 +36,7 @@ class Level(nn.Module):
     def __init__(self, cfg: DLHConfig, index: int) -> None:
         super().__init__()
         self.index = index
-        self.min_std = cfg.min_std
+        self.min_std = cfg.level_min_std(index)
         self.takes_action = cfg.action_dim > 0 and index in cfg.action_levels
         self.encoder = MLP(cfg.x_dim, cfg.enc_hidden, cfg.x_dim) if index < cfg.levels else None
         self.decoder = MLP(cfg.s_dim + cfg.c_dim, cfg.dec_hidden, cfg.c_dim)
@@ -41,12 +50,20 @@ class Level(nn.Module):
         self.factor_size = cfg.d_dim if recurrent else 0  # width of the factor's state h^n
 
     def infer(self, x: Tensor, context: Tensor) -> Gaussian:
-        """q(s^n | x^n, c^n): x (B, X), context (B, C) -> Gaussian over (B, S)."""
-        return gaussian_from_params(self.posterior(torch.cat([x, context], -1)), self.min_std)
+        """q(s^n | x^n, c^n): x (B, X), context (B, C) -> Gaussian over (B, S).
+
+        The Gaussian heads run in fp32 under autocast: eq. 4 compares KLs of means whose std
+        can be ~0.01, which bf16 rounding would turn into spurious KL (and flipped decisions).
+        """
+        with full_precision(x):
+            params = self.posterior(torch.cat([x, context], -1).float())
+        return gaussian_from_params(params, self.min_std)
 
     def predict(self, d: Tensor, context: Tensor) -> Gaussian:
-        """Change prior p(s^n | d^n, c^n): d (B, D), context (B, C) -> Gaussian over (B, S)."""
-        return gaussian_from_params(self.prior(torch.cat([d, context], -1)), self.min_std)
+        """Change prior p(s^n | d^n, c^n): d (B, D), context (B, C) -> Gaussian over (B, S) (fp32)."""
+        with full_precision(d):
+            params = self.prior(torch.cat([d, context], -1).float())
+        return gaussian_from_params(params, self.min_std)
 
     def change_logit(self, d: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """Logit of p(e^n = 1 | ·) and the factor's next state: d (B, D), h (B, H) -> (B,), (B, H).
@@ -57,9 +74,9 @@ class Level(nn.Module):
         """
         assert self.factor is not None, "level 1 has no prior factor: e^1 = 1 always"
         if self.factor_cell is None:
-            return self.factor(d).squeeze(-1), h
+            return self.factor(d).squeeze(-1).float(), h
         h = self.factor_cell(d, h)
-        return self.factor(h).squeeze(-1), h
+        return self.factor(h).squeeze(-1).float(), h
 
     def top_down(self, s: Tensor, context: Tensor) -> Tensor:
         """c^{n-1} = f_dec^n(s^n, c^n): (B, S), (B, C) -> (B, C)."""

@@ -269,7 +269,10 @@ class DLH(nn.Module):
         out = self.observe(frames, actions, is_first)
         lead = tuple(frames.shape[:2])
         terms = elbo_terms(frames, out.recon_mean, self.config.obs_std, out.kl, out.factor_kl)
-        loss = terms["recon"] + beta * (terms["kl"] + terms["factor_kl"])
+        kl = terms["kl"]
+        if self.config.free_nats > 0:  # free bits: no pressure below the floor (value kept for metrics)
+            kl = torch.clamp(kl, min=self.config.free_nats)
+        loss = terms["recon"] + beta * (kl + terms["factor_kl"])
         extra: dict[str, Tensor] = {}
         rewards = check.check_targets(rewards, lead, "rewards")
         continues = check.check_targets(continues, lead, "continues")

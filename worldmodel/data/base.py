@@ -113,6 +113,16 @@ class SequenceSource(ABC):
         rng = np.random.default_rng([EVAL_SALT, check_seed("seed", seed), split_id])
         return self.sample(rng, num, seq_len)
 
+    def eval_batch_with_events(
+        self, num: int, seq_len: int, seed: int = 0
+    ) -> tuple[Batch, np.ndarray | None]:
+        """`eval_batch` plus the data's ground-truth change flags (B, T) bool, or None.
+
+        A source whose generator knows when its features change (Moving Ball's colour)
+        overrides this; the flags are for measurement only and never reach training.
+        """
+        return self.eval_batch(num, seq_len, seed), None
+
 
 def check_seed(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:

@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from worldmodel.data.base import Batch, SequenceSource, check_batch_args, videos_to_frames
+from worldmodel.data.base import (
+    EVAL_SALT,
+    Batch,
+    SequenceSource,
+    check_batch_args,
+    check_seed,
+    videos_to_frames,
+)
 from worldmodel.data.options import (
     check_float,
     check_range,
@@ -226,6 +233,12 @@ class MovingBallSource(SequenceSource):
 
     def sample(self, rng: np.random.Generator, batch_size: int, seq_len: int) -> Batch:
         return self.sample_with_changes(rng, batch_size, seq_len)[0]
+
+    def eval_batch_with_events(self, num: int, seq_len: int, seed: int = 0) -> tuple[Batch, np.ndarray]:
+        """The windows of `eval_batch` and their colour-change flags (B, T) bool."""
+        split_id = 0 if self.split == "train" else 1
+        rng = np.random.default_rng([EVAL_SALT, check_seed("seed", seed), split_id])
+        return self.sample_with_changes(rng, num, seq_len)
 
     def __repr__(self) -> str:
         return (f"MovingBallSource(split={self.split!r}, size={self.image_size}, "

@@ -21,8 +21,6 @@ import yaml
 from ..checkpoint import load
 from ..config import from_dict
 from ..data import Batch, DataConfig, SequenceSource, build_source
-from ..data.base import EVAL_SALT
-from ..data.moving_ball import MovingBallSource
 from ..model import DLH
 from ..training.checkpoints import latest_checkpoint
 from ..training.config import apply_overrides
@@ -155,12 +153,8 @@ def eval_sequences(
             raise ValueError(f"{name}: expected a {'non-negative' if name == 'seed' else 'positive'} "
                              f"int, got {value!r}")
     try:
-        if isinstance(source, MovingBallSource):
-            # the same generator as eval_batch, so the windows are identical to `dlh eval`'s
-            rng = np.random.default_rng([EVAL_SALT, seed, 0 if source.split == "train" else 1])
-            batch, changed = source.sample_with_changes(rng, num, length)
-            return batch, changed
-        return source.eval_batch(num, length, seed), None
+        # the same windows as eval_batch (`dlh eval`'s), with change flags where the data has them
+        return source.eval_batch_with_events(num, length, seed)
     except ValueError as exc:
         raise ValueError(
             f"cannot cut {num} sequence(s) of {length} frames ({what}) from the "

@@ -28,6 +28,8 @@ class OptimConfig:
         beta_max: the final β; β = beta_max · min(1, step / beta_warmup).
         beta_warmup: steps over which β rises linearly from 0 (10k in the paper).
         grad_clip: clip the global gradient norm to this value (0 disables).
+        lr_warmup: steps over which the learning rate rises linearly from lr/lr_warmup to lr
+            (0: constant lr).
     """
 
     lr: float = 5e-4
@@ -35,12 +37,21 @@ class OptimConfig:
     beta_max: float = 1.0
     beta_warmup: int = 10_000
     grad_clip: float = 100.0
+    lr_warmup: int = 0
 
     def __post_init__(self) -> None:
         if not self.lr > 0 or not self.eps > 0:
             raise ValueError(f"optim.lr and optim.eps must be > 0, got {self.lr!r}, {self.eps!r}")
-        if not self.beta_max >= 0 or self.beta_warmup < 0 or self.grad_clip < 0:
-            raise ValueError("optim.beta_max, optim.beta_warmup and optim.grad_clip must be >= 0")
+        if not self.beta_max >= 0 or self.beta_warmup < 0 or self.grad_clip < 0 or self.lr_warmup < 0:
+            raise ValueError(
+                "optim.beta_max, optim.beta_warmup, optim.grad_clip and optim.lr_warmup must be >= 0"
+            )
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimiser step `step` (0-based)."""
+        if self.lr_warmup == 0:
+            return self.lr
+        return self.lr * min(1.0, (step + 1) / self.lr_warmup)
 
     def beta(self, step: int) -> float:
         if self.beta_warmup == 0:
@@ -68,6 +79,14 @@ class TrainConfig:
         rollout_context, rollout_horizon: frames of context and of open-loop prediction in
             the logged rollout videos.
         media_sequences: sequences shown in logged videos.
+        event_every: every this many steps (and at the end), score each level's change
+            flags against the data's known events (event precision/recall/F1 on
+            `event_sequences` held-out windows of `event_length` frames) — only for data that
+            supplies change flags, such as Moving Ball; 0 disables.
+        collapse_kl: after the β warm-up, warn of posterior collapse when every level's
+            state KL is below this (nats per step).
+        frozen_ratio: warn that a level's networks are frozen when its relative update
+            ‖Δθ‖/‖θ‖ is below this fraction of level 1's.
     """
 
     model: DLHConfig = field(default_factory=lambda: DLHConfig(levels=2, image_size=32, channels=3))
@@ -87,6 +106,11 @@ class TrainConfig:
     rollout_context: int = 10
     rollout_horizon: int = 40
     media_sequences: int = 4
+    event_every: int = 500
+    event_sequences: int = 32
+    event_length: int = 100
+    collapse_kl: float = 0.5
+    frozen_ratio: float = 0.05
 
     def __post_init__(self) -> None:
         for name in ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "max_bad_steps",
@@ -94,8 +118,15 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.media_every < 0 or self.seed < 0:
-            raise ValueError("media_every and seed must be >= 0")
+        if self.media_every < 0 or self.seed < 0 or self.event_every < 0:
+            raise ValueError("media_every, event_every and seed must be >= 0")
+        for name in ("event_sequences", "event_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+                raise ValueError(f"{name} must be an int >= 2, got {value!r}")
+        if not (self.collapse_kl >= 0 and 0 <= self.frozen_ratio <= 1):
+            raise ValueError(f"collapse_kl must be >= 0 and frozen_ratio in [0, 1], got "
+                             f"{self.collapse_kl!r}, {self.frozen_ratio!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):

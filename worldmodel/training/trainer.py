@@ -26,6 +26,7 @@ from ..video import write_gif
 from . import distributed
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, dump_config
+from .diagnostics import EventProbe, HealthCheck, ParameterGroups
 from .monitor import Monitor, rollout_media
 
 
@@ -129,6 +130,15 @@ class Trainer:
             else:
                 self.media_batch, self.media_context = _media_batch(cfg)
         self.progress = progress and runtime.is_main
+        self.groups = ParameterGroups(model)
+        self.health = HealthCheck(cfg.model.levels, cfg.optim.beta_warmup, cfg.collapse_kl, cfg.frozen_ratio)
+        self.event_probe = None
+        if runtime.is_main and cfg.event_every and cfg.model.levels >= 2:
+            try:
+                probe_source = build_source(cfg.data, "test")
+            except ValueError:
+                probe_source = self.source
+            self.event_probe = EventProbe.build(probe_source, cfg.event_sequences, cfg.event_length, cfg.seed)
         self.bad_in_a_row = 0
         self.window: dict[str, list[float]] = {}
         self.last: dict[str, float] = {}
@@ -154,6 +164,7 @@ class Trainer:
         grad_norm = float("nan")
         if not bad:
             loss.backward()
+            group_norms = self.groups.grad_norms()
             clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
             bad = distributed.any_true(not math.isfinite(grad_norm), runtime)
@@ -172,9 +183,16 @@ class Trainer:
                 )
             return None
         self.bad_in_a_row = 0
+        # relative update sizes are measured on the last step of each logging interval
+        before = self.groups.snapshot() if self.step % cfg.log_every == 0 else None
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.optim.lr_at(step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         metrics["grad_norm"] = grad_norm
+        metrics.update(group_norms)
+        if before is not None:
+            metrics.update(self.groups.relative_updates(before))
         return metrics
 
     def _after_step(self, metrics: dict[str, float] | None, bar: tqdm, end: int) -> None:
@@ -192,11 +210,16 @@ class Trainer:
             frames = cfg.data.batch_size * cfg.data.seq_len * self._interval_steps
             self.last["frames_per_s"] = frames / max(elapsed, 1e-9)
             self.last["lr"] = self.optimizer.param_groups[0]["lr"]
+            self.last.update(self.health.check(done, self.last))
             self.monitor.scalars(done, self.last)
             self.window.clear()
             self._interval_start, self._interval_steps = time.perf_counter(), 0
         if self.runtime.is_main and cfg.media_every and done % cfg.media_every == 0 and done != end:
             self.media()
+        if self.event_probe is not None and (done % cfg.event_every == 0 or done == end):
+            events = self.event_probe(self.model)
+            self.last.update(events)
+            self.monitor.scalars(done, events)
         if done % cfg.checkpoint_every == 0 or done == end:
             self.checkpoint()
 

@@ -58,8 +58,12 @@ class DLHConfig:
             assignment of the mixture).
         decision_margin: nats the change component must win by (0: the paper).
         kl_balance: α of KL balancing (DreamerV2): the state KL's gradient trains the
-            prior with weight α and the posterior with 1 − α (0.5: the plain KL). The
+            prior with weight 2α and the posterior with 2(1 − α) (0.5: the plain KL). The
             loss value is unchanged.
+        init_std: the std the Gaussian heads (posteriors and change priors) output at
+            initialisation (None: PyTorch's default init, softplus(≈0) ≈ 0.7). A sample that
+            is mostly noise teaches the decoder to ignore the latents (early posterior
+            collapse on small objects); a smaller start lets the decoder use them at once.
         free_nats: free bits of the state KL (DreamerV3): at each step the loss uses
             max(free_nats, Σ_n KL^n), so below this many nats the KL is not pushed down —
             a guard against early posterior collapse (0: the paper's ELBO).
@@ -97,6 +101,7 @@ class DLHConfig:
     kl_balance: float = 0.5
     static_prior_grad: bool = True
     free_nats: float = 0.0
+    init_std: float | None = None
     reward_head: bool = False
     continue_head: bool = False
     head_hidden: tuple[int, ...] = (200, 200)
@@ -132,6 +137,9 @@ class DLHConfig:
         if self.upper_min_std is not None and (isinstance(self.upper_min_std, bool)
                                                or not self.upper_min_std > 0):
             raise ValueError(f"DLHConfig.upper_min_std must be > 0 or null, got {self.upper_min_std!r}")
+        if self.init_std is not None and (isinstance(self.init_std, bool) or not self.init_std > self.min_std
+                                          or not (self.upper_min_std or 0) < self.init_std):
+            raise ValueError(f"DLHConfig.init_std must exceed every level's min_std, got {self.init_std!r}")
         if isinstance(self.free_nats, bool) or not self.free_nats >= 0:
             raise ValueError(f"DLHConfig.free_nats must be >= 0, got {self.free_nats!r}")
         if not isinstance(self.static_prior_grad, bool):

@@ -47,10 +47,10 @@ def change_posterior(
 
 
 def balanced_kl(q: Gaussian, p: Gaussian, alpha: float, prior_grad: bool = True) -> Tensor:
-    """KL[q ‖ p] whose gradient reaches p with weight α and q with 1 − α (KL balancing).
+    """KL[q ‖ p] whose gradient reaches p with weight 2α and q with 2(1 − α) (KL balancing).
 
-    α = 0.5 gives the plain KL's value and (up to a factor 1/2 on each side, undone
-    here) its gradient; `prior_grad=False` stops every gradient into p. (B, S) -> (B,).
+    The value is the plain KL for every α; α = 0.5 is the plain KL's gradient as well.
+    `prior_grad=False` stops every gradient into p. (B, S) -> (B,).
     """
     if not prior_grad:
         p = Gaussian(p.mean.detach(), p.std.detach())
@@ -58,7 +58,8 @@ def balanced_kl(q: Gaussian, p: Gaussian, alpha: float, prior_grad: bool = True)
         return kl_gaussian(q, p)
     q_sg = Gaussian(q.mean.detach(), q.std.detach())
     p_sg = Gaussian(p.mean.detach(), p.std.detach())
-    return 2.0 * (alpha * kl_gaussian(q_sg, p) + (1.0 - alpha) * kl_gaussian(q, p_sg))
+    to_prior, to_posterior = kl_gaussian(q_sg, p), kl_gaussian(q, p_sg)
+    return 2.0 * alpha * to_prior + 2.0 * (1.0 - alpha) * to_posterior - to_prior.detach()
 
 
 class Rows:

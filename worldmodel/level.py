@@ -48,6 +48,13 @@ class Level(nn.Module):
         recurrent = index > 1 and cfg.prior_factor == "recurrent"
         self.factor_cell = nn.GRUCell(cfg.d_dim, cfg.d_dim) if recurrent else None
         self.factor_size = cfg.d_dim if recurrent else 0  # width of the factor's state h^n
+        if cfg.init_std is not None:
+            for head in (self.posterior, self.prior):
+                last = head._linears[-1]
+                with torch.no_grad():  # std = softplus(raw) + min_std = init_std at raw = bias
+                    target = torch.tensor(cfg.init_std - self.min_std)
+                    last.bias[cfg.s_dim:] = target + torch.log(-torch.expm1(-target))
+                    last.weight[cfg.s_dim:] *= 0.1
 
     def infer(self, x: Tensor, context: Tensor) -> Gaussian:
         """q(s^n | x^n, c^n): x (B, X), context (B, C) -> Gaussian over (B, S).

@@ -28,6 +28,9 @@ class OptimConfig:
         beta_max: the final β; β = beta_max · min(1, step / beta_warmup).
         beta_warmup: steps over which β rises linearly from 0 (10k in the paper).
         grad_clip: clip the global gradient norm to this value (0 disables).
+        beta2: Adam's second-moment decay (PyTorch default 0.999). The gradient norm of a
+            per-frame ELBO falls ~100× in the first few hundred steps (background learned);
+            with a long second-moment memory Adam then under-steps for thousands of steps.
         lr_warmup: steps over which the learning rate rises linearly from lr/lr_warmup to lr
             (0: constant lr).
     """
@@ -38,6 +41,7 @@ class OptimConfig:
     beta_warmup: int = 10_000
     grad_clip: float = 100.0
     lr_warmup: int = 0
+    beta2: float = 0.999
 
     def __post_init__(self) -> None:
         if not self.lr > 0 or not self.eps > 0:
@@ -46,6 +50,9 @@ class OptimConfig:
             raise ValueError(
                 "optim.beta_max, optim.beta_warmup, optim.grad_clip and optim.lr_warmup must be >= 0"
             )
+
+        if isinstance(self.beta2, bool) or not 0 < self.beta2 < 1:
+            raise ValueError(f"optim.beta2 must be in (0, 1), got {self.beta2!r}")
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimiser step `step` (0-based)."""
@@ -109,7 +116,7 @@ class TrainConfig:
     event_every: int = 500
     event_sequences: int = 32
     event_length: int = 100
-    collapse_kl: float = 0.5
+    collapse_kl: float = 2.0
     frozen_ratio: float = 0.05
 
     def __post_init__(self) -> None:

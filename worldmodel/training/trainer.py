@@ -98,7 +98,8 @@ class Trainer:
         self.local_batch = cfg.data.batch_size // runtime.world_size
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
         self.model = model = DLH(cfg.model).to(runtime.device)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, eps=cfg.optim.eps)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, eps=cfg.optim.eps,
+                                          betas=(0.9, cfg.optim.beta2))
         self.step = 0
         if resume:
             ckpt = latest_checkpoint(run_dir)

@@ -99,6 +99,35 @@ def test_levels_above_the_boundary_keep_their_exact_state_in_observe():
     assert (~out.evaluated[:, 1:]).any(), "the test needs some frozen levels"
 
 
+@pytest.mark.parametrize("boundary", ["reinfer", "copy"])
+def test_the_boundary_level_is_reinferred_or_copied(boundary):
+    """boundary="reinfer": level K gets a fresh state and KL at a static step; "copy": every
+    static level, K included, keeps its state exactly and has zero KL."""
+    model = tiny_model(levels=3, boundary=boundary)
+    frames = random_frames(6, 8)
+    torch.manual_seed(0)
+    state, states = model.initial_state(6), []
+    for t in range(8):
+        state = model.observe_step(state, frames[:, t])
+        states.append(state)
+    torch.manual_seed(0)
+    out = model.observe(frames)
+    seen = 0
+    for t in range(1, 8):
+        for n in range(3):
+            static = ~out.changed[:, t, n]
+            boundary_rows = static & out.evaluated[:, t, n]
+            seen += int(boundary_rows.sum())
+            same = torch.equal(states[t].s[n][boundary_rows], states[t - 1].s[n][boundary_rows])
+            zero_kl = bool((out.kl[:, t, n][boundary_rows] == 0).all())
+            if boundary == "copy":
+                assert same and zero_kl
+                assert torch.equal(states[t].top_down[n][static], states[t - 1].top_down[n][static])
+            elif boundary_rows.any():
+                assert not same and not zero_kl
+    assert seen, "the test needs static boundary levels"
+
+
 def test_clockwork_follows_its_schedule():
     k = 3
     model = tiny_model(levels=3, timescale="clockwork", clockwork_k=k)

@@ -19,6 +19,7 @@ T = TypeVar("T")
 TIMESCALES = ("dynamic", "clockwork", "every_step")
 ASSIGNMENTS = ("hard", "vade")
 DECISIONS = ("kl", "map")
+BOUNDARIES = ("reinfer", "copy")
 PRIOR_FACTORS = ("feedforward", "recurrent")
 
 
@@ -60,6 +61,14 @@ class DLHConfig:
         kl_balance: α of KL balancing (DreamerV2): the state KL's gradient trains the
             prior with weight 2α and the posterior with 2(1 − α) (0.5: the plain KL). The
             loss value is unchanged.
+        boundary: what the first static level K does in filtering (DESIGN §2 step 4):
+            "reinfer" (DESIGN's reading) — a fresh posterior, sampled and decoded, whose KL
+            goes to the static prior (eq. 9); "copy" — level K keeps its previous sample and
+            top-down output exactly, like every level above it (and as in imagination), so its
+            state KL is 0 at static steps. Under "reinfer" a static level can pass new
+            information to the frame at every step for a small KL, which imagination never
+            reproduces; under "copy" a sample drawn at a change must serve the whole static
+            stretch, which rewards features that persist. See docs/model.md.
         init_std: the std the Gaussian heads (posteriors and change priors) output at
             initialisation (None: PyTorch's default init, softplus(≈0) ≈ 0.7). A sample that
             is mostly noise teaches the decoder to ignore the latents (early posterior
@@ -102,6 +111,7 @@ class DLHConfig:
     static_prior_grad: bool = True
     free_nats: float = 0.0
     init_std: float | None = None
+    boundary: str = "reinfer"
     reward_head: bool = False
     continue_head: bool = False
     head_hidden: tuple[int, ...] = (200, 200)
@@ -128,6 +138,8 @@ class DLHConfig:
             raise ValueError(f"DLHConfig.timescale must be one of {TIMESCALES}, got {self.timescale!r}")
         if self.assignment not in ASSIGNMENTS:
             raise ValueError(f"DLHConfig.assignment must be one of {ASSIGNMENTS}, got {self.assignment!r}")
+        if self.boundary not in BOUNDARIES:
+            raise ValueError(f"DLHConfig.boundary must be one of {BOUNDARIES}, got {self.boundary!r}")
         if self.decision not in DECISIONS:
             raise ValueError(f"DLHConfig.decision must be one of {DECISIONS}, got {self.decision!r}")
         if isinstance(self.decision_margin, bool) or not self.decision_margin >= 0:

@@ -297,9 +297,11 @@ class Hierarchy(nn.Module):
             change_prob.append(torch.where(inferred, torch.sigmoid(logit.detach()), nan))
             factor_kl.append(torch.where(inferred, fkl, torch.zeros_like(fkl)))
 
-        # Level K (the first static one) is re-inferred in `dynamic` mode; schedules hold it.
+        # Level K (the first static one) is re-inferred in `dynamic` mode (boundary "reinfer");
+        # schedules hold it.
         kls: list[Tensor] = [torch.zeros(batch, device=first.device) for _ in range(n_levels)]
-        rows = [Rows(evaluated[i]) for i in range(n_levels)]
+        run_on = changed if cfg.boundary == "copy" else evaluated  # "copy": K keeps its state too
+        rows = [Rows(run_on[i]) for i in range(n_levels)]
 
         def posterior(i: int, sel: Rows, context: Tensor) -> Gaussian:
             level = self._level[i]  # filtering runs dense (masked): sel.take is the identity

@@ -19,7 +19,7 @@ T = TypeVar("T")
 TIMESCALES = ("dynamic", "clockwork", "every_step")
 ASSIGNMENTS = ("hard", "vade")
 DECISIONS = ("kl", "map")
-BOUNDARIES = ("reinfer", "copy")
+BOUNDARIES = ("reinfer", "copy", "anchor")
 PRIOR_FACTORS = ("feedforward", "recurrent")
 
 
@@ -68,7 +68,10 @@ class DLHConfig:
             state KL is 0 at static steps. Under "reinfer" a static level can pass new
             information to the frame at every step for a small KL, which imagination never
             reproduces; under "copy" a sample drawn at a change must serve the whole static
-            stretch, which rewards features that persist. See docs/model.md.
+            stretch, which rewards features that persist; "anchor" — K keeps its sample as
+            under "copy", and its fresh posterior, which reaches no frame, is still pulled
+            toward the static prior by eq. 9's KL (so the posterior learns to stay put over a
+            static stretch). See docs/model.md.
         init_std: the std the Gaussian heads (posteriors and change priors) output at
             initialisation (None: PyTorch's default init, softplus(≈0) ≈ 0.7). A sample that
             is mostly noise teaches the decoder to ignore the latents (early posterior

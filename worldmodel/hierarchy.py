@@ -256,6 +256,7 @@ class Hierarchy(nn.Module):
         change_prob = [torch.ones(batch, device=first.device)]
         factor_kl = [torch.zeros(batch, device=first.device)]
         q_change = [torch.ones(batch, device=first.device)]  # q(e^n = 1), soft weights (eq. 9)
+        anchor_kl: dict[int, Tensor] = {}  # boundary "anchor": the static KL of level K
         self._settle_pending(0, state, d, ones, action, 0.0)
         nan = torch.full((batch,), float("nan"), device=first.device)
         for i in range(1, n_levels):
@@ -284,6 +285,13 @@ class Hierarchy(nn.Module):
                 q1 = torch.where(first, torch.ones_like(q1), q1)
             inferred = candidate & ~first
             e = candidate & (q1 > 0.5)  # eq. 5: nothing changes above a static level
+            if cfg.boundary == "anchor" and bool((candidate & ~e).any()):
+                # K keeps its sample; its fresh posterior (eq. 25 context, no path to the frame)
+                # is pulled toward the static prior by eq. 9's KL: invariance without a leak
+                fresh = level.infer(xs[i], self._context(i, state.top_down, batch))
+                static_kl = balanced_kl(fresh, Gaussian(state.mean[i], state.std[i]), cfg.kl_balance,
+                                        cfg.static_prior_grad)
+                anchor_kl[i] = torch.where(candidate & ~e, static_kl, torch.zeros_like(static_kl))
             if level.factor_cell is not None:  # ticks where e^n was decided, restarts on a change
                 h = torch.where(candidate.unsqueeze(1), h, factor[i])
                 factor[i] = torch.where(e.unsqueeze(1), torch.zeros_like(h), h)
@@ -300,7 +308,7 @@ class Hierarchy(nn.Module):
         # Level K (the first static one) is re-inferred in `dynamic` mode (boundary "reinfer");
         # schedules hold it.
         kls: list[Tensor] = [torch.zeros(batch, device=first.device) for _ in range(n_levels)]
-        run_on = changed if cfg.boundary == "copy" else evaluated  # "copy": K keeps its state too
+        run_on = evaluated if cfg.boundary == "reinfer" else changed  # else K keeps its state too
         rows = [Rows(run_on[i]) for i in range(n_levels)]
 
         def posterior(i: int, sel: Rows, context: Tensor) -> Gaussian:
@@ -316,6 +324,8 @@ class Hierarchy(nn.Module):
             return q
 
         s, mean, std, top_down = self._top_down(state, d, rows, posterior)
+        for i, kl in anchor_kl.items():
+            kls[i] = kls[i] + kl
         changed_rows = [Rows(e) for e in changed]
         new_state = self._finish(state, s, d, changed_rows, evaluated, mean, std, top_down, factor)
         info = {

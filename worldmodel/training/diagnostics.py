@@ -104,9 +104,10 @@ class HealthCheck:
             kl = ", ".join(f"L{n} {metrics[f'kl/level{n}']:.3f}" for n in range(1, self.levels + 1))
             warnings.warn(
                 f"step {step}: posterior collapse — every level's state KL is below "
-                f"{self.collapse_kl} nats/step after the β warm-up ({kl}); reconstructions carry "
-                "no information from the latents. Try a longer optim.beta_warmup, a smaller "
-                "model.obs_std or model.free_nats", stacklevel=2)
+                f"{self.collapse_kl} nats/step after the β warm-up ({kl}); the reconstructions "
+                "ignore the latents. Keep optim.grad_clip below the gradient norm (grad_norm in the "
+                "logs: the clip normalises the huge early gradients, which shortens collapse), or "
+                "try a longer optim.beta_warmup or model.free_nats", stacklevel=2)
         elif not collapsed:
             self.warned.discard("collapse")
         for n in frozen:

@@ -99,10 +99,11 @@ def test_levels_above_the_boundary_keep_their_exact_state_in_observe():
     assert (~out.evaluated[:, 1:]).any(), "the test needs some frozen levels"
 
 
-@pytest.mark.parametrize("boundary", ["reinfer", "copy"])
+@pytest.mark.parametrize("boundary", ["reinfer", "copy", "anchor"])
 def test_the_boundary_level_is_reinferred_or_copied(boundary):
     """boundary="reinfer": level K gets a fresh state and KL at a static step; "copy": every
-    static level, K included, keeps its state exactly and has zero KL."""
+    static level, K included, keeps its state exactly and has zero KL; "anchor": K keeps its
+    state as under "copy" but pays the static KL of a fresh posterior (eq. 9)."""
     model = tiny_model(levels=3, boundary=boundary)
     frames = random_frames(6, 8)
     torch.manual_seed(0)
@@ -120,8 +121,8 @@ def test_the_boundary_level_is_reinferred_or_copied(boundary):
             seen += int(boundary_rows.sum())
             same = torch.equal(states[t].s[n][boundary_rows], states[t - 1].s[n][boundary_rows])
             zero_kl = bool((out.kl[:, t, n][boundary_rows] == 0).all())
-            if boundary == "copy":
-                assert same and zero_kl
+            if boundary in ("copy", "anchor"):
+                assert same and zero_kl == (boundary == "copy" or not boundary_rows.any())
                 assert torch.equal(states[t].top_down[n][static], states[t - 1].top_down[n][static])
             elif boundary_rows.any():
                 assert not same and not zero_kl

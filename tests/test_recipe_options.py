@@ -62,7 +62,8 @@ def test_static_prior_stop_gradient_and_free_nats_change_only_the_gradients():
     model = tiny_model(levels=2, free_nats=1e6)
     torch.manual_seed(0)
     model.loss(frames, beta=1.0)[0].backward()
-    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.hierarchy.levels[0].prior.parameters())
+    prior = model.hierarchy.levels[0].prior
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in prior.parameters())
 
 
 def test_upper_min_std_floors_levels_above_the_first_only():
@@ -110,7 +111,8 @@ def test_gaussian_heads_and_kls_stay_fp32_under_bf16_autocast():
 
 def test_decisions_under_bf16_autocast_match_fp32_on_sharp_posteriors():
     """Level 2's posterior sharp (std at the 0.01 floor) with means near 30, where bf16's spacing
-    is 0.125 = 12 std (without fp32 heads, 6 of 44 decisions flipped to "change" here); the change prior broad (std 1) at 30: KL_change ≈ 35 nats. On a nearly
+    is 0.125 = 12 std (without fp32 heads, 6 of 44 decisions flipped to "change" here); the
+    change prior broad (std 1) at 30: KL_change ≈ 35 nats. On a nearly
     static video fp32 sees KL_static ≈ 0 (static), while a mean rounded across a bf16 step
     would cost ≈ 78 nats per dimension and flip eq. 4 to "change". Decisions must agree."""
     model = tiny_model(levels=2)

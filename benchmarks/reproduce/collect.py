@@ -27,8 +27,9 @@ def _wall(run: Path) -> str:
 
 def table3(root: Path) -> list[str]:
     lines = ["| prior factor | λ | p(e²=1) at inferred change | p(e²=1) at inferred static | L̄ "
-             "| P(e²=1 \\| true change) | P(e²=1 \\| no change) | steps | train wall |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| P(e²=1 \\| true change) | P(e²=1 \\| no change) | event F1 (exact / ±1) | steps "
+             "| train wall |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for factor, suffix in (("feedforward", ""), ("recurrent", "_recurrent")):
         for lam in ("0.0", "0.1", "0.3"):
             lines += _table3_row(root / f"ball_lam{lam}{suffix}", factor, lam)
@@ -43,10 +44,12 @@ def _table3_row(run: Path, factor: str, lam: str) -> list[str]:
     det = a.get("change_detection", {}).get("level2", {})
     summary = _load(run / "summary.json") or {}
     wall = f"{summary['wall_time_s'] / 60:.0f} min" if summary else "–"
+    events = a.get("events", {}).get("level2")
+    f1 = f"{events['exact']['f1']:.2f} / {events['tol1']['f1']:.2f}" if events else "–"
     return [
         f"| {factor} | {lam} | {_pm(prior.get('change'), 3)} | {_pm(prior.get('static'), 3)} | "
         f"{_pm(a['levels_used'])} | {det.get('hit_rate', float('nan')):.2f} | "
-        f"{det.get('false_alarm_rate', float('nan')):.2f} | {summary.get('steps', '–')} | {wall} |"
+        f"{det.get('false_alarm_rate', float('nan')):.2f} | {f1} | {summary.get('steps', '–')} | {wall} |"
     ]
 
 

@@ -202,8 +202,8 @@ def test_ddp_with_two_gloo_processes(tmp_path):
 # A small model at the quick start's loss scale (32×32×3 frames, obs_std 0.05): the gradient
 # norm is in the thousands. Measured relative movement after 30 steps (seed 0): with the old
 # recipe (optim.eps=1e-4, grad_clip=100) level 2's change prior moved 0.0011 and its GRU 0.0012
-# (updates scaled below Adam's ε); with the current default every network of both levels
-# moved 0.065–0.22. The bound sits between the two.
+# (updates scaled below Adam's ε); with the current default (eps 1e-8, clip 100) every network
+# of both levels moved 0.067–0.22. The bound sits between the two.
 FROZEN_BOUND = 0.02
 RECIPE_PROBE = [
     "model.x_dim=32", "model.c_dim=32", "model.d_dim=32", "model.s_dim=8", "model.enc_hidden=[32]",

@@ -273,11 +273,14 @@ class Hierarchy(nn.Module):
                 continue
             self._settle_pending(i, state, d, candidate, action, 0.0)
             logit, h = level.change_logit(d[i], factor[i])
+            # eq. 25: the context above is taken at its previous state (cached c^n).
+            context = self._context(i, state.top_down, batch)
+            static = Gaussian(state.mean[i], state.std[i])
+            # boundary "anchor" trains this candidate posterior (below): compute it once, with grad
+            fresh = level.infer(xs[i], context) if cfg.boundary == "anchor" else None
             with torch.no_grad():
-                # eq. 25: the context above is taken at its previous state (cached c^n).
-                context = self._context(i, state.top_down, batch)
-                q = level.infer(xs[i], context)
-                static = Gaussian(state.mean[i], state.std[i])
+                q = level.infer(xs[i], context) if fresh is None else Gaussian(
+                    fresh.mean.detach(), fresh.std.detach())
                 q1 = change_posterior(
                     q, level.predict(d[i], context), static, logit, cfg.assignment,
                     cfg.decision, cfg.decision_margin,
@@ -285,12 +288,10 @@ class Hierarchy(nn.Module):
                 q1 = torch.where(first, torch.ones_like(q1), q1)
             inferred = candidate & ~first
             e = candidate & (q1 > 0.5)  # eq. 5: nothing changes above a static level
-            if cfg.boundary == "anchor" and bool((candidate & ~e).any()):
-                # K keeps its sample; its fresh posterior (eq. 25 context, no path to the frame)
-                # is pulled toward the static prior by eq. 9's KL: invariance without a leak
-                fresh = level.infer(xs[i], self._context(i, state.top_down, batch))
-                static_kl = balanced_kl(fresh, Gaussian(state.mean[i], state.std[i]), cfg.kl_balance,
-                                        cfg.static_prior_grad)
+            if fresh is not None and bool((candidate & ~e).any()):
+                # K keeps its sample; its fresh posterior (no path to the frame) is pulled toward
+                # the static prior by eq. 9's KL: invariance without a leak
+                static_kl = balanced_kl(fresh, static, cfg.kl_balance, cfg.static_prior_grad)
                 anchor_kl[i] = torch.where(candidate & ~e, static_kl, torch.zeros_like(static_kl))
             if level.factor_cell is not None:  # ticks where e^n was decided, restarts on a change
                 h = torch.where(candidate.unsqueeze(1), h, factor[i])

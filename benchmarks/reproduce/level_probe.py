@@ -16,10 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldmodel import DLH
-from worldmodel.data import build_source
-from worldmodel.training import load_config
-from worldmodel.training.checkpoints import latest_checkpoint, load_checkpoint
+from worldmodel.evaluation.loading import eval_sequences, evaluation_source, resolve
 
 
 def r2(x: np.ndarray, y: np.ndarray) -> float:
@@ -38,11 +35,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     run = Path(args.run)
-    cfg = load_config(run / "config.yaml")
-    model = DLH(cfg.model)
-    ckpt = run / "checkpoints" / args.checkpoint if args.checkpoint else latest_checkpoint(run)
-    load_checkpoint(ckpt, model, None, torch.device("cpu"))
-    batch, _ = build_source(cfg.data, "test").eval_batch_with_events(24, 60, 0)
+    resolved = resolve(run / "checkpoints" / args.checkpoint if args.checkpoint else run)
+    model = resolved.model
+    source, _ = evaluation_source(resolved.data)
+    batch, _ = eval_sequences(source, 24, 60, 0)
     frames = batch.frames
     b, t = frames.shape[:2]
     state, means = model.initial_state(b), []
@@ -55,8 +51,8 @@ def main() -> None:
     ys, xs = np.mgrid[: pixels.shape[1], : pixels.shape[2]]
     colour = np.array([p[m].mean(0) if m.any() else np.zeros(p.shape[-1]) for p, m in zip(pixels, ball)])
     position = np.array([[ys[m].mean(), xs[m].mean()] if m.any() else [0.0, 0.0] for m in ball])
-    print(ckpt)
-    for n in range(cfg.model.levels):
+    print(resolved.model_file)
+    for n in range(model.config.levels):
         level = torch.stack([m[n] for m in means], 1).reshape(b * t, -1).numpy()
         print(f"level {n + 1}: R² position {r2(level, position):.3f}  R² colour {r2(level, colour):.3f}")
 

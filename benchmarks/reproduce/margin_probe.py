@@ -15,11 +15,8 @@ from pathlib import Path
 
 import torch
 
-from worldmodel import DLH
-from worldmodel.data import build_source
 from worldmodel.evaluation.events import level_event_scores
-from worldmodel.training import load_config
-from worldmodel.training.checkpoints import latest_checkpoint, load_checkpoint
+from worldmodel.evaluation.loading import eval_sequences, evaluation_source, resolve
 
 
 def main() -> None:
@@ -33,15 +30,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     run = Path(args.run)
-    cfg = load_config(run / "config.yaml")
-    model = DLH(cfg.model)
-    ckpt = run / "checkpoints" / args.checkpoint if args.checkpoint else latest_checkpoint(run)
-    load_checkpoint(ckpt, model, None, torch.device("cpu"))
-    batch, truth = build_source(cfg.data, "test").eval_batch_with_events(args.sequences, args.length, 0)
+    resolved = resolve(run / "checkpoints" / args.checkpoint if args.checkpoint else run)
+    model = resolved.model
+    source, _ = evaluation_source(resolved.data)
+    batch, truth = eval_sequences(source, args.sequences, args.length, 0)
     if truth is None:
-        raise SystemExit(f"{cfg.data.name} supplies no change flags")
+        raise SystemExit(f"{resolved.data.name} supplies no change flags")
     base = model.hierarchy.cfg
-    print(f"{ckpt}")
+    print(resolved.model_file)
     for margin in args.margins:
         model.hierarchy.cfg = base.replace(decision_margin=margin)
         torch.manual_seed(0)

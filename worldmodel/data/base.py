@@ -109,9 +109,12 @@ class SequenceSource(ABC):
 
     def eval_batch(self, num: int, seq_len: int, seed: int = 0) -> Batch:
         """``num`` fixed evaluation windows: the same on every call with the same arguments."""
+        return self.sample(self.eval_rng(seed), num, seq_len)
+
+    def eval_rng(self, seed: int) -> np.random.Generator:
+        """The generator of the fixed evaluation windows of `seed` (split-specific)."""
         split_id = 0 if self.split == "train" else 1
-        rng = np.random.default_rng([EVAL_SALT, check_seed("seed", seed), split_id])
-        return self.sample(rng, num, seq_len)
+        return np.random.default_rng([EVAL_SALT, check_seed("seed", seed), split_id])
 
     def eval_batch_with_events(
         self, num: int, seq_len: int, seed: int = 0

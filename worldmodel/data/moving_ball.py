@@ -20,14 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from worldmodel.data.base import (
-    EVAL_SALT,
-    Batch,
-    SequenceSource,
-    check_batch_args,
-    check_seed,
-    videos_to_frames,
-)
+from worldmodel.data.base import Batch, SequenceSource, check_batch_args, videos_to_frames
 from worldmodel.data.options import (
     check_float,
     check_range,
@@ -236,9 +229,7 @@ class MovingBallSource(SequenceSource):
 
     def eval_batch_with_events(self, num: int, seq_len: int, seed: int = 0) -> tuple[Batch, np.ndarray]:
         """The windows of `eval_batch` and their colour-change flags (B, T) bool."""
-        split_id = 0 if self.split == "train" else 1
-        rng = np.random.default_rng([EVAL_SALT, check_seed("seed", seed), split_id])
-        return self.sample_with_changes(rng, num, seq_len)
+        return self.sample_with_changes(self.eval_rng(seed), num, seq_len)
 
     def __repr__(self) -> str:
         return (f"MovingBallSource(split={self.split!r}, size={self.image_size}, "

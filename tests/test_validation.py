@@ -101,6 +101,73 @@ def test_bad_config(overrides, match):
         tiny_config(**overrides)
 
 
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"action_dim": True}, r"DLHConfig\.action_dim must be an int >= 0, got True"),
+        ({"clockwork_k": 2.0}, r"DLHConfig\.clockwork_k must be an int >= 2, got 2\.0"),
+        ({"action_levels": (True,)}, r"DLHConfig\.action_levels must be a list of 1-based levels in 1\.\.3"),
+        ({"action_levels": 1}, r"DLHConfig\.action_levels must be a list"),
+        ({"enc_hidden": (32, False)}, r"DLHConfig\.enc_hidden must be a list of positive ints"),
+        ({"head_hidden": "16"}, r"DLHConfig\.head_hidden must be a list of positive ints"),
+        ({"min_std": float("inf")}, r"DLHConfig\.min_std must be a finite number > 0, got inf"),
+        ({"min_std": "0.1"}, r"DLHConfig\.min_std must be a finite number > 0, got '0\.1'"),
+        ({"obs_std": True}, r"DLHConfig\.obs_std must be a finite number > 0, got True"),
+        ({"decision_margin": float("inf")}, r"DLHConfig\.decision_margin must be a finite number >= 0"),
+        ({"free_nats": float("inf")}, r"DLHConfig\.free_nats must be a finite number >= 0, got inf"),
+        ({"reward_scale": float("inf")}, r"DLHConfig\.reward_scale must be a finite number >= 0, got inf"),
+        ({"continue_scale": True}, r"DLHConfig\.continue_scale must be a finite number >= 0, got True"),
+        ({"kl_balance": True}, r"DLHConfig\.kl_balance must be a finite number >= 0 and <= 1, got True"),
+        ({"upper_min_std": float("inf")}, r"DLHConfig\.upper_min_std must be a finite number > 0 or null"),
+        ({"init_std": float("nan")}, r"DLHConfig\.init_std must be a finite number > 0 or null, got nan"),
+        ({"reward_head": 1}, r"DLHConfig\.reward_head must be true or false, got 1"),
+        ({"continue_head": "no"}, r"DLHConfig\.continue_head must be true or false, got 'no'"),
+    ],
+)
+def test_config_rejects_bools_non_finite_and_wrong_types(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(**overrides)
+
+
+def test_config_keeps_accepting_good_values():
+    cfg = tiny_config(action_dim=2, action_levels=[1, 2], obs_std=1, upper_min_std=0.05, init_std=0.3,
+                      reward_head=True, kl_balance=0.8, free_nats=1.0)
+    assert cfg.action_levels == (1, 2) and cfg.enc_hidden == (32,) and cfg.obs_std == 1
+
+
+@pytest.mark.parametrize("odd", [2, 0.5, -1])
+def test_is_first_must_hold_booleans(odd):
+    model = tiny_model()
+    is_first = torch.zeros(2, 4, dtype=torch.float if isinstance(odd, float) else torch.long)
+    is_first[0, 2] = odd
+    match = f"is_first: expected booleans .*got the value {odd}"
+    with pytest.raises(ValueError, match=match):
+        model.observe(random_frames(2, 4), is_first=is_first)
+    with pytest.raises(ValueError, match=match):
+        model.observe_step(model.initial_state(2), random_frames(2, 1)[:, 0], is_first=is_first[:, 2])
+
+
+def test_continues_must_hold_booleans():
+    model = tiny_model(continue_head=True)
+    with pytest.raises(ValueError, match="continues: expected booleans .*got the value 5"):
+        model.loss(random_frames(2, 3), continues=torch.full((2, 3), 5.0))
+    model.loss(random_frames(2, 3), continues=torch.tensor([[1, 1, 0], [1, 1, 1]]))  # 0/1 ints are fine
+
+
+@pytest.mark.parametrize("beta", [float("inf"), float("nan"), True, -0.5, "1", None])
+def test_beta_must_be_a_finite_number_at_least_zero(beta):
+    with pytest.raises(ValueError, match=f"beta: expected a finite number >= 0, got {beta!r}"):
+        tiny_model().loss(random_frames(1, 2), beta=beta)
+
+
+def test_heads_must_exist_for_their_targets():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"rewards given but the model has no reward head.*reward_head=True"):
+        model.loss(random_frames(1, 2), rewards=torch.zeros(1, 2))
+    with pytest.raises(ValueError, match=r"continues given .*continue_head=True"):
+        model.loss(random_frames(1, 2), continues=torch.ones(1, 2))
+
+
 def test_model_requires_a_config():
     with pytest.raises(ValueError, match="DLHConfig"):
         DLH({"levels": 3})

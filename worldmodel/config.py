@@ -9,6 +9,8 @@ error rather than a silently ignored setting.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +23,43 @@ ASSIGNMENTS = ("hard", "vade")
 DECISIONS = ("kl", "map")
 BOUNDARIES = ("reinfer", "copy", "anchor")
 PRIOR_FACTORS = ("feedforward", "recurrent")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    """A DLHConfig int field: an int (not a bool) >= minimum, else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"DLHConfig.{name} must be {what}, got {value!r}")
+
+
+def _check_number(
+    name: str,
+    value: Any,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    at_most: float | None = None,
+    or_null: bool = False,
+) -> None:
+    """A DLHConfig float field: a finite real number (not a bool) in range, else a ValueError."""
+    bounds = [f"> {above:g}" if above is not None else "", f">= {at_least:g}" if at_least is not None else "",
+              f"<= {at_most:g}" if at_most is not None else ""]
+    what = " and ".join(b for b in bounds if b) + (" or null" if or_null else "")
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    ok = ok and (above is None or value > above) and (at_least is None or value >= at_least)
+    if not ok or (at_most is not None and value > at_most):
+        raise ValueError(f"DLHConfig.{name} must be a finite number {what}, got {value!r}")
+
+
+def _check_ints(name: str, value: Any, maximum: int | None = None) -> tuple[int, ...]:
+    """A DLHConfig list field as a tuple: ints (not bools) in 1..maximum, else a ValueError."""
+    what = f"1-based levels in 1..{maximum}" if maximum is not None else "positive ints"
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"DLHConfig.{name} must be a list of {what}, got {value!r}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1 or (maximum is not None and v > maximum):
+            raise ValueError(f"DLHConfig.{name} must be a list of {what}, got {value!r}")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -122,72 +161,43 @@ class DLHConfig:
     continue_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        def positive(name: str) -> None:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"DLHConfig.{name} must be a positive int, got {value!r}")
-
-        for name in ("levels", "x_dim", "c_dim", "d_dim", "s_dim", "conv_depth", "channels"):
-            positive(name)
-        if not isinstance(self.action_dim, int) or self.action_dim < 0:
-            raise ValueError(f"DLHConfig.action_dim must be an int >= 0, got {self.action_dim!r}")
-        if not isinstance(self.image_size, int) or self.image_size < 16 or self.image_size % 16:
+        for name in ("levels", "x_dim", "c_dim", "d_dim", "s_dim", "conv_depth"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("action_dim", self.action_dim, 0)
+        _check_int("clockwork_k", self.clockwork_k, 2)
+        _check_int("image_size", self.image_size, 16)
+        if self.image_size % 16:
             raise ValueError(
                 f"DLHConfig.image_size must be a multiple of 16 (e.g. 32 or 64), got {self.image_size!r}"
             )
+        _check_int("channels", self.channels, 1)
         if self.channels not in (1, 3):
             raise ValueError(f"DLHConfig.channels must be 1 or 3, got {self.channels!r}")
-        if self.timescale not in TIMESCALES:
-            raise ValueError(f"DLHConfig.timescale must be one of {TIMESCALES}, got {self.timescale!r}")
-        if self.assignment not in ASSIGNMENTS:
-            raise ValueError(f"DLHConfig.assignment must be one of {ASSIGNMENTS}, got {self.assignment!r}")
-        if self.boundary not in BOUNDARIES:
-            raise ValueError(f"DLHConfig.boundary must be one of {BOUNDARIES}, got {self.boundary!r}")
-        if self.decision not in DECISIONS:
-            raise ValueError(f"DLHConfig.decision must be one of {DECISIONS}, got {self.decision!r}")
-        if isinstance(self.decision_margin, bool) or not self.decision_margin >= 0:
-            raise ValueError(f"DLHConfig.decision_margin must be >= 0 nats, got {self.decision_margin!r}")
-        if isinstance(self.kl_balance, bool) or not 0 <= self.kl_balance <= 1:
-            raise ValueError(f"DLHConfig.kl_balance must be in [0, 1], got {self.kl_balance!r}")
-        if self.upper_min_std is not None and (isinstance(self.upper_min_std, bool)
-                                               or not self.upper_min_std > 0):
-            raise ValueError(f"DLHConfig.upper_min_std must be > 0 or null, got {self.upper_min_std!r}")
-        if self.init_std is not None and (isinstance(self.init_std, bool) or not self.init_std > self.min_std
-                                          or not (self.upper_min_std or 0) < self.init_std):
-            raise ValueError(f"DLHConfig.init_std must exceed every level's min_std, got {self.init_std!r}")
-        if isinstance(self.free_nats, bool) or not self.free_nats >= 0:
-            raise ValueError(f"DLHConfig.free_nats must be >= 0, got {self.free_nats!r}")
-        if not isinstance(self.static_prior_grad, bool):
-            raise ValueError(
-                f"DLHConfig.static_prior_grad must be true or false, got {self.static_prior_grad!r}"
-            )
-        if self.prior_factor not in PRIOR_FACTORS:
-            raise ValueError(
-                f"DLHConfig.prior_factor must be one of {PRIOR_FACTORS}, got {self.prior_factor!r}"
-            )
-        if not isinstance(self.clockwork_k, int) or self.clockwork_k < 2:
-            raise ValueError(f"DLHConfig.clockwork_k must be an int >= 2, got {self.clockwork_k!r}")
-        if not self.reward_scale >= 0 or not self.continue_scale >= 0:
-            raise ValueError(
-                f"DLHConfig.reward_scale and continue_scale must be >= 0, "
-                f"got {self.reward_scale!r}, {self.continue_scale!r}"
-            )
-        if not self.min_std > 0 or not self.obs_std > 0:
-            raise ValueError(
-                f"DLHConfig.min_std and obs_std must be > 0, got {self.min_std!r}, {self.obs_std!r}"
-            )
-        object.__setattr__(self, "action_levels", tuple(self.action_levels))
-        for level in self.action_levels:
-            if not isinstance(level, int) or not 1 <= level <= self.levels:
+        choices = {"timescale": TIMESCALES, "assignment": ASSIGNMENTS, "boundary": BOUNDARIES,
+                   "decision": DECISIONS, "prior_factor": PRIOR_FACTORS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"DLHConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("min_std", "obs_std"):
+            _check_number(name, getattr(self, name), above=0.0)
+        for name in ("decision_margin", "free_nats", "reward_scale", "continue_scale"):
+            _check_number(name, getattr(self, name), at_least=0.0)
+        _check_number("kl_balance", self.kl_balance, at_least=0.0, at_most=1.0)
+        if self.upper_min_std is not None:
+            _check_number("upper_min_std", self.upper_min_std, above=0.0, or_null=True)
+        if self.init_std is not None:
+            _check_number("init_std", self.init_std, above=0.0, or_null=True)
+            if not self.init_std > max(self.min_std, self.upper_min_std or 0.0):
                 raise ValueError(
-                    f"DLHConfig.action_levels must hold 1-based levels in 1..{self.levels}, "
-                    f"got {self.action_levels!r}"
+                    f"DLHConfig.init_std must exceed every level's min_std, got {self.init_std!r}"
                 )
+        for name in ("static_prior_grad", "reward_head", "continue_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"DLHConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        levels = _check_ints("action_levels", self.action_levels, self.levels)
+        object.__setattr__(self, "action_levels", levels)
         for name in ("enc_hidden", "dec_hidden", "state_hidden", "factor_hidden", "head_hidden"):
-            value = tuple(getattr(self, name))
-            if any(not isinstance(h, int) or h < 1 for h in value):
-                raise ValueError(f"DLHConfig.{name} must be a list of positive ints, got {value!r}")
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, _check_ints(name, getattr(self, name)))
 
     def level_min_std(self, level: int) -> float:
         """The std floor of 1-based `level`."""
@@ -205,6 +215,45 @@ class DLHConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+
+# A model file (DLH.save) is safetensors whose metadata holds these three strings: the
+# format tag, the format version and the config as JSON (worldmodel.checkpoint reads it).
+MODEL_FILE_FORMAT = "worldmodel.dlh"
+MODEL_FILE_VERSION = "1"
+MODEL_FILE_VERSIONS = ("1",)  # the versions this code reads
+
+
+def model_file_metadata(config: DLHConfig) -> dict[str, str]:
+    """The safetensors metadata that stores `config` in a model file."""
+    config_json = json.dumps(config.to_dict())
+    return {"format": MODEL_FILE_FORMAT, "version": MODEL_FILE_VERSION, "config": config_json}
+
+
+def config_from_metadata(metadata: dict[str, str], where: str) -> DLHConfig:
+    """The DLHConfig stored in a model file's metadata; ValueError starting with `where`.
+
+    Rejects a file of another kind, a missing or unknown format version (naming the versions
+    this code reads) and a config that is not valid JSON or not a valid DLHConfig.
+    """
+    if metadata.get("format") != MODEL_FILE_FORMAT or "config" not in metadata:
+        raise ValueError(f"{where}: not a worldmodel DLH file (metadata keys {sorted(metadata)})")
+    version = metadata.get("version")
+    if version not in MODEL_FILE_VERSIONS:
+        found = "no format version" if version is None else f"format version {version!r}"
+        raise ValueError(
+            f"{where}: {found}; this worldmodel reads model file version(s) {list(MODEL_FILE_VERSIONS)}"
+        )
+    try:
+        data = json.loads(metadata["config"])
+    except ValueError as exc:
+        raise ValueError(f"{where}: the stored config is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: the stored config must be a JSON object, got {type(data).__name__}")
+    try:
+        return from_dict(DLHConfig, data)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{where}: the stored config is invalid: {exc}") from exc
 
 
 def to_dict(obj: Any) -> Any:
@@ -276,4 +325,5 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str | None = Non
     return cls(**kwargs)
 
 
-__all__ = ["DLHConfig", "from_dict", "to_dict", "TIMESCALES", "ASSIGNMENTS", "field"]
+__all__ = ["DLHConfig", "from_dict", "to_dict", "TIMESCALES", "ASSIGNMENTS", "field", "MODEL_FILE_FORMAT",
+           "MODEL_FILE_VERSION", "MODEL_FILE_VERSIONS", "model_file_metadata", "config_from_metadata"]

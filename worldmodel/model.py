@@ -12,15 +12,17 @@ conv decoder on every step after it; only the latent recurrence is sequential.
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from . import validation as check
-from .checkpoint import save_model
-from .config import DLHConfig
+from .config import DLHConfig, model_file_metadata
+from .files import atomic_write
 from .hierarchy import Hierarchy
 from .losses import continue_nll, elbo_terms, reward_nll
 from .networks import MLP, ConvDecoder, ConvEncoder
@@ -50,14 +52,20 @@ class DLH(nn.Module):
     def device(self) -> torch.device:
         return self.hierarchy.top_context.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights: floating inputs of another dtype are converted to it."""
+        return self.hierarchy.top_context.dtype
+
     def initial_state(self, batch_size: int) -> HierarchicalState:
         """The empty state: the next step is a sequence's first (every level updates)."""
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         return self.hierarchy.initial_state(batch_size, self.device)
 
     def features(self, state: HierarchicalState) -> Tensor:
         """(B, F): s^n and d^n of every level concatenated, F = N·(|s| + |d|)."""
+        state = self._check_state(state)
         parts = []
         for s, d in zip(state.s, state.d):
             parts += [s, d]
@@ -70,15 +78,13 @@ class DLH(nn.Module):
             parts += [torch.stack([st.s[n] for st in states], 1), torch.stack([st.d[n] for st in states], 1)]
         return torch.cat(parts, -1)
 
-    def _check_state(self, state: object, batch: int) -> HierarchicalState:
-        if not isinstance(state, HierarchicalState):
-            raise ValueError(f"state: expected a HierarchicalState, got {type(state).__name__}")
-        if state.levels != self.config.levels or state.batch_size != batch:
-            raise ValueError(
-                f"state: expected {self.config.levels} levels and batch {batch}, "
-                f"got {state.levels} levels and batch {state.batch_size}"
-            )
-        return state
+    def _check_state(self, state: object, batch: int | None = None) -> HierarchicalState:
+        """`state` if it is a state of this model (sizes, device) with `batch` rows (any if None)."""
+        factor_sizes = [level.factor_size for level in self.hierarchy.levels]
+        return check.check_state(state, self.config, factor_sizes, batch, device=self.device)
+
+    def _inputs(self) -> dict[str, torch.device | torch.dtype]:
+        return {"dtype": self.dtype, "device": self.device}
 
     # ------------------------------------------------------------------ filtering
     def _filter(
@@ -128,17 +134,27 @@ class DLH(nn.Module):
         """Filter a sequence of frames into the hierarchical state.
 
         Args:
-            frames: (B, T, C, H, W) float in [0, 1].
-            actions: (B, T, A), actions[:, t] the action that led to frame t; None when the
-                model takes no actions.
-            is_first: (B, T) bool, episode starts: the state of those rows resets there.
+            frames: (B, T, C, H, W) float in [0, 1]; a float dtype other than the model's
+                (e.g. float64 from `torch.from_numpy(x / 255.)`) is converted to it.
+            actions: (B, T, A) float, actions[:, t] the action that led to frame t; None when
+                the model takes no actions.
+            is_first: (B, T) bool (or 0/1), episode starts: the state of those rows resets there.
             state: the state to continue from (default: the initial state).
+
+        Raises:
+            ValueError: naming the argument, for any input that does not fit the model.
         """
-        frames = check.check_frames(frames, self.config, sequence=True)
-        lead = tuple(frames.shape[:2])
-        actions = check.check_actions(actions, self.config, lead)
-        is_first = check.check_mask(is_first, lead, "is_first")
+        frames, actions, is_first = self._check_sequence(frames, actions, is_first)
         return self._filter(frames, actions, is_first, state)[0]
+
+    def _check_sequence(
+        self, frames: object, actions: object, is_first: object
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        frames = check.check_frames(frames, self.config, sequence=True, **self._inputs())
+        lead = tuple(frames.shape[:2])
+        actions = check.check_actions(actions, self.config, lead, **self._inputs())
+        is_first = check.check_mask(is_first, lead, "is_first", device=self.device)
+        return frames, actions, is_first
 
     def observe_step(
         self,
@@ -147,12 +163,16 @@ class DLH(nn.Module):
         action: Tensor | None = None,
         is_first: Tensor | None = None,
     ) -> HierarchicalState:
-        """Filter one frame (B, C, H, W) — an agent's per-step update; action (B, A)."""
-        frame = check.check_frames(frame, self.config, sequence=False, name="frame")
+        """Filter one frame (B, C, H, W) float in [0, 1] — an agent's per-step update.
+
+        `action` (B, A) led to `frame`; `is_first` (B,) bool resets those rows first. Inputs
+        are checked (and converted) as in `observe`; `state` must have B rows.
+        """
+        frame = check.check_frames(frame, self.config, sequence=False, name="frame", **self._inputs())
         batch = frame.shape[0]
         state = self._check_state(state, batch)
-        action = check.check_actions(action, self.config, (batch,), "action")
-        is_first = check.check_mask(is_first, (batch,), "is_first")
+        action = check.check_actions(action, self.config, (batch,), "action", **self._inputs())
+        is_first = check.check_mask(is_first, (batch,), "is_first", device=self.device)
         if is_first is not None and bool(is_first.any()):
             state = self.initial_state(batch).where(is_first, state)
         xs = self.hierarchy.bottom_up(self.encoder(frame))
@@ -183,17 +203,24 @@ class DLH(nn.Module):
                 (docs/results.md); 0 forces the masked path.
         """
         horizon = check.check_horizon(horizon)
-        batch = state.batch_size if isinstance(state, HierarchicalState) else -1
-        state = self._check_state(state, batch)
+        state = self._check_state(state)
+        batch = state.batch_size
+        if not isinstance(sample_e, bool):
+            raise ValueError(f"sample_e: expected True or False, got {sample_e!r}")
+        if isinstance(gather_below, bool) or not isinstance(gather_below, numbers.Real) \
+                or not 0 <= gather_below <= 1:
+            raise ValueError(f"gather_below: expected a number in [0, 1], got {gather_below!r}")
         policy = actions if callable(actions) else None
         if policy is None:
-            actions = check.check_actions(actions, self.config, (batch, horizon))
+            actions = check.check_actions(actions, self.config, (batch, horizon), **self._inputs())
         elif self.config.action_dim == 0:
             raise ValueError("actions: this model takes no actions (action_dim=0), got a policy")
         states, changed, used = [], [], []
         for k in range(horizon):
             if policy is not None:
-                action = check.check_actions(policy(state), self.config, (batch,), "policy(state)")
+                action = check.check_actions(
+                    policy(state), self.config, (batch,), "policy(state)", **self._inputs()
+                )
             else:
                 action = actions[:, k] if actions is not None else None
             state, e = self.hierarchy.imagine_step(state, action, sample_e, gather_below)
@@ -212,23 +239,25 @@ class DLH(nn.Module):
     def decode(self, source: Trajectory | HierarchicalState) -> Tensor:
         """Frames in [0, 1]: (B, horizon, C, H, W) for a Trajectory, (B, C, H, W) for a state."""
         if isinstance(source, Trajectory):
-            context = source.decoder_input
+            context = check.check_trajectory(source, self.config, device=self.device)
             return self.decoder(context.flatten(0, 1)).unflatten(0, context.shape[:2]).clamp(0, 1)
         if isinstance(source, HierarchicalState):
-            return self.decoder(source.top_down[0]).clamp(0, 1)
+            return self.decoder(self._check_state(source).top_down[0]).clamp(0, 1)
         raise ValueError(f"decode: expected a Trajectory or HierarchicalState, got {type(source).__name__}")
 
     # ------------------------------------------------------------------ heads
     def predict_reward(self, features: Tensor) -> Tensor:
-        """Mean reward (...,) from features (..., F); needs `reward_head=True`."""
+        """Mean reward (...,) from features (..., F) float; needs `reward_head=True`."""
         if self.reward_head is None:
             raise ValueError("this model has no reward head: build it with DLHConfig(reward_head=True)")
-        return self.reward_head(features).squeeze(-1)
+        return self.reward_head(check.check_features(features, self.config, **self._inputs())).squeeze(-1)
 
     def predict_continue(self, features: Tensor) -> Tensor:
-        """Probability (...,) that the episode continues; needs `continue_head=True`."""
+        """Probability (...,) that the episode continues from features (..., F) float; needs
+        `continue_head=True`."""
         if self.continue_head is None:
             raise ValueError("this model has no continue head: build it with DLHConfig(continue_head=True)")
+        features = check.check_features(features, self.config, **self._inputs())
         return torch.sigmoid(self.continue_head(features).squeeze(-1))
 
     # ------------------------------------------------------------------ training
@@ -264,23 +293,27 @@ class DLH(nn.Module):
         is_first: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float], ObserveOutput]:
         """`loss`, also returning the ObserveOutput (for logging reconstructions)."""
-        if not isinstance(beta, (int, float)) or not beta >= 0:
-            raise ValueError(f"beta: expected a number >= 0, got {beta!r}")
-        out = self.observe(frames, actions, is_first)
+        beta = check.check_weight(beta, "beta")
+        frames, actions, is_first = self._check_sequence(frames, actions, is_first)
         lead = tuple(frames.shape[:2])
+        rewards = check.check_targets(rewards, lead, "rewards", device=self.device)
+        continues = check.check_targets(continues, lead, "continues", binary=True, device=self.device)
+        if rewards is not None and self.reward_head is None:
+            raise ValueError("rewards given but the model has no reward head: build it with "
+                             "DLHConfig(reward_head=True)")
+        if continues is not None and self.continue_head is None:
+            raise ValueError("continues given but the model has no continue head: build it with "
+                             "DLHConfig(continue_head=True)")
+        out = self._filter(frames, actions, is_first, None)[0]
         terms = elbo_terms(frames, out.recon_mean, self.config.obs_std, out.kl, out.factor_kl)
         kl = terms["kl"]
         if self.config.free_nats > 0:  # free bits: no pressure below the floor (value kept for metrics)
             kl = torch.clamp(kl, min=self.config.free_nats)
         loss = terms["recon"] + beta * (kl + terms["factor_kl"])
         extra: dict[str, Tensor] = {}
-        rewards = check.check_targets(rewards, lead, "rewards")
-        continues = check.check_targets(continues, lead, "continues")
         if rewards is not None:
             extra["reward_nll"] = reward_nll(self.predict_reward(out.features), rewards)
         if continues is not None:
-            if self.continue_head is None:
-                raise ValueError("continues given but the model has no continue head")
             extra["continue_nll"] = continue_nll(self.continue_head(out.features).squeeze(-1), continues)
         scales = {"reward_nll": self.config.reward_scale, "continue_nll": self.config.continue_scale}
         for key, value in extra.items():
@@ -310,8 +343,13 @@ class DLH(nn.Module):
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
-        """Weights (safetensors) and config (JSON metadata) in one file, written atomically."""
-        save_model(self, path)
+        """Weights (safetensors) and config (JSON metadata) in one file, written atomically.
+
+        `worldmodel.load(path)` rebuilds the model; nothing in the file is pickled.
+        """
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        metadata = model_file_metadata(self.config)
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 __all__ = ["DLH"]

@@ -1,12 +1,22 @@
 """Input checks for the public API: every bad input is a ValueError that names what was
-expected and what came, raised before any network runs."""
+expected and what came, raised before any network runs.
+
+Floating inputs of another float dtype than the model's (float64 from NumPy, float16, ...)
+are accepted and converted to the model's dtype after their values are checked; inputs on
+another device than the model's are an error (moving them silently would hide a copy).
+"""
 
 from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import fields
 
 import torch
 from torch import Tensor
 
 from .config import DLHConfig
+from .state import HierarchicalState, Trajectory
 
 
 def _describe(x: object) -> str:
@@ -15,8 +25,30 @@ def _describe(x: object) -> str:
     return f"a {type(x).__name__}"
 
 
-def check_frames(frames: object, cfg: DLHConfig, *, sequence: bool, name: str = "frames") -> Tensor:
-    """frames: (B, T, C, H, W) if `sequence` else (B, C, H, W), floating, finite, in [0, 1]."""
+def _check_device(x: Tensor, device: torch.device | None, name: str) -> None:
+    if device is not None and x.device != device:
+        raise ValueError(f"{name}: expected a tensor on the model's device {device}, got one on {x.device}")
+
+
+def _as_model_float(x: Tensor, dtype: torch.dtype | None) -> Tensor:
+    return x if dtype is None or x.dtype == dtype else x.to(dtype)
+
+
+def check_frames(
+    frames: object,
+    cfg: DLHConfig,
+    *,
+    sequence: bool,
+    name: str = "frames",
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+) -> Tensor:
+    """frames: (B, T, C, H, W) if `sequence` else (B, C, H, W), floating, finite, in [0, 1].
+
+    A floating tensor of another dtype (e.g. float64 from `torch.from_numpy(x / 255.)`) is
+    returned converted to `dtype`; integer frames are an error (values in 0..255 are not in
+    [0, 1]).
+    """
     size, ch = cfg.image_size, cfg.channels
     layout = "(B, T, C, H, W)" if sequence else "(B, C, H, W)"
     if not isinstance(frames, Tensor):
@@ -37,6 +69,7 @@ def check_frames(frames: object, cfg: DLHConfig, *, sequence: bool, name: str = 
             f"{name}: expected a floating tensor with values in [0, 1], got dtype {frames.dtype} "
             "(convert uint8 frames with frames.float() / 255)"
         )
+    _check_device(frames, device, name)
     if frames.numel() == 0:
         raise ValueError(f"{name}: got an empty tensor of shape {tuple(frames.shape)}")
     finite = torch.isfinite(frames)
@@ -46,13 +79,20 @@ def check_frames(frames: object, cfg: DLHConfig, *, sequence: bool, name: str = 
     lo, hi = float(frames.min()), float(frames.max())
     if lo < 0.0 or hi > 1.0:
         raise ValueError(f"{name}: expected values in [0, 1], got min {lo:.4g} and max {hi:.4g}")
-    return frames
+    return _as_model_float(frames, dtype)
 
 
 def check_actions(
-    actions: object, cfg: DLHConfig, leading: tuple[int, ...], name: str = "actions"
+    actions: object,
+    cfg: DLHConfig,
+    leading: tuple[int, ...],
+    name: str = "actions",
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
 ) -> Tensor | None:
-    """actions: (*leading, A) floating and finite for an action model; None otherwise."""
+    """actions: (*leading, A) floating and finite for an action model (converted to `dtype`);
+    None for a model without actions."""
     layout = "(" + ", ".join(["B", "T"][: len(leading)] + ["A"]) + ")"
     if cfg.action_dim == 0:
         if actions is not None:
@@ -72,32 +112,54 @@ def check_actions(
         raise ValueError(f"{name}: expected shape {expected} {layout}, got {tuple(actions.shape)}")
     if not actions.is_floating_point():
         raise ValueError(f"{name}: expected a floating tensor, got dtype {actions.dtype}")
+    _check_device(actions, device, name)
     if not bool(torch.isfinite(actions).all()):
         raise ValueError(f"{name}: expected finite values, found NaN or inf")
-    return actions
+    return _as_model_float(actions, dtype)
 
 
-def check_mask(mask: object, leading: tuple[int, ...], name: str) -> Tensor | None:
-    """A bool-like (*leading) tensor (is_first), or None."""
+def _check_binary(x: Tensor, name: str) -> None:
+    if x.dtype != torch.bool and not bool(((x == 0) | (x == 1)).all()):
+        odd = x[(x != 0) & (x != 1)].flatten()[0].item()
+        raise ValueError(f"{name}: expected booleans (0/1 or True/False), got the value {odd!r}")
+
+
+def check_mask(
+    mask: object, leading: tuple[int, ...], name: str, *, device: torch.device | None = None
+) -> Tensor | None:
+    """A bool-like (*leading) tensor (is_first) holding only 0/1, as bool; or None."""
     if mask is None:
         return None
     if not isinstance(mask, Tensor):
         raise ValueError(f"{name}: expected a bool tensor of shape {leading}, got {_describe(mask)}")
     if tuple(mask.shape) != leading:
         raise ValueError(f"{name}: expected shape {leading}, got {tuple(mask.shape)}")
-    if mask.is_floating_point() and not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError(f"{name}: expected booleans (0/1), got other values")
+    _check_device(mask, device, name)
+    _check_binary(mask, name)
     return mask.bool()
 
 
-def check_targets(x: object, leading: tuple[int, ...], name: str) -> Tensor | None:
-    """Per-step scalars (rewards, continues) of shape `leading`, finite; or None."""
+def check_targets(
+    x: object,
+    leading: tuple[int, ...],
+    name: str,
+    *,
+    binary: bool = False,
+    device: torch.device | None = None,
+) -> Tensor | None:
+    """Per-step scalars (rewards; continues with `binary`, 0/1 only) of shape `leading`,
+    finite, as float32; or None."""
     if x is None:
         return None
     if not isinstance(x, Tensor) or tuple(x.shape) != leading:
         raise ValueError(f"{name}: expected a tensor of shape {leading}, got {_describe(x)}")
+    if x.is_complex():
+        raise ValueError(f"{name}: expected real values, got dtype {x.dtype}")
+    _check_device(x, device, name)
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: expected finite values, found NaN or inf")
+    if binary:
+        _check_binary(x, name)
     return x.float()
 
 
@@ -107,4 +169,89 @@ def check_horizon(horizon: object) -> int:
     return horizon
 
 
-__all__ = ["check_frames", "check_actions", "check_mask", "check_targets", "check_horizon"]
+def check_weight(value: object, name: str) -> float:
+    """A loss weight (β): a finite real number >= 0 (not a bool), as a float."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value < 0:  # type: ignore[arg-type]
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_state(
+    state: object,
+    cfg: DLHConfig,
+    factor_sizes: list[int],
+    batch: int | None = None,
+    *,
+    device: torch.device | None = None,
+    name: str = "state",
+) -> HierarchicalState:
+    """A HierarchicalState that fits the model of `cfg` (levels, |s|, |d|, |c|, factor widths)
+    with `batch` rows (any batch if None), on `device`."""
+    if not isinstance(state, HierarchicalState):
+        raise ValueError(f"{name}: expected a HierarchicalState, got {_describe(state)}")
+    levels = cfg.levels
+    for f in fields(state):
+        value = getattr(state, f.name)
+        if isinstance(value, list) and len(value) != levels:
+            raise ValueError(
+                f"{name}: expected {levels} levels (the model's), got {len(value)} in state.{f.name}"
+            )
+        for x in value if isinstance(value, list) else [value]:
+            if not isinstance(x, Tensor):
+                raise ValueError(f"{name}.{f.name}: expected tensors, got {_describe(x)}")
+            _check_device(x, device, f"{name}.{f.name}")
+    if state.t.dim() != 1:
+        raise ValueError(f"{name}.t: expected shape (B,), got {tuple(state.t.shape)}")
+    rows = state.batch_size
+    if batch is not None and rows != batch:
+        raise ValueError(f"{name}: expected batch {batch} (the input's rows), got a state of batch {rows}")
+    widths = {"s": ("s_dim", cfg.s_dim), "mean": ("s_dim", cfg.s_dim), "std": ("s_dim", cfg.s_dim),
+              "d": ("d_dim", cfg.d_dim), "top_down": ("c_dim", cfg.c_dim)}
+    for key, (what, width) in widths.items():
+        for n, x in enumerate(getattr(state, key)):
+            if tuple(x.shape) != (rows, width):
+                raise ValueError(
+                    f"{name}.{key} of level {n + 1}: expected shape {(rows, width)} ({what}={width}), "
+                    f"got {tuple(x.shape)}: a state of a model with other sizes?"
+                )
+    for n, (x, width) in enumerate(zip(state.factor, factor_sizes)):
+        if tuple(x.shape) != (rows, width):
+            raise ValueError(
+                f"{name}.factor of level {n + 1}: expected shape {(rows, width)} "
+                f"(prior_factor={cfg.prior_factor!r}), got {tuple(x.shape)}"
+            )
+    if tuple(state.pending.shape) != (rows, levels):
+        raise ValueError(f"{name}.pending: expected shape {(rows, levels)}, got {tuple(state.pending.shape)}")
+    return state
+
+
+def check_features(features: object, cfg: DLHConfig, *, dtype: torch.dtype | None = None,
+                   device: torch.device | None = None) -> Tensor:
+    """features: (..., F) floating with F = cfg.feature_dim, converted to `dtype`."""
+    if not isinstance(features, Tensor):
+        raise ValueError(f"features: expected a tensor (..., {cfg.feature_dim}), got {_describe(features)}")
+    if features.dim() == 0 or features.shape[-1] != cfg.feature_dim:
+        raise ValueError(
+            f"features: expected shape (..., {cfg.feature_dim}) (F = levels·(s_dim + d_dim)), "
+            f"got {tuple(features.shape)}"
+        )
+    if not features.is_floating_point():
+        raise ValueError(f"features: expected a floating tensor, got dtype {features.dtype}")
+    _check_device(features, device, "features")
+    return _as_model_float(features, dtype)
+
+
+def check_trajectory(traj: Trajectory, cfg: DLHConfig, *, device: torch.device | None = None) -> Tensor:
+    """The decoder input (B, horizon, C) of a Trajectory, C = cfg.c_dim."""
+    x = traj.decoder_input
+    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != cfg.c_dim:
+        raise ValueError(
+            f"trajectory.decoder_input: expected a tensor (B, horizon, {cfg.c_dim}), got {_describe(x)}"
+        )
+    _check_device(x, device, "trajectory.decoder_input")
+    return x
+
+
+__all__ = ["check_frames", "check_actions", "check_mask", "check_targets", "check_horizon", "check_weight",
+           "check_state", "check_features", "check_trajectory"]

@@ -14,6 +14,7 @@ from worldmodel.data.base import (
     VideoSource,
     batch_at,
 )
+from worldmodel.data.config import DataConfig
 from worldmodel.data.episodes import (
     EpisodeSource,
     load_episode,
@@ -22,7 +23,7 @@ from worldmodel.data.episodes import (
 )
 from worldmodel.data.moving_ball import MovingBallSource, generate_moving_ball
 from worldmodel.data.moving_mnist import MovingMnistSource, read_idx_images
-from worldmodel.data.registry import DATASETS, DataConfig, build_source
+from worldmodel.data.registry import DATASETS, build_source  # importing it fills DATASETS
 
 __all__ = [
     "DATASETS",

@@ -28,7 +28,7 @@ from worldmodel.data.options import check_bool, check_int_tuple, set_field
 from worldmodel.data.video_io import read_cv2_video, read_many
 
 if TYPE_CHECKING:
-    from worldmodel.data.registry import DataConfig
+    from worldmodel.data.config import DataConfig
 
 KTH_ACTIONS = ("boxing", "handclapping", "handwaving", "jogging", "running", "walking")
 _NAME = re.compile(r"person(\d+)_([a-z]+)_d(\d+)", re.IGNORECASE)

@@ -29,7 +29,7 @@ from worldmodel.data.options import (
 )
 
 if TYPE_CHECKING:
-    from worldmodel.data.registry import DataConfig
+    from worldmodel.data.config import DataConfig
 
 DEFAULT_PALETTE: tuple[tuple[int, int, int], ...] = (
     (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255),

@@ -41,7 +41,7 @@ from worldmodel.data.options import (
 )
 
 if TYPE_CHECKING:
-    from worldmodel.data.registry import DataConfig
+    from worldmodel.data.config import DataConfig
 
 IDX_IMAGES_MAGIC = 2051
 _IDX_PREFIX = {"train": "train", "test": "t10k"}

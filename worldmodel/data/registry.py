@@ -1,4 +1,9 @@
-"""The data configuration and the factory that turns it into a :class:`SequenceSource`.
+"""The table of data sets and the factory that turns a :class:`DataConfig` into a
+:class:`SequenceSource`.
+
+This module imports every loader and fills :data:`~worldmodel.data.config.DATASETS` with
+them; :class:`DataConfig` lives in :mod:`worldmodel.data.config` (which imports no loader,
+so loaders may import it) and is re-exported here.
 
 Example::
 
@@ -11,90 +16,18 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
-
 from worldmodel.data import episodes, kth, moving_ball, moving_mnist, video_folder
 from worldmodel.data.base import SequenceSource, check_split
-from worldmodel.data.options import parse_options
+from worldmodel.data.config import DATASETS, DataConfig, DatasetEntry
 
-
-class _Entry(NamedTuple):
-    options: type
-    build: Callable[..., SequenceSource]
-
-
-DATASETS: dict[str, _Entry] = {
-    "moving_ball": _Entry(moving_ball.MovingBallOptions, moving_ball.build),
-    "moving_mnist": _Entry(moving_mnist.MovingMnistOptions, moving_mnist.build),
-    "mnist_npy": _Entry(moving_mnist.MovingMnistOptions, moving_mnist.build),
-    "kth": _Entry(kth.KthOptions, kth.build),
-    "video_folder": _Entry(video_folder.VideoFolderOptions, video_folder.build),
-    "episodes": _Entry(episodes.EpisodeOptions, episodes.build),
-}
-
-
-def _int_field(name: str, value: Any, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"data.{name} must be an integer in [{lo}, {hi}], got {value!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Which data set to train on and how to cut it.
-
-    Attributes:
-        name: moving_ball | moving_mnist | mnist_npy | kth | video_folder | episodes.
-        path: file or folder of the data set; required by all but moving_ball.
-        image_size: frames are resized (cv2.INTER_AREA) to image_size x image_size.
-        channels: 1 or 3; gray and RGB are converted as needed.
-        seq_len: frames per training window.
-        batch_size: windows per batch.
-        options: data-set specific options, checked against the data set's options class
-            (e.g. :class:`~worldmodel.data.moving_ball.MovingBallOptions`).
-    """
-
-    name: str = "moving_ball"
-    path: str | None = None
-    image_size: int = 32
-    channels: int = 3
-    seq_len: int = 100
-    batch_size: int = 100
-    options: dict = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.name not in DATASETS:
-            raise ValueError(f"data.name must be one of {list(DATASETS)}, got {self.name!r}")
-        if self.path is not None:
-            if not isinstance(self.path, (str, os.PathLike)) or str(self.path) == "":
-                raise ValueError(f"data.path must be a non-empty path string or null, "
-                                 f"got {self.path!r}")
-            object.__setattr__(self, "path", os.fspath(self.path))
-        if self.name == "moving_ball" and self.path is not None:
-            raise ValueError(f"data.path must be null for moving_ball (it is generated), "
-                             f"got {self.path!r}")
-        _int_field("image_size", self.image_size, 8, 4096)
-        if self.channels not in (1, 3) or isinstance(self.channels, bool):
-            raise ValueError(f"data.channels must be 1 or 3, got {self.channels!r}")
-        _int_field("seq_len", self.seq_len, 1, 10**7)
-        _int_field("batch_size", self.batch_size, 1, 10**7)
-        if not isinstance(self.options, Mapping):
-            raise ValueError(f"data.options must be a mapping, got {self.options!r}")
-        object.__setattr__(self, "options", dict(self.options))
-        self.parsed_options()  # reject unknown or bad options now
-
-    def parsed_options(self) -> Any:
-        """The options as the data set's frozen options dataclass."""
-        entry = DATASETS[self.name]
-        opts = parse_options(entry.options, self.options, self.name)
-        if self.name == "mnist_npy":
-            if self.options.get("mode", "npy") != "npy":
-                raise ValueError(f"data.options.mode must be 'npy' for mnist_npy, got "
-                                 f"{self.options['mode']!r} (use name moving_mnist to generate)")
-            opts = dataclasses.replace(opts, mode="npy")
-        return opts
+DATASETS.update({
+    "moving_ball": DatasetEntry(moving_ball.MovingBallOptions, moving_ball.build),
+    "moving_mnist": DatasetEntry(moving_mnist.MovingMnistOptions, moving_mnist.build),
+    "mnist_npy": DatasetEntry(moving_mnist.MovingMnistOptions, moving_mnist.build),
+    "kth": DatasetEntry(kth.KthOptions, kth.build),
+    "video_folder": DatasetEntry(video_folder.VideoFolderOptions, video_folder.build),
+    "episodes": DatasetEntry(episodes.EpisodeOptions, episodes.build),
+})
 
 
 def build_source(cfg: DataConfig, split: str = "train") -> SequenceSource:
@@ -105,3 +38,6 @@ def build_source(cfg: DataConfig, split: str = "train") -> SequenceSource:
     """
     check_split(split)
     return DATASETS[cfg.name].build(cfg, cfg.parsed_options(), split)
+
+
+__all__ = ["DATASETS", "DataConfig", "build_source"]

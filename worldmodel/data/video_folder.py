@@ -36,7 +36,7 @@ from worldmodel.data.video_io import (
 )
 
 if TYPE_CHECKING:
-    from worldmodel.data.registry import DataConfig
+    from worldmodel.data.config import DataConfig
 
 _HOW = (
     f"video_folder needs a folder of video files ({', '.join(VIDEO_SUFFIXES)}), optionally "

@@ -24,12 +24,19 @@ def _train(args: argparse.Namespace) -> int:
     if args.out:
         overrides.append(f"out_dir={args.out}")
     cfg = load_config(args.config, overrides)
-    summary = train(cfg, resume=args.resume, progress=not args.no_progress)
+    requested = [item.split("=", 1)[0].strip() for item in overrides]
+    summary = train(cfg, resume=args.resume, progress=not args.no_progress, requested=requested)
+    if summary.get("already_finished"):
+        print(f"{cfg.out_dir} already finished at step {summary['steps']} (steps={cfg.steps}); "
+              "nothing to train: raise steps to train on")
+        return 0
     if summary:
         final = summary["final_metrics"]
         nan = float("nan")
         rollout = summary["rollout"]
-        print(f"done: {summary['steps']} steps in {summary['wall_time_s']} s on {summary['device']}")
+        mode = "".join(f", {summary[k]}" + (" threads" if k == "threads" else "")
+                       for k in ("threads", "precision") if k in summary)
+        print(f"done: {summary['steps']} steps in {summary['wall_time_s']} s on {summary['device']}{mode}")
         print(f"  final loss {final.get('loss', nan):.2f}  elbo {final.get('elbo', nan):.2f}"
               f"  levels used {final.get('levels_used', nan):.2f}")
         print(f"  open-loop rollout: SSIM {rollout['ssim']:.3f}  PSNR {rollout['psnr']:.2f} dB")
@@ -68,15 +75,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _known_error(exc: Exception) -> tuple[int, str] | None:
+    """(exit status, message) for an error the user can act on; None for a bug (traceback).
+
+    Status 2: bad input (configs, arguments, missing or corrupt files, YAML); status 1: the
+    run could not go on (divergence, the file system refused, out of memory).
+    """
+    import yaml
+
+    from .training import TrainingDiverged
+
+    if isinstance(exc, TrainingDiverged):
+        return 1, f"training diverged: {exc}"
+    if isinstance(exc, FileNotFoundError) and exc.filename is None:
+        return 2, str(exc)  # our own message, naming what is missing and where to get it
+    if isinstance(exc, ValueError):
+        return 2, str(exc)
+    if isinstance(exc, yaml.YAMLError):
+        from .training.config import yaml_problem
+
+        return 2, f"invalid YAML: {yaml_problem(exc)}"
+    if isinstance(exc, OSError):
+        if exc.filename is None:
+            return 1, exc.strerror or str(exc) or type(exc).__name__
+        where = os.fsdecode(exc.filename)
+        if exc.filename2 is not None:
+            where += f" -> {os.fsdecode(exc.filename2)}"
+        return (2 if isinstance(exc, FileNotFoundError) else 1), f"{where}: {exc.strerror or exc}"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch.cuda's
+        detail = f" ({_one_line(str(exc))[:200]})" if str(exc) else ""
+        return 1, f"out of memory{detail}: lower data.batch_size or data.seq_len, or the model's sizes"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `dlh` command; errors a user can act on end it with one line on stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        # bad configs, missing data sets, corrupt files: a clear message, not a traceback
-        print(f"dlh {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        known = _known_error(exc)
+        if known is None:
+            raise
+        status, message = known
+        print(f"dlh {args.command}: error: {_one_line(message)}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

@@ -8,25 +8,57 @@
 
 The noise of step k is seeded from (seed, k, rank) and the data of step k is a pure function
 of the same, so the step counter is all the RNG and data state a resume needs.
+
+A checkpoint is only written when every weight and optimizer tensor is finite (the trainer
+checks with `non_finite_tensors`), so the newest checkpoint is always one to go back to.
+A checkpoint whose files cannot be read raises `CorruptCheckpoint`, naming the file; the
+trainer then falls back to the one before (`checkpoint_candidates` lists them newest first).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..checkpoint import save_model
-from ..files import atomic_directory, atomic_write_text
+from ..checkpoint import read_model_file, save_model
+from ..config import DLHConfig
+from ..files import atomic_directory, atomic_write_text, naming
 
 LATEST = "latest"
+CORRUPT_PREFIX = "corrupt_"
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint file that cannot be read; the message names the file."""
+
+
+@dataclass
+class CheckpointContents:
+    """What a checkpoint folder holds, read into memory (CPU tensors)."""
+
+    path: Path
+    model_config: DLHConfig
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    info: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.info["step"])
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def save_checkpoint(
@@ -43,8 +75,14 @@ def save_checkpoint(
 
     def fill(tmp: Path) -> None:
         save_model(model, tmp / "model.safetensors")  # type: ignore[arg-type]
-        torch.save({"optimizer": optimizer.state_dict()}, tmp / "optimizer.pt")
-        (tmp / "trainer.json").write_text(json.dumps({"step": step, **info}, indent=1))
+        target = root / name / "optimizer.pt"
+        with naming(target, str(tmp / "optimizer.pt")):
+            try:
+                torch.save({"optimizer": optimizer.state_dict()}, tmp / "optimizer.pt")
+            except RuntimeError as exc:  # torch's zip writer reports a failed write (full disk) so
+                raise OSError(errno.EIO, f"write failed ({_one_line(exc)})", str(target)) from exc
+        with naming(root / name / "trainer.json", str(tmp / "trainer.json")):
+            (tmp / "trainer.json").write_text(json.dumps({"step": step, **info}, indent=1))
 
     path = atomic_directory(root / name, fill)
     atomic_write_text(root / LATEST, name)
@@ -53,39 +91,112 @@ def save_checkpoint(
     return path
 
 
+def non_finite_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> list[str]:
+    """Names of the weights and optimizer-state tensors holding NaN or ±inf (empty: all finite)."""
+    bad = [f"weight {name}" for name, t in model.state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if optimizer is not None:
+        names = {id(p): n for n, p in model.named_parameters()}
+        for param, state in optimizer.state.items():
+            for key, t in state.items():
+                if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    bad.append(f"optimizer {key} of {names.get(id(param), '?')}")
+    return bad
+
+
+def checkpoint_candidates(run_dir: str | Path) -> list[Path]:
+    """The complete checkpoints of a run, newest step first."""
+    root = checkpoint_dir(run_dir)
+    return [p for p in sorted(root.glob("step_*"), reverse=True) if (p / "trainer.json").is_file()]
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of a run, or None."""
     root = checkpoint_dir(run_dir)
     pointer = root / LATEST
     if pointer.is_file():
         path = root / pointer.read_text().strip()
-        if (path / "trainer.json").is_file():
+        if path.name.startswith("step_") and (path / "trainer.json").is_file():
             return path
-    complete = [p for p in sorted(root.glob("step_*")) if (p / "trainer.json").is_file()]
-    return complete[-1] if complete else None
+    complete = checkpoint_candidates(run_dir)
+    return complete[0] if complete else None
+
+
+def read_checkpoint(path: str | Path) -> CheckpointContents:
+    """Read a checkpoint folder into memory; CorruptCheckpoint (naming the file) if it cannot."""
+    path = Path(path)
+    info_file = path / "trainer.json"
+    try:
+        info = json.loads(info_file.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CorruptCheckpoint(f"{info_file}: not a readable trainer.json ({_one_line(exc)})") from exc
+    step = info.get("step") if isinstance(info, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise CorruptCheckpoint(f"{info_file}: expected a mapping with an integer 'step'")
+    try:
+        model_config, weights = read_model_file(path / "model.safetensors")
+    except (ValueError, FileNotFoundError) as exc:  # the message names the file
+        raise CorruptCheckpoint(_one_line(exc)) from exc
+    optimizer_file = path / "optimizer.pt"
+    try:
+        state = torch.load(optimizer_file, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a bad file
+        raise CorruptCheckpoint(
+            f"{optimizer_file}: not a readable optimizer state ({_one_line(exc)})"
+        ) from exc
+    if not isinstance(state, dict) or not isinstance(state.get("optimizer"), dict):
+        raise CorruptCheckpoint(f"{optimizer_file}: expected {{'optimizer': state_dict}}")
+    return CheckpointContents(path, model_config, weights, state["optimizer"], info)
+
+
+def restore(
+    contents: CheckpointContents, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
+) -> None:
+    """Load read checkpoint contents into `model` (and `optimizer`)."""
+    if contents.model_config != model.config:  # type: ignore[attr-defined]
+        raise ValueError(
+            f"{contents.path}: the checkpoint's model config differs from this run's; "
+            "resume with the same model settings (or start a new out_dir)"
+        )
+    try:
+        model.load_state_dict(contents.weights, strict=True)
+    except RuntimeError as exc:
+        raise CorruptCheckpoint(f"{contents.path / 'model.safetensors'}: {_one_line(exc)}") from exc
+    if optimizer is not None:
+        try:
+            optimizer.load_state_dict(contents.optimizer)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CorruptCheckpoint(
+                f"{contents.path / 'optimizer.pt'}: does not match the model ({_one_line(exc)})"
+            ) from exc
 
 
 def load_checkpoint(
     path: str | Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
-    device: torch.device,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
-    """Restore model (and optimizer) from a checkpoint folder; returns its trainer.json."""
-    from ..checkpoint import read_model_file
+    """Restore model (and optimizer) from a checkpoint folder; returns its trainer.json.
 
-    path = Path(path)
-    config, tensors = read_model_file(path / "model.safetensors")
-    if config != model.config:  # type: ignore[attr-defined]
-        raise ValueError(
-            f"{path}: the checkpoint's model config differs from this run's; "
-            "resume with the same model settings (or start a new out_dir)"
-        )
-    model.load_state_dict(tensors, strict=True)
-    if optimizer is not None:
-        state = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-    return json.loads((path / "trainer.json").read_text())
+    `device` is unused (the optimizer state follows its parameters) and kept for callers.
+    """
+    contents = read_checkpoint(path)
+    restore(contents, model, optimizer)
+    return contents.info
 
 
-__all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "checkpoint_dir"]
+def set_aside(path: Path) -> Path:
+    """Rename a corrupt checkpoint folder to `corrupt_<name>` (kept for inspection, out of the way)."""
+    target = path.with_name(CORRUPT_PREFIX + path.name)
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+    path.rename(target)
+    return target
+
+
+__all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "checkpoint_dir", "read_checkpoint",
+           "restore", "CheckpointContents", "CorruptCheckpoint", "checkpoint_candidates",
+           "non_finite_tensors", "set_aside"]

@@ -3,12 +3,19 @@
     cfg = load_config("configs/moving_ball_cpu.yaml", ["optim.lr=1e-3", "steps=500"])
 
 An unknown key anywhere is a ValueError naming its dotted path; `--set a.b=value` overrides
-parse `value` as YAML (so `3`, `1e-3`, `true`, `[1, 2]` and `null` get their types).
+parse `value` as YAML (so `3`, `1e-3`, `true`, `[1, 2]` and `null` get their types). A YAML
+syntax error is a ValueError naming the file (with line and column) or the `--set` item.
+
+`resume_changes` decides which settings a resumed run may change (see `RESUME_FREE` and
+`RESUME_ON_REQUEST`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +24,10 @@ import yaml
 
 from ..config import DLHConfig, from_dict, to_dict
 from ..data import DataConfig
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -51,14 +62,20 @@ class OptimConfig:
     beta2: float = 0.999
 
     def __post_init__(self) -> None:
-        if not self.lr > 0 or not self.eps > 0:
-            raise ValueError(f"optim.lr and optim.eps must be > 0, got {self.lr!r}, {self.eps!r}")
-        if not self.beta_max >= 0 or self.beta_warmup < 0 or self.grad_clip < 0 or self.lr_warmup < 0:
-            raise ValueError(
-                "optim.beta_max, optim.beta_warmup, optim.grad_clip and optim.lr_warmup must be >= 0"
-            )
-
-        if isinstance(self.beta2, bool) or not 0 < self.beta2 < 1:
+        for name in ("lr", "eps"):
+            value = getattr(self, name)
+            if not _finite_number(value) or not value > 0:
+                raise ValueError(f"optim.{name} must be a finite number > 0, got {value!r}")
+        for name in ("beta_max", "grad_clip"):
+            value = getattr(self, name)
+            if not _finite_number(value) or not value >= 0:
+                raise ValueError(f"optim.{name} must be a finite number >= 0, got {value!r}"
+                                 + (" (0 disables clipping)" if name == "grad_clip" else ""))
+        for name in ("beta_warmup", "lr_warmup"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"optim.{name} must be an int >= 0 (steps), got {value!r}")
+        if not _finite_number(self.beta2) or not 0 < self.beta2 < 1:
             raise ValueError(f"optim.beta2 must be in (0, 1), got {self.beta2!r}")
 
     def lr_at(self, step: int) -> float:
@@ -83,8 +100,12 @@ class TrainConfig:
         seed: seeds the model initialisation, the sampling noise and the data stream.
         out_dir: where checkpoints, TensorBoard logs, media and the summary go.
         device: "auto" (CUDA when present), "cpu" or "cuda[:i]".
-        precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16".
-        threads: torch CPU threads (null: torch's default).
+        precision: "auto" (bf16 autocast on CUDA, fp32 on CPU: bf16 autocast lowered the
+            quick start's event F1, docs/results.md "bf16 on CPU"), "fp32" or "bf16". The run's
+            summary.json and first log line say which was used and why.
+        threads: torch CPU threads. null: one per CPU that other processes leave free when
+            the run starts (docs/results.md "Busy machine"); a warning names the remedy when
+            the step time later jumps.
         log_every: scalars to TensorBoard and metrics.jsonl every this many steps.
         media_every: reconstruction and rollout videos every this many steps (0: only at the end).
         checkpoint_every: checkpoint every this many steps (and always at the end).
@@ -138,7 +159,15 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 2:
                 raise ValueError(f"{name} must be an int >= 2, got {value!r}")
-        if not (self.collapse_kl >= 0 and 0 <= self.frozen_ratio <= 1):
+        if not isinstance(self.out_dir, (str, os.PathLike)) or not str(self.out_dir).strip():
+            raise ValueError(f"out_dir must name a folder (e.g. runs/my_run), got {self.out_dir!r}")
+        object.__setattr__(self, "out_dir", os.fspath(self.out_dir))
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ValueError(f"threads must be a positive int or null (torch's default), "
+                             f"got {self.threads!r}")
+        if not (_finite_number(self.collapse_kl) and self.collapse_kl >= 0
+                and _finite_number(self.frozen_ratio) and 0 <= self.frozen_ratio <= 1):
             raise ValueError(f"collapse_kl must be >= 0 and frozen_ratio in [0, 1], got "
                              f"{self.collapse_kl!r}, {self.frozen_ratio!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -179,8 +208,22 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, raw = item.split("=", 1)
         if not key.strip():
             raise ValueError(f"--set expects section.key=value, got {item!r}")
-        _set_path(tree, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({yaml_problem(exc)}); "
+                             "quote it if it is a string") from exc
+        _set_path(tree, key.strip(), value)
     return tree
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (line and column, 1-based)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        what = " ".join(filter(None, [exc.context, exc.problem]))
+        return f"{what} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
 
 
 def config_from_dict(tree: dict[str, Any]) -> TrainConfig:
@@ -194,7 +237,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text())
+        try:
+            loaded = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not a text (UTF-8) YAML file "
+                             f"({exc.reason} at byte {exc.start})") from exc
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML ({yaml_problem(exc)})") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         tree = loaded or {}
@@ -206,5 +255,80 @@ def dump_config(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
+# ---------------------------------------------------------------------------- resume
+#: Settings a resumed run may change freely: how long to train, where and how often to log,
+#: checkpoint and probe, where to run. They do not touch the weights' trajectory.
+RESUME_FREE = (
+    "steps", "out_dir", "device", "threads", "log_every", "media_every", "checkpoint_every",
+    "keep_checkpoints", "max_bad_steps", "rollout_context", "rollout_horizon", "media_sequences",
+    "event_every", "event_sequences", "event_length", "collapse_kl", "frozen_ratio",
+)
+#: Settings a resumed run changes only when asked by name (`--set key=value` on the CLI):
+#: the usual remedies after a divergence. Everything else — model.*, data.*, seed, optim.eps,
+#: optim.beta2, optim.beta_max, optim.beta_warmup, optim.lr_warmup — is fixed for a run.
+RESUME_ON_REQUEST = ("optim.lr", "optim.grad_clip", "precision")
+
+_UNSET = object()
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _show(value: Any) -> str:
+    return "(unset)" if value is _UNSET else repr(value)
+
+
+def resume_changes(
+    stored: Mapping[str, Any],
+    cfg: TrainConfig,
+    requested: Collection[str] = (),
+    where: str = "the checkpoint",
+) -> dict[str, tuple[Any, Any]]:
+    """The settings in which `cfg` differs from the `stored` config of the run being resumed.
+
+    Returns {dotted key: (old, new)} when every difference is allowed on a resume; raises a
+    ValueError naming each difference that is not: keys in `RESUME_FREE` may change, keys in
+    `RESUME_ON_REQUEST` only when named in `requested` (a key or a section above it, as the
+    CLI's `--set` items give them), every other key may not. `where` names the stored config
+    in the message.
+    """
+    try:  # fill in settings an older version did not store, in the form to_dict gives
+        old = to_dict(config_from_dict(dict(stored)))
+    except ValueError:
+        old = dict(stored)
+    old_flat, new_flat = _flatten(old), _flatten(cfg.to_dict())
+    changes = {}
+    for key in sorted(set(old_flat) | set(new_flat)):
+        a, b = old_flat.get(key, _UNSET), new_flat.get(key, _UNSET)
+        if a is _UNSET or b is _UNSET or a != b:
+            changes[key] = (a, b)
+    fixed, unrequested = [], []
+    for key, (a, b) in changes.items():
+        if key in RESUME_FREE:
+            continue
+        if key in RESUME_ON_REQUEST:
+            if not any(key == r or key.startswith(r + ".") for r in requested):
+                unrequested.append(f"{key} {_show(a)} -> {_show(b)} (pass --set {key}={b} to change it)")
+            continue
+        fixed.append(f"{key} {_show(a)} -> {_show(b)}")
+    if fixed or unrequested:
+        parts = []
+        if fixed:
+            parts.append(f"settings that cannot change in the middle of a run differ from {where}: "
+                         f"{'; '.join(fixed)} — restore them, or start a new run in another out_dir")
+        if unrequested:
+            parts.append(f"settings that change on resume only when asked for differ from {where}: "
+                         f"{'; '.join(unrequested)}")
+        raise ValueError("--resume: " + ". ".join(parts))
+    return changes
+
+
 __all__ = ["OptimConfig", "TrainConfig", "load_config", "apply_overrides", "config_from_dict",
-           "dump_config", "dataclasses"]
+           "dump_config", "dataclasses", "resume_changes", "RESUME_FREE", "RESUME_ON_REQUEST", "yaml_problem"]

@@ -14,9 +14,37 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..files import atomic_write_text, naming
 from ..metrics import per_frame_metrics
 from ..model import DLH
 from ..video import comparison_grid, write_gif
+
+
+def read_metrics_lines(path: Path) -> list[tuple[int, str]]:
+    """(step, line) of each row of a metrics.jsonl file.
+
+    A torn last line (the process was killed mid-write) is dropped with a warning; a bad
+    line before it is a ValueError naming the file and the line.
+    """
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    rows = []
+    for i, (number, line) in enumerate(numbered):
+        try:
+            row = json.loads(line)
+            step = row["step"]
+            if isinstance(step, bool) or not isinstance(step, int):
+                raise ValueError(f"step {step!r} is not an int")
+        except (ValueError, KeyError, TypeError) as exc:
+            if i == len(numbered) - 1:
+                warnings.warn(f"{path}: dropping its torn last line {number} (a run killed while "
+                              f"writing it): {line[:60]!r}", stacklevel=3)
+                continue
+            problem = f"no 'step' ({exc})" if isinstance(exc, (KeyError, TypeError)) else str(exc)
+            raise ValueError(f"{path}, line {number}: not a metrics row ({problem}); "
+                             "fix or delete that line") from exc
+        rows.append((step, line))
+    return rows
 
 
 class Monitor:
@@ -32,13 +60,14 @@ class Monitor:
         self.jsonl = self.run_dir / "metrics.jsonl"
         if purge_step is not None and self.jsonl.exists():
             # a resumed run rewrites what the interrupted one logged after its checkpoint
-            kept = [line for line in self.jsonl.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= purge_step]
-            self.jsonl.write_text("".join(line + "\n" for line in kept))
+            kept = [line for step, line in read_metrics_lines(self.jsonl) if step <= purge_step]
+            atomic_write_text(self.jsonl, "".join(line + "\n" for line in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step)
+            # what step k logged precedes its checkpoint, so a resume from k keeps step k's events
+            purge = None if purge_step is None else purge_step + 1
+            self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
         except ImportError as exc:  # tensorboard is a dependency, but stay usable without it
             warnings.warn(f"TensorBoard unavailable ({exc}); logging to metrics.jsonl only", stacklevel=2)
 
@@ -48,7 +77,7 @@ class Monitor:
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
-        with self.jsonl.open("a") as f:
+        with naming(self.jsonl), self.jsonl.open("a") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
 
     def video(self, tag: str, step: int, frames: np.ndarray, fps: int = 8) -> Path | None:
@@ -95,4 +124,4 @@ def rollout_media(
     }
 
 
-__all__ = ["Monitor", "rollout_media"]
+__all__ = ["Monitor", "rollout_media", "read_metrics_lines"]

@@ -12,6 +12,7 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +21,77 @@ from tqdm.auto import tqdm
 
 from ..data import Batch, SequenceSource, build_source
 from ..data.base import batch_at
-from ..files import atomic_write_text
+from ..files import atomic_write_text, naming, remove_stale_temporaries
 from ..model import DLH
 from ..video import write_gif
 from . import distributed
-from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig, dump_config
+from .checkpoints import (
+    CheckpointContents,
+    CorruptCheckpoint,
+    checkpoint_candidates,
+    checkpoint_dir,
+    latest_checkpoint,
+    non_finite_tensors,
+    read_checkpoint,
+    restore,
+    save_checkpoint,
+    set_aside,
+)
+from .config import TrainConfig, dump_config, resume_changes
 from .diagnostics import EventProbe, HealthCheck, ParameterGroups
 from .monitor import Monitor, rollout_media
+from .threads import SlowdownWatch, configure_threads
 
 
 class TrainingDiverged(RuntimeError):
-    """Raised after `max_bad_steps` consecutive non-finite losses or gradients."""
+    """Raised after `max_bad_steps` consecutive non-finite losses or gradients, or when the
+    weights themselves turn non-finite; the message names the last good checkpoint."""
+
+
+def _last_good(run_dir: Path) -> str:
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        return "There is no good checkpoint (none was written with finite weights)"
+    return f"The last good checkpoint is {ckpt} (--resume continues from it)"
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63 - 1)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 arithmetic in hardware (AVX512-BF16 or AMX-BF16; Linux flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+# `precision: auto` on a CPU with native bf16: chosen from the measured quality and speed of
+# bf16 autocast on the quick start (docs/results.md, "bf16 on CPU").
+CPU_AUTO_BF16 = False
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """The precision a run uses ("fp32" or "bf16") and why, for its log and summary."""
+    if precision != "auto":
+        return precision, "as configured"
+    if device.type == "cuda":
+        return "bf16", "auto: CUDA"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        if CPU_AUTO_BF16:
+            return "bf16", "auto: CPU with native bf16"
+        return "fp32", "auto: CPU (bf16 autocast did not hold quality, docs/results.md)"
+    return "fp32", f"auto: {device.type} without native bf16"
+
+
 def _autocast(runtime: distributed.Runtime, precision: str) -> contextlib.AbstractContextManager:
-    use_bf16 = precision == "bf16" or (precision == "auto" and runtime.device.type == "cuda")
-    if not use_bf16:
+    if resolve_precision(precision, runtime.device)[0] != "bf16":
         return contextlib.nullcontext()
     return torch.autocast(device_type=runtime.device.type, dtype=torch.bfloat16)
 
@@ -67,12 +118,36 @@ class Trainer:
     `EpisodeSource` and alternates `train_steps(k)` with data collection; checkpoints,
     TensorBoard and media work the same.
 
+    Resuming (`resume=True`) continues from the newest readable checkpoint in `cfg.out_dir`
+    (a checkpoint with an unreadable file is skipped with a warning naming the file, and set
+    aside as `checkpoints/corrupt_step_*`). The config is compared with the one the checkpoint
+    was trained with (`config.resume_changes`):
+
+    - changed freely: `steps`, `out_dir`, `device`, `threads`, `log_every`, `media_every`,
+      `checkpoint_every`, `keep_checkpoints`, `max_bad_steps`, `rollout_context`,
+      `rollout_horizon`, `media_sequences`, `event_every`, `event_sequences`, `event_length`,
+      `collapse_kl`, `frozen_ratio`;
+    - changed only when named in `requested` (the CLI passes its `--set` keys):
+      `optim.lr` (applied to the optimizer's param groups and the lr schedule),
+      `optim.grad_clip`, `precision`;
+    - every other setting (`model.*`, `data.*`, `seed`, `optim.eps`, `optim.beta2`,
+      `optim.beta_max`, `optim.beta_warmup`, `optim.lr_warmup`) is fixed: a difference is a
+      ValueError naming each key with its old and new value.
+
+    Applied changes are printed and appended to `run_dir/resumes.jsonl` (one row per resume).
+    A run resumed at `steps` whose summary.json records that step is finished: `fit()` trains nothing
+    and returns the stored summary with `"already_finished": True`. Without `resume`, a
+    run folder holding checkpoints or logged metrics is an error (pass resume, or choose
+    another out_dir). Temporaries left by interrupted writes are removed at the start.
+
     Args:
         cfg: the run's configuration.
         resume: continue from the latest checkpoint in `cfg.out_dir`.
         progress: show a tqdm bar.
         source: the training data (default: `build_source(cfg.data, "train")`).
-        media_frames: a fixed Batch for logged videos (default: evaluation windows of the data).
+        media_batch: a fixed Batch for logged videos (default: evaluation windows of the data).
+        requested: dotted config keys (or sections) the caller set explicitly; on resume, the
+            settings of `RESUME_ON_REQUEST` change only when named here.
     """
 
     def __init__(
@@ -82,14 +157,24 @@ class Trainer:
         progress: bool = True,
         source: SequenceSource | None = None,
         media_batch: Batch | None = None,
+        requested: Collection[str] = (),
     ) -> None:
         self.cfg = cfg
+        self.run_dir = run_dir = Path(cfg.out_dir)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ValueError(f"out_dir {run_dir} is a file, not a folder: choose another out_dir "
+                             "(--out DIR or --set out_dir=DIR)")
         self.runtime = runtime = distributed.setup(cfg.device)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        if runtime.device.type == "cpu" or cfg.threads:
+            self.threads, self.threads_reason = configure_threads(cfg.threads)
+        else:
+            self.threads, self.threads_reason = torch.get_num_threads(), "torch default"
+        self.slowdown = SlowdownWatch(self.threads if runtime.device.type == "cpu" else 1)
+        self.precision, self.precision_reason = resolve_precision(cfg.precision, runtime.device)
+        self.run_mode = f"{runtime.device.type}, {self.threads} threads, {self.precision}"
+        self._step_seconds = 0.0
         if runtime.device.type == "cpu":
             torch.set_flush_denormal(True)
-        self.run_dir = run_dir = Path(cfg.out_dir)
         if cfg.data.batch_size % runtime.world_size:
             raise ValueError(
                 f"data.batch_size={cfg.data.batch_size} must be divisible by the "
@@ -101,18 +186,25 @@ class Trainer:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, eps=cfg.optim.eps,
                                           betas=(0.9, cfg.optim.beta2))
         self.step = 0
+        self.finished = False
+        if runtime.is_main:
+            stale = [p for folder in (run_dir, checkpoint_dir(run_dir), run_dir / "media")
+                     for p in remove_stale_temporaries(folder)]
+            if stale:
+                warnings.warn(f"removed {len(stale)} temporaries left by interrupted writes: "
+                              f"{', '.join(str(p) for p in stale[:3])}{' ...' if len(stale) > 3 else ''}",
+                              stacklevel=2)
         if resume:
-            ckpt = latest_checkpoint(run_dir)
-            if ckpt is None:
-                warnings.warn(f"--resume: no checkpoint in {run_dir}; starting from step 0", stacklevel=2)
-            else:
-                self.step = int(load_checkpoint(ckpt, model, self.optimizer, runtime.device)["step"])
-        elif latest_checkpoint(run_dir) is not None:
-            raise ValueError(
-                f"{run_dir} already holds checkpoints: pass --resume to continue that run, "
-                "or choose another out_dir (--set out_dir=...)"
-            )
+            self._resume(requested)
+        else:
+            self._refuse_an_earlier_run()
         self.resumed_from = self.step
+        if self.finished:
+            self.monitor = Monitor(run_dir, enabled=False)
+            return
+        if runtime.is_main and (progress or runtime.device.type == "cpu"):
+            print(f"training on {self.run_mode} (threads: {self.threads_reason}; "
+                  f"precision: {self.precision_reason})", flush=True)
         self.wrapped: torch.nn.Module = model
         if runtime.distributed:
             self.wrapped = torch.nn.parallel.DistributedDataParallel(
@@ -141,10 +233,90 @@ class Trainer:
                 probe_source = self.source
             self.event_probe = EventProbe.build(probe_source, cfg.event_sequences, cfg.event_length, cfg.seed)
         self.bad_in_a_row = 0
+        self.checkpoint_due = False  # a checkpoint postponed past non-finite steps
         self.window: dict[str, list[float]] = {}
         self.last: dict[str, float] = {}
         self.started = time.perf_counter()
         self._interval_start, self._interval_steps = time.perf_counter(), 0
+
+    # ------------------------------------------------------------------ start or resume
+    def _refuse_an_earlier_run(self) -> None:
+        """A fresh run must not mix its outputs into an earlier run's folder."""
+        run_dir = self.run_dir
+        if latest_checkpoint(run_dir) is not None:
+            raise ValueError(
+                f"{run_dir} already holds checkpoints: pass --resume to continue that run, "
+                "or choose another out_dir (--set out_dir=...)"
+            )
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.is_file() and metrics.stat().st_size > 0:
+            raise ValueError(
+                f"{run_dir} holds {metrics.name} of an earlier run that stopped before its first "
+                "checkpoint: pass --resume to start that run over from step 0 (its logs are "
+                "replaced), or choose another out_dir (--set out_dir=...)"
+            )
+
+    def _stored_summary(self) -> dict[str, Any]:
+        """The run's summary.json; {} when absent or unreadable (the run then finishes again)."""
+        path = self.run_dir / "summary.json"
+        if not path.is_file():
+            return {}
+        try:
+            stored = json.loads(path.read_bytes().decode("utf-8"))
+        except ValueError as exc:
+            warnings.warn(f"{path}: not valid JSON ({exc}); it will be rewritten", stacklevel=3)
+            return {}
+        return stored if isinstance(stored, dict) else {}
+
+    def _resume(self, requested: Collection[str]) -> None:
+        """Load the newest readable checkpoint after checking the config against its own."""
+        cfg, run_dir, runtime = self.cfg, self.run_dir, self.runtime
+        contents: CheckpointContents | None = None
+        changes: dict[str, tuple[Any, Any]] = {}
+        skipped: list[tuple[Path, str]] = []
+        for path in checkpoint_candidates(run_dir):
+            try:
+                contents = read_checkpoint(path)
+                stored = contents.info.get("config")
+                if isinstance(stored, dict):
+                    changes = resume_changes(stored, cfg, requested, where=str(path / "trainer.json"))
+                else:
+                    warnings.warn(f"{path / 'trainer.json'} holds no config: the resumed run's settings "
+                                  "were not checked against it", stacklevel=3)
+                restore(contents, self.model, self.optimizer)
+            except CorruptCheckpoint as exc:
+                warnings.warn(f"--resume: {exc}; falling back to the checkpoint before it", stacklevel=3)
+                skipped.append((path, str(exc)))
+                contents = None
+                continue
+            break
+        if contents is None:
+            if skipped:
+                raise ValueError(f"--resume: no readable checkpoint in {checkpoint_dir(run_dir)}: "
+                                 + "; ".join(problem for _, problem in skipped))
+            warnings.warn(f"--resume: no checkpoint in {run_dir}; starting from step 0", stacklevel=3)
+            return
+        self.step = step = contents.step
+        if step > cfg.steps:
+            raise ValueError(f"steps={cfg.steps} is below the step of {contents.path} ({step}): "
+                             f"set steps >= {step} to resume this run")
+        for group in self.optimizer.param_groups:  # optim.lr may have changed (on request)
+            group["lr"] = cfg.optim.lr_at(step)
+        if step == cfg.steps and self._stored_summary().get("steps") == step:
+            self.finished = True
+            return
+        distributed.barrier(runtime)
+        if runtime.is_main:
+            for path, _ in skipped:
+                set_aside(path)
+            shown = "; ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
+            print(f"resuming {run_dir} from {contents.path.name} (step {step})"
+                  + (f" with changed settings: {shown}" if shown else ""), flush=True)
+            record = {"step": step, "checkpoint": contents.path.name,
+                      "changes": {key: [old, new] for key, (old, new) in changes.items()},
+                      "skipped": [problem for _, problem in skipped], "time": time.time()}
+            with naming(run_dir / "resumes.jsonl"), (run_dir / "resumes.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, float] | None:
@@ -176,11 +348,10 @@ class Trainer:
             warnings.warn(f"step {step}: non-finite loss or gradient; step skipped "
                           f"({self.bad_in_a_row}/{cfg.max_bad_steps} in a row)", stacklevel=2)
             if self.bad_in_a_row >= cfg.max_bad_steps:
-                ckpt = latest_checkpoint(self.run_dir)
                 raise TrainingDiverged(
                     f"{self.bad_in_a_row} non-finite steps in a row at step {step}; stopping. "
-                    f"The last good checkpoint is {ckpt or 'none (no checkpoint written yet)'}; "
-                    "try a lower optim.lr, a grad_clip, or precision=fp32"
+                    f"{_last_good(self.run_dir)}; try a lower optim.lr, an optim.grad_clip "
+                    "or precision=fp32 (--set KEY=VALUE with --resume)"
                 )
             return None
         self.bad_in_a_row = 0
@@ -211,6 +382,9 @@ class Trainer:
             frames = cfg.data.batch_size * cfg.data.seq_len * self._interval_steps
             self.last["frames_per_s"] = frames / max(elapsed, 1e-9)
             self.last["lr"] = self.optimizer.param_groups[0]["lr"]
+            if self._interval_steps:  # the optimiser steps alone (no logging, media, probes)
+                self.slowdown.update(self._step_seconds / self._interval_steps)
+            self._step_seconds = 0.0
             self.last.update(self.health.check(done, self.last))
             self.monitor.scalars(done, self.last)
             self.window.clear()
@@ -221,28 +395,56 @@ class Trainer:
             events = self.event_probe(self.model)
             self.last.update(events)
             self.monitor.scalars(done, events)
-        if done % cfg.checkpoint_every == 0 or done == end:
+        if done % cfg.checkpoint_every == 0 or done == end or (self.checkpoint_due and metrics is not None):
             self.checkpoint()
 
     def train_steps(self, count: int) -> dict[str, float]:
         """Run `count` optimiser steps (with logging and checkpoints); returns the last metrics."""
+        if self.finished:
+            raise ValueError(f"{self.run_dir} already finished at step {self.step}; "
+                             "raise steps to train on")
         end = self.step + count
         bar = tqdm(total=end, initial=self.step, disable=not self.progress, dynamic_ncols=True,
-                   mininterval=1.0, desc="train")
+                   mininterval=1.0, desc=f"train ({self.run_mode})")
         try:
             while self.step < end:
-                self._after_step(self.train_step(), bar, end)
+                started = time.perf_counter()
+                metrics = self.train_step()
+                self._step_seconds += time.perf_counter() - started
+                self._after_step(metrics, bar, end)
         finally:
             bar.close()
         return self.last
 
     # ------------------------------------------------------------------ outputs
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> Path | None:
+        """Checkpoint the current step, unless the state may not be good; returns the folder.
+
+        After a non-finite step (the weights just gave a non-finite loss or gradient) or with
+        non-finite weights or optimizer state, nothing is written: the checkpoint is postponed
+        to the next finite step, so the newest checkpoint is always one to go back to.
+        """
+        path = None
+        if self.bad_in_a_row:
+            reason = "the last step was non-finite"
+        else:
+            bad = non_finite_tensors(self.model, self.optimizer)
+            reason = ""
+            if distributed.any_true(bool(bad), self.runtime):
+                reason = (f"NaN or inf in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}" if bad
+                          else "non-finite state on another process")
+        if reason:
+            self.checkpoint_due = True
+            if self.runtime.is_main:
+                warnings.warn(f"step {self.step}: checkpoint postponed: {reason}", stacklevel=2)
+            return None
         if self.runtime.is_main:
-            save_checkpoint(self.run_dir, self.step, self.model, self.optimizer,
-                            {"metrics": self.last, "config": self.cfg.to_dict()},
-                            keep=self.cfg.keep_checkpoints)
+            path = save_checkpoint(self.run_dir, self.step, self.model, self.optimizer,
+                                   {"metrics": self.last, "config": self.cfg.to_dict()},
+                                   keep=self.cfg.keep_checkpoints)
+        self.checkpoint_due = False
         distributed.barrier(self.runtime)
+        return path
 
     def media(self) -> dict[str, Any]:
         """Log reconstruction and rollout videos of the media batch; returns their scores."""
@@ -264,6 +466,11 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """Final media, model file and summary.json (rank 0); closes logs and the process group."""
         summary: dict[str, Any] = {}
+        if distributed.any_true(bool(non_finite_tensors(self.model, None)), self.runtime):
+            self.monitor.close()
+            distributed.teardown(self.runtime)
+            raise TrainingDiverged(f"the weights hold NaN or inf at step {self.step}; no model written. "
+                                   f"{_last_good(self.run_dir)}")
         if self.runtime.is_main:
             result = self.media()
             rollout_gif = write_gif(self.run_dir / "rollout.gif", result["rollout"], fps=8, upscale=2)
@@ -273,6 +480,10 @@ class Trainer:
                 "resumed_from": self.resumed_from,
                 "wall_time_s": round(time.perf_counter() - self.started, 1),
                 "device": str(self.runtime.device),
+                "precision": self.precision,
+                "precision_reason": self.precision_reason,
+                "threads": self.threads,
+                "threads_reason": self.threads_reason,
                 "processes": self.runtime.world_size,
                 "final_metrics": self.last,
                 "rollout": {"context": self.media_context, "ssim": result["ssim"], "psnr": result["psnr"],
@@ -286,14 +497,24 @@ class Trainer:
         return summary
 
     def fit(self) -> dict[str, Any]:
-        """Train up to `cfg.steps` and finish."""
+        """Train up to `cfg.steps` and finish; a finished run returns its stored summary."""
+        if self.finished:
+            distributed.teardown(self.runtime)
+            if not self.runtime.is_main:
+                return {}
+            return {**self._stored_summary(), "already_finished": True}
         self.train_steps(max(0, self.cfg.steps - self.step))
         return self.finish()
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train a DLH as configured; returns the run summary (also written to summary.json)."""
-    return Trainer(cfg, resume=resume, progress=progress).fit()
+def train(
+    cfg: TrainConfig, resume: bool = False, progress: bool = True, requested: Collection[str] = ()
+) -> dict[str, Any]:
+    """Train a DLH as configured; returns the run summary (also written to summary.json).
+
+    `requested`: the config keys set explicitly (see `Trainer`), for the checks of a resume.
+    """
+    return Trainer(cfg, resume=resume, progress=progress, requested=requested).fit()
 
 
 __all__ = ["Trainer", "train", "TrainingDiverged"]

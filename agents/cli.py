@@ -160,6 +160,13 @@ def run_agent_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_text(report: dict[str, Any]) -> str:
+    """``report`` as JSON, NaN and infinities written as null (JSON has no NaN)."""
+    from worldmodel.evaluation.analysis import json_safe
+
+    return json.dumps(json_safe(report), indent=1, allow_nan=False)
+
+
 def _levels(rates: list[float]) -> str:
     return "  ".join(f"level{n + 1} {r:.3f}" for n, r in enumerate(rates)) or "n/a"
 
@@ -207,7 +214,7 @@ def run_agent_eval(args: argparse.Namespace) -> int:
         from worldmodel.files import atomic_write_text
 
         report = {**report, "env": args.env, "planner": args.planner, "checkpoint": str(path)}
-        atomic_write_text(args.json, json.dumps(report, indent=1))
+        atomic_write_text(args.json, _json_text(report))
         print(f"  report: {args.json}")
     return 0
 
@@ -236,6 +243,6 @@ def run_agent_ppo(args: argparse.Namespace) -> int:
     print(f"  evaluation, {args.episodes} episodes (seeds {args.seed}..{args.seed + args.episodes - 1}): "
           f"return {report['mean']:.2f} ± {report['std']:.2f}")
     summary = {"env": args.env, "seed": args.seed, **env_kwargs, **info, "eval": report}
-    atomic_write_text(out / "ppo.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "ppo.json", _json_text(summary))
     print(f"  model: {out / 'ppo.zip'}   report: {out / 'ppo.json'}")
     return 0

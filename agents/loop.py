@@ -34,10 +34,10 @@ import envs  # noqa: F401 - registers worldmodel/PointTarget-v0
 from envs.pixels import make_pixel_env
 from envs.recorder import EpisodeRecorder, load_episode
 from worldmodel.data.episodes import EpisodeSource
+from worldmodel.evaluation.analysis import json_safe
 from worldmodel.files import atomic_write_text
 from worldmodel.training import TrainConfig, Trainer, load_config
 
-from .cli import add_agent_parsers  # re-exported: `dlh agent-train` / `agent-eval`
 from .mpc import LatentMPCAgent
 from .planners import Planner, make_planner
 
@@ -221,8 +221,9 @@ def run_planet_loop(
         "planner": type(planner).__name__, "exploration_noise": float(exploration_noise),
     }
     if summary:
-        atomic_write_text(Path(cfg.out_dir) / "agent.json", json.dumps(agent_summary, indent=1))
+        text = json.dumps(json_safe(agent_summary), indent=1, allow_nan=False)
+        atomic_write_text(Path(cfg.out_dir) / "agent.json", text)
     return {**summary, "agent": agent_summary}
 
 
-__all__ = ["run_planet_loop", "run_episode", "make_env", "add_agent_parsers"]
+__all__ = ["run_planet_loop", "run_episode", "make_env"]

@@ -4,17 +4,23 @@ Wired into the ``dlh`` console script by :mod:`worldmodel.cli`; also runnable on
 its own::
 
     python -m envs.cli record --env Pendulum-v1 --policy random --episodes 10 --out data/pendulum
-    dlh record --env worldmodel/PointTarget-v0 --policy sb3:ppo.zip --episodes 5 --out data/pt
+    dlh record --env worldmodel/PointTarget-v0 --policy sb3:ppo.zip --algo PPO --episodes 5 --out data/pt
+
+Recording again into the same ``--out`` continues it: new file indices and new episode
+seeds (the seeds already used there are skipped), never a copy of an earlier episode.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
+
+from envs.policies import SB3_ALGORITHMS
+from envs.recorder import MAX_SEED
 
 __all__ = ["add_record_parser", "run_record", "main"]
 
@@ -28,6 +34,29 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    """argparse type: an integer in ``[low, high]``; argparse names the flag in its error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {text!r}")
+        return value
+
+    return parse
+
+
+# Bounds of the numeric ``record`` flags: beyond them a run would exhaust memory (an
+# episode is held in memory until written: steps x size x size x 3 bytes) or disk.
+MAX_SIZE = 512
+MAX_EPISODES = 1_000_000
+MAX_ACTION_REPEAT = 1000
+MAX_STEPS = 100_000
 
 
 def add_record_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -58,15 +87,38 @@ def add_record_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="random|sb3:PATH",
         help="'random' or 'sb3:PATH' to a saved Stable-Baselines3 model zip (default: random)",
     )
-    parser.add_argument("--episodes", type=positive_int, required=True, metavar="N")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--size", type=positive_int, default=64, help="image side (default 64)")
+    parser.add_argument(
+        "--algo",
+        type=str.upper,
+        choices=SB3_ALGORITHMS,
+        default=None,
+        help="the algorithm that saved the sb3:PATH model (required with sb3:PATH); its policy "
+        "network is rebuilt from the zip's JSON and weights without unpickling anything",
+    )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="load the sb3:PATH model with SB3's own loader, which unpickles (runs code from) "
+        "the file: only for files you trust (without --algo every algorithm is tried)",
+    )
+    parser.add_argument("--episodes", type=int_between(1, MAX_EPISODES), required=True, metavar="N")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output directory; recording again into it adds new episodes")
+    parser.add_argument("--size", type=int_between(1, MAX_SIZE), default=64,
+                        help=f"image side, at most {MAX_SIZE} (default 64)")
     parser.add_argument("--grayscale", action="store_true", help="one channel instead of RGB")
-    parser.add_argument("--action-repeat", type=positive_int, default=1, metavar="K", help="default 1")
-    parser.add_argument("--seed", type=int, default=0, help="episode i is reset with seed+i (default 0)")
+    parser.add_argument("--action-repeat", type=int_between(1, MAX_ACTION_REPEAT), default=1,
+                        metavar="K", help="default 1")
+    parser.add_argument(
+        "--seed",
+        type=int_between(0, MAX_SEED),
+        default=0,
+        help="episodes are reset with seed, seed+1, ..., skipping the seeds of episodes already "
+        "in --out (default 0)",
+    )
     parser.add_argument(
         "--max-steps",
-        type=positive_int,
+        type=int_between(1, MAX_STEPS),
         default=None,
         metavar="N",
         help="cap on agent steps per episode (after action repeat); the env's own limit still applies",
@@ -89,6 +141,10 @@ def run_record(args: argparse.Namespace) -> int:
     from envs.pixels import make_pixel_env
     from envs.recorder import record_episodes
 
+    if args.policy.startswith("sb3:") and args.algo is None and not args.trust_pickle:
+        print(f"dlh record: error: --policy sb3:PATH needs --algo, one of {', '.join(SB3_ALGORITHMS)} "
+              f"(the algorithm that saved the model)", file=sys.stderr)
+        return 2
     try:
         env = make_pixel_env(
             args.env,
@@ -110,6 +166,8 @@ def run_record(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=not args.no_progress,
             info_keys=args.log_info,
+            algo=args.algo,
+            trust_pickle=args.trust_pickle,
         )
     except ValueError as err:
         print(f"dlh record: error: {err}", file=sys.stderr)

@@ -12,13 +12,17 @@ key             dtype, shape       meaning at index t
 ``is_first``    bool (T+1,)        True at t=0 only
 ``is_last``     bool (T+1,)        True at t=T only (terminated or truncated)
 ``is_terminal`` bool (T+1,)        True at t=T only if Gymnasium said ``terminated``
+``log_seed``    int64 (T+1,)       the seed of the episode's ``reset`` (the same at
+                                   every t; -1 if reset without a seed)
 ``log_*``       any, (T+1, ...)    extra per-step values (info keys); never trained on
 =============== ================== ==================================================
 
 Files are named ``{prefix}_{index:06d}_{T}.npz``; the index is one past the highest
 already in the directory, so nothing is overwritten. Each file is written to a
 hidden temporary name in the same directory and moved into place with
-``os.replace``, so readers never see half a file.
+``os.replace``, so readers never see half a file. Recording again into a directory
+continues it: :func:`record_episodes` skips the seeds its episodes were reset with, so
+no episode is recorded twice.
 
 Example:
     >>> import tempfile
@@ -51,6 +55,8 @@ from envs.policies import Policy, make_policy
 
 __all__ = [
     "EPISODE_KEYS",
+    "MAX_SEED",
+    "SEED_KEY",
     "EpisodeRecorder",
     "encode_action",
     "load_episode",
@@ -60,6 +66,10 @@ __all__ = [
 ]
 
 EPISODE_KEYS = ("image", "action", "reward", "is_first", "is_last", "is_terminal")
+SEED_KEY = "log_seed"
+"""Per-step copy of the episode's reset seed (-1: reset without one)."""
+MAX_SEED = 2**32 - 1
+"""Largest base ``seed`` of :func:`record_episodes`."""
 
 
 # ---------------------------------------------------------------------- actions
@@ -148,16 +158,70 @@ def load_episode(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     return read(path)
 
 
-def _next_free_index(out_dir: Path, prefix: str) -> int:
-    """One past the highest ``{prefix}_{index}_{T}.npz`` index in ``out_dir`` (0 if none)."""
+def _episode_files(out_dir: Path, prefix: str) -> dict[Path, int]:
+    """The ``{prefix}_{index}_{T}.npz`` files directly in ``out_dir``, with their index."""
     pattern = re.compile(rf"{re.escape(prefix)}_(\d+)_\d+\.npz")
-    highest = -1
+    files = {}
     with os.scandir(out_dir) as entries:
         for entry in entries:
             match = pattern.fullmatch(entry.name)
             if match:
-                highest = max(highest, int(match.group(1)))
-    return highest + 1
+                files[Path(entry.path)] = int(match.group(1))
+    return files
+
+
+def _next_free_index(out_dir: Path, prefix: str) -> int:
+    """One past the highest ``{prefix}_{index}_{T}.npz`` index in ``out_dir`` (0 if none)."""
+    return max(_episode_files(out_dir, prefix).values(), default=-1) + 1
+
+
+def _stored_seed(path: Path) -> int | None:
+    """The reset seed stored in an episode file; None for an episode recorded before seeds
+    were stored; -1 if it was reset without a seed or is not a readable episode at all
+    (neither constrains new seeds; the data loader reports unreadable files)."""
+    from worldmodel.data.video_io import READ_ERRORS, open_npz
+
+    try:
+        with open_npz(path, "episode .npz file") as archive:
+            if SEED_KEY not in archive.files:
+                return None if set(EPISODE_KEYS) <= set(archive.files) else -1
+            seeds = archive[SEED_KEY]
+    except READ_ERRORS:
+        return -1
+    if seeds.ndim != 1 or seeds.size == 0 or seeds.dtype.kind not in "iu":
+        return -1
+    return int(seeds[0])
+
+
+def _free_seeds(out_dir: Path, prefix: str, start: int, count: int) -> list[int]:
+    """The first ``count`` seeds from ``start`` on that no episode in ``out_dir`` was reset with.
+
+    Raises:
+        ValueError: ``out_dir`` holds episodes without a stored seed (recorded before seeds
+            were stored), whose seeds therefore cannot be skipped.
+    """
+    used: set[int] = set()
+    unknown: list[Path] = []
+    if out_dir.is_dir():
+        for path in sorted(_episode_files(out_dir, prefix)):
+            seed = _stored_seed(path)
+            if seed is None:
+                unknown.append(path)
+            else:
+                used.add(seed)
+    if unknown:
+        raise ValueError(
+            f"{out_dir} already holds {len(unknown)} episode file(s) without a stored seed (e.g. "
+            f"{unknown[0].name}, recorded by an older version), so new episodes could repeat them: "
+            f"record into a new directory"
+        )
+    seeds: list[int] = []
+    candidate = start
+    while len(seeds) < count:
+        if candidate not in used:
+            seeds.append(candidate)
+        candidate += 1
+    return seeds
 
 
 def save_episode(
@@ -230,6 +294,8 @@ class EpisodeRecorder(gym.Wrapper, gym.utils.RecordConstructorArgs):
         action_size(env.action_space)  # raises ValueError for unsupported action spaces
         if isinstance(info_keys, str):
             raise ValueError(f"info_keys must be a sequence of names, got the string {info_keys!r}")
+        if "seed" in info_keys:
+            raise ValueError(f"info_keys may not contain 'seed': {SEED_KEY!r} holds the reset seed")
         if not prefix or not re.fullmatch(r"[A-Za-z0-9_.-]+", prefix):
             raise ValueError(f"prefix must be a non-empty file-name part, got {prefix!r}")
         gym.utils.RecordConstructorArgs.__init__(
@@ -241,12 +307,14 @@ class EpisodeRecorder(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.prefix = prefix
         self.episode_paths: list[Path] = []
         self._buffer: dict[str, list[Any]] | None = None
+        self._seed = -1
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
         self._drop_unfinished("reset()")
         obs, info = self.env.reset(seed=seed, options=options)
+        self._seed = int(seed) if seed is not None and 0 <= seed <= np.iinfo(np.int64).max else -1
         a = action_size(self.env.action_space)
         self._buffer = {
             "image": [self._image(obs)],
@@ -297,6 +365,7 @@ class EpisodeRecorder(gym.Wrapper, gym.utils.RecordConstructorArgs):
             "is_first": is_first,
             "is_last": is_last,
             "is_terminal": np.asarray(buf["terminated"], dtype=bool) & is_last,
+            SEED_KEY: np.full(n, self._seed, dtype=np.int64),
         }
         for key in self.info_keys:
             episode[f"log_{key}"] = np.stack(buf[f"log_{key}"])
@@ -340,11 +409,18 @@ def record_episodes(
     seed: int | None = 0,
     progress: bool = True,
     info_keys: Sequence[str] = (),
+    *,
+    algo: str | None = None,
+    trust_pickle: bool = False,
 ) -> list[Path]:
     """Run ``episodes`` episodes of ``policy`` in ``env`` and write each to ``out_dir``.
 
-    Episode ``i`` starts with ``reset(seed=seed + i)`` (``reset()`` if ``seed`` is
-    None), so every file can be reproduced on its own. ``env`` must end its
+    Episode ``i`` starts with ``reset(seed=seeds[i])``, where ``seeds`` are the first
+    ``episodes`` integers from ``seed`` on that no episode already in ``out_dir`` was reset
+    with (in a new directory: ``seed, seed + 1, ...``). Each file stores its reset seed as
+    ``log_seed``, so a second run into the same directory continues with new seeds (and
+    new file indices) instead of repeating the first. With ``seed=None`` episodes are
+    reset without a seed. ``env`` must end its
     episodes by itself (a time limit; see ``make_pixel_env(max_episode_steps=...)``).
     The env is not closed.
 
@@ -353,21 +429,32 @@ def record_episodes(
         policy: callable ``obs -> action``, ``"random"`` or ``"sb3:PATH"``.
         episodes: number of episodes, >= 1.
         out_dir: output directory (created if missing).
-        seed: base seed.
+        seed: base seed, an int in ``[0, MAX_SEED]``, or None; the random policy is
+            seeded with the first episode's seed.
         progress: show a tqdm progress bar.
         info_keys: info entries stored as ``log_{key}``.
+        algo, trust_pickle: for ``"sb3:PATH"``, see :func:`envs.policies.load_sb3_policy`.
 
     Returns:
         The paths of the written files, in order.
+
+    Raises:
+        ValueError: bad arguments, or ``out_dir`` holds episodes recorded without a stored
+            seed (a new directory is needed then).
     """
     if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ValueError(f"episodes must be a positive int, got {episodes!r}")
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED
+    ):
+        raise ValueError(f"seed must be None or an int in [0, {MAX_SEED}], got {seed!r}")
     recorder = EpisodeRecorder(env, out_dir, info_keys=info_keys)
-    act = make_policy(policy, env, seed)
+    seeds = None if seed is None else _free_seeds(Path(out_dir), recorder.prefix, int(seed), int(episodes))
+    act = make_policy(policy, env, seed if seeds is None else seeds[0], algo=algo, trust_pickle=trust_pickle)
     paths: list[Path] = []
     with tqdm(total=int(episodes), unit="ep", desc="record", disable=not progress) as bar:
         for i in range(int(episodes)):
-            obs, _ = recorder.reset(seed=None if seed is None else seed + i)
+            obs, _ = recorder.reset(seed=None if seeds is None else seeds[i])
             done, steps, ret = False, 0, 0.0
             while not done:
                 obs, reward, terminated, truncated, info = recorder.step(act(obs))

@@ -17,6 +17,7 @@ from worldmodel.data import (
     save_episode,
     validate_episode,
 )
+from worldmodel.data.episodes import split_episode_files
 
 
 def make_episode(episode_id: int, length: int, action_dim: int = 2, size: int = 8,
@@ -147,3 +148,46 @@ def test_build_source_from_directory_with_split(tmp_path: Path) -> None:
     assert build_source(cfg, "test").num_episodes == 1
     every = EpisodeSource.from_directory(nested, image_size=8)
     assert every.num_episodes == 2
+
+
+def test_split_keeps_copies_of_an_episode_on_one_side(tmp_path: Path) -> None:
+    """A re-recorded copy (same arrays) sorted into the test range stays with its original."""
+    for i in range(9):
+        save_episode(tmp_path / f"ep{i:02d}.npz", make_episode(i + 1, 8))
+    save_episode(tmp_path / "ep09.npz", make_episode(1, 8))  # a copy of ep00, named last
+    cfg = DataConfig(name="episodes", path=str(tmp_path), image_size=8, channels=3, seq_len=8,
+                     options={"test_fraction": 0.2})
+    ids = {}
+    for split in ("train", "test"):
+        frames = build_source(cfg, split).eval_batch(20, 8).frames
+        ids[split] = set(torch.round(frames[:, 0, 0, 0, 0] * 255).tolist())
+    assert ids["test"] == {8.0, 9.0} and not ids["train"] & ids["test"]
+    files = sorted(tmp_path.glob("*.npz"))
+    assert [p.name for p in split_episode_files(files, "test", 0.2)] == ["ep07.npz", "ep08.npz"]
+    assert "ep09.npz" in [p.name for p in split_episode_files(files, "train", 0.2)]
+
+
+def test_split_keeps_episodes_of_one_reset_seed_on_one_side(tmp_path: Path) -> None:
+    for i in range(4):
+        episode = make_episode(i + 1, 6)
+        episode["log_seed"] = np.full(6, [0, 1, 2, 0][i], np.int64)  # ep03: reset like ep00
+        save_episode(tmp_path / f"ep{i:02d}.npz", episode)
+    files = sorted(tmp_path.glob("*.npz"))
+    test = split_episode_files(files, "test", 0.34)
+    assert [p.name for p in test] == ["ep02.npz"]
+    assert [p.name for p in split_episode_files(files, "train", 0.34)] == ["ep00.npz", "ep01.npz", "ep03.npz"]
+    # -1 means "reset without a seed": it groups nothing
+    for path in files:
+        episode = load_episode(path)
+        episode["log_seed"][:] = -1
+        save_episode(path, episode)
+    assert [p.name for p in split_episode_files(files, "test", 0.34)] == ["ep03.npz"]
+
+
+def test_split_of_only_copies_names_the_distinct_episodes(tmp_path: Path) -> None:
+    for i in range(3):
+        save_episode(tmp_path / f"ep{i:02d}.npz", make_episode(1, 6))
+    with pytest.raises(ValueError, match="'test' split of 1 distinct episode file"):
+        split_episode_files(sorted(tmp_path.glob("*.npz")), "test", 0.5)
+    (tmp_path / "ep03.npz").write_bytes(b"not a zip")  # unreadable: its own group, reported on load
+    assert [p.name for p in split_episode_files(sorted(tmp_path.glob("*.npz")), "test", 0.5)] == ["ep03.npz"]

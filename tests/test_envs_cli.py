@@ -114,7 +114,8 @@ def test_same_seed_same_files(tmp_path: Path) -> None:
     [
         (["--env", "NoSuchEnv-v0"], "cannot make env 'NoSuchEnv-v0'"),
         (["--env", "Pendulum-v1", "--policy", "greedy"], "policy must be"),
-        (["--env", "Pendulum-v1", "--policy", "sb3:/nonexistent/model.zip"], "no Stable-Baselines3"),
+        (["--env", "Pendulum-v1", "--policy", "sb3:/nonexistent/model.zip", "--algo", "PPO"],
+         "no Stable-Baselines3"),
     ],
 )
 def test_errors_return_2(tmp_path: Path, capsys, extra, message) -> None:

@@ -311,11 +311,13 @@ def test_record_episodes_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="policy must be"):
         record_episodes(FakeImageEnv(), "greedy", 1, tmp_path)
     with pytest.raises(ValueError, match="no Stable-Baselines3 model file"):
-        record_episodes(FakeImageEnv(), f"sb3:{tmp_path / 'absent.zip'}", 1, tmp_path)
+        record_episodes(FakeImageEnv(), f"sb3:{tmp_path / 'absent.zip'}", 1, tmp_path, algo="PPO")
     junk = tmp_path / "junk.zip"
     junk.write_text("not a zip")
+    with pytest.raises(ValueError, match="junk.zip'?: not a readable Stable-Baselines3 model zip"):
+        make_policy(f"sb3:{junk}", FakeImageEnv(), algo="PPO")
     with pytest.raises(ValueError, match="as any of PPO, SAC, TD3, A2C, DDPG, DQN"):
-        make_policy(f"sb3:{junk}", FakeImageEnv())
+        make_policy(f"sb3:{junk}", FakeImageEnv(), trust_pickle=True)
     assert not any(p.suffix == ".npz" for p in tmp_path.iterdir())
 
 
@@ -340,7 +342,8 @@ def test_sb3_policy(tmp_path: Path) -> None:
     model.save(tmp_path / "ppo_cnn.zip")
 
     env = make_pixel_env(envs.POINT_TARGET_ID, size=64, max_episode_steps=4)
-    paths = record_episodes(env, f"sb3:{tmp_path / 'ppo_cnn.zip'}", 2, tmp_path / "episodes", progress=False)
+    paths = record_episodes(env, f"sb3:{tmp_path / 'ppo_cnn.zip'}", 2, tmp_path / "episodes", progress=False,
+                            algo="PPO")
     for path in paths:
         episode = load_episode(path)
         check_layout(episode, 4, (64, 64, 3), 2)
@@ -366,13 +369,16 @@ def test_sb3_policy_on_flattened_observations(tmp_path: Path) -> None:
     model.learn(32)
     model.save(tmp_path / "ppo_flat")  # SB3 adds .zip
     env = make_pixel_env(envs.POINT_TARGET_ID, size=16, max_episode_steps=3)
-    policy = make_policy(f"sb3:{tmp_path / 'ppo_flat'}", env)
-    obs, _ = env.reset(seed=0)
-    np.testing.assert_allclose(policy(obs), model.predict(obs.reshape(-1), deterministic=True)[0], rtol=1e-5)
-    with pytest.raises(ValueError, match="observes"):
-        make_policy(f"sb3:{tmp_path / 'ppo_flat.zip'}", make_pixel_env(envs.POINT_TARGET_ID, size=8))
-    with pytest.raises(ValueError, match="acts in"):
-        make_policy(f"sb3:{tmp_path / 'ppo_flat.zip'}", FakeImageEnv())
+    for trust in (False, True):
+        policy = make_policy(f"sb3:{tmp_path / 'ppo_flat'}", env, algo="PPO", trust_pickle=trust)
+        obs, _ = env.reset(seed=0)
+        expected = model.predict(obs.reshape(-1), deterministic=True)[0]
+        np.testing.assert_allclose(policy(obs), expected, rtol=1e-5)
+        with pytest.raises(ValueError, match="observes"):
+            make_policy(f"sb3:{tmp_path / 'ppo_flat.zip'}", make_pixel_env(envs.POINT_TARGET_ID, size=8),
+                        algo="PPO", trust_pickle=trust)
+        with pytest.raises(ValueError, match="acts in"):
+            make_policy(f"sb3:{tmp_path / 'ppo_flat.zip'}", FakeImageEnv(), algo="PPO", trust_pickle=trust)
 
 
 def test_no_temporary_files_after_many_writes(tmp_path: Path) -> None:

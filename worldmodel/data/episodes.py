@@ -8,9 +8,15 @@ One compressed ``.npz`` per episode; for steps t = 0..T (length L = T + 1):
 * ``is_first``, ``is_last``, ``is_terminal``: (L,) bool (Gymnasium's ``terminated``
   is ``is_terminal``; ``terminated or truncated`` is ``is_last``).
 
-Keys starting with ``log_`` (and any other extra key) are kept but never trained on.
+Keys starting with ``log_`` (and any other extra key) are kept but never trained on;
+``log_seed`` (L,) int, written by ``envs.recorder``, is the seed of the episode's reset.
 Files are written atomically and read with ``allow_pickle=False``. Sampled windows
 lie inside one episode; episodes shorter than ``seq_len`` are skipped.
+
+Without train/ and test/ sub-folders the last ``test_fraction`` of the episodes (by sorted
+file name) form the test split. Copies of one episode — files with the same arrays, or
+reset with the same seed — count as one episode and are kept on one side, so the splits
+never share an episode.
 
 Example::
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +53,7 @@ from worldmodel.data.options import check_float, set_field
 from worldmodel.data.video_io import READ_ERRORS, open_npz, read_many
 
 if TYPE_CHECKING:
-    from worldmodel.data.registry import DataConfig
+    from worldmodel.data.config import DataConfig
 
 EPISODE_KEYS = ("image", "action", "reward", "is_first", "is_last", "is_terminal")
 _FLAG_KEYS = ("is_first", "is_last", "is_terminal")
@@ -63,7 +70,8 @@ class EpisodeOptions:
 
     Attributes:
         test_fraction: without train/ and test/ sub-folders, the last fraction of the
-            episode files (by sorted name) form the test split.
+            episodes (by sorted file name; copies of one episode count once and stay
+            together) form the test split.
     """
 
     test_fraction: float = 0.1
@@ -159,6 +167,60 @@ def save_episode(path: str | Path, ep: Mapping[str, Any]) -> Path:
     return path
 
 
+SEED_KEY = "log_seed"  # written by envs.recorder (SEED_KEY there): the reset seed per step
+
+
+def _identity(path: Path) -> tuple[tuple[Any, ...], int | None]:
+    """What makes two files the same episode: the CRC-32 and size of each layout array (from
+    the zip directory, nothing decompressed) and the stored reset seed (None if absent or -1)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = {info.filename: info for info in archive.infolist()}
+            content = tuple((k, infos[f"{k}.npy"].CRC, infos[f"{k}.npy"].file_size) for k in EPISODE_KEYS)
+            seed = None
+            if f"{SEED_KEY}.npy" in infos:
+                with archive.open(f"{SEED_KEY}.npy") as handle:
+                    seeds = np.lib.format.read_array(handle, allow_pickle=False)
+                if seeds.ndim == 1 and seeds.size and seeds.dtype.kind in "iu" and seeds[0] >= 0:
+                    seed = int(seeds[0])
+    except READ_ERRORS:  # unreadable: a group of its own; loading it names the problem
+        return (str(path),), None
+    return content, seed
+
+
+def split_episode_files(files: list[Path], split: str, test_fraction: float) -> list[Path]:
+    """The files of ``split``: the last ``test_fraction`` of the distinct episodes are test.
+
+    Files holding the same arrays, or recorded from a reset with the same seed, are one
+    episode: the group goes to the side of its first file (by sorted name), so no episode
+    is on both sides. Without copies this is :func:`~worldmodel.data.base.split_files`.
+    """
+    files = sorted(files, key=lambda p: p.name)
+    if test_fraction == 0:
+        return split_files(files, split, test_fraction, "episode")
+    root = list(range(len(files)))  # union-find; a group's root is its first file
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            root[i] = root[root[i]]
+            i = root[i]
+        return i
+
+    first: dict[tuple[Any, ...], int] = {}
+    for i, path in enumerate(files):
+        content, seed = _identity(path)
+        for key in [("content", content)] + ([("seed", seed)] if seed is not None else []):
+            if key not in first:
+                first[key] = i
+                continue
+            a, b = find(i), find(first[key])
+            root[max(a, b)] = min(a, b)
+    roots = sorted({find(i) for i in range(len(files))})
+    what = "episode" if len(roots) == len(files) else "distinct episode"
+    chosen = set(split_files([files[r] for r in roots], split, test_fraction, what))
+    return [path for i, path in enumerate(files) if files[find(i)] in chosen]
+
+
 class EpisodeSource(SequenceSource):
     """A replay of episodes from which windows inside single episodes are sampled.
 
@@ -199,7 +261,7 @@ class EpisodeSource(SequenceSource):
         if not files:
             raise DatasetNotFoundError(not_found("episodes: no .npz files", str(sub or root), _HOW))
         if split is not None and sub is None:
-            files = split_files(files, split, test_fraction, "episode")
+            files = split_episode_files(files, split, test_fraction)
         source = cls(image_size, channels, action_dim, split or "train", capacity)
         for ep in read_many(load_episode, files):
             source.add_episode(ep, validate=False)

@@ -88,3 +88,95 @@ def test_gather_and_mask_paths_agree():
     assert torch.equal(e_gather.changed, e_mask.changed)
     # samples differ in draw order only on partially active levels; level 1 is always full
     torch.testing.assert_close(e_gather.states[0].d[0], e_mask.states[0].d[0])
+
+
+# --------------------------------------------------------------------- the fused level step
+def _rollout(model, state, mode, actions=None, gather_below=1.0, horizon=25):
+    model.hierarchy.step_mode = mode
+    torch.manual_seed(3)
+    with torch.no_grad():
+        return model.imagine(state, horizon, actions, gather_below=gather_below)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"levels": 3},
+    {"levels": 3, "prior_factor": "recurrent"},
+    {"levels": 2, "action_dim": 2},
+    {"levels": 3, "action_dim": 2, "action_levels": (1, 2)},
+])
+@pytest.mark.parametrize("gather_below", [1.0, 0.0])
+def test_fused_step_gives_the_per_network_rollout(overrides, gather_below):
+    """Same e, states and features as the per-network path on the same seed (float rounding)."""
+    model = tiny_model(**overrides).eval()
+    actions = torch.randn(6, 25, 2) if overrides.get("action_dim") else None
+    state = model.observe(random_frames(6, 3), None if actions is None else actions[:, :3]).state
+    eager = _rollout(model, state, "eager", actions, gather_below)
+    fused = _rollout(model, state, "fused", actions, gather_below)
+    assert torch.equal(eager.changed, fused.changed)
+    torch.testing.assert_close(fused.features, eager.features, rtol=1e-5, atol=1e-5)
+    for a, b in zip(eager.final_state.d + eager.final_state.s, fused.final_state.d + fused.final_state.s):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_weights_follow_parameter_updates():
+    """An optimiser step (in-place update) or load_state_dict invalidates the regrouped weights."""
+    model = tiny_model(levels=2).eval()
+    state = model.observe(random_frames(2, 3)).state
+    _rollout(model, state, "fused")  # builds the cache
+    with torch.no_grad():
+        for p in model.hierarchy.levels[0].parameters():
+            p.mul_(1.5)
+    eager = _rollout(model, state, "eager")
+    torch.testing.assert_close(_rollout(model, state, "fused").features, eager.features, rtol=1e-5, atol=1e-5)
+    other = tiny_model(seed=7, levels=2)
+    model.load_state_dict(other.state_dict())
+    eager = _rollout(model, state, "eager")
+    torch.testing.assert_close(_rollout(model, state, "fused").features, eager.features, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_step_runs_no_network_above_the_highest_changing_level(monkeypatch):
+    """The cost proof for the fused path: one fused step per changing level, one prior factor
+    for the first static level, nothing above."""
+    from worldmodel.level import Level
+
+    model = tiny_model(levels=4).eval()
+    state = model.observe(random_frames(3, 4)).state
+    counts = _count_calls(model)
+    original = Level.fused_weights
+
+    def counted(self):
+        counts.update([(self.index, "fused")])
+        return original(self)
+
+    monkeypatch.setattr(Level, "fused_weights", counted)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for _ in range(40):
+            before = Counter(counts)
+            state, e = model.hierarchy.imagine_step(state, None, sample_e=True)
+            step = counts - before
+            top = int(torch.stack(e, 1).any(0).nonzero().max())
+            for n in range(1, 5):
+                heavy = step[(n, "fused")] + step[(n, "prior")] + step[(n, "decoder")] + step[(n, "temporal")]
+                if n - 1 <= top:
+                    assert step[(n, "fused")] == 1 and heavy == 1  # the fused step only
+                else:
+                    assert heavy == 0
+                    assert step[(n, "factor")] == int(n - 1 == top + 1)
+
+
+def test_step_mode_is_checked():
+    model = tiny_model(levels=2)
+    with pytest.raises(ValueError, match="step_mode"):
+        model.hierarchy.step_mode = "fast"
+
+
+@pytest.mark.slow
+def test_compiled_step_gives_the_per_network_rollout():
+    """torch.compile of the fused step (random draws outside the compiled region)."""
+    model = tiny_model(levels=3).eval()
+    state = model.observe(random_frames(4, 3)).state
+    eager = _rollout(model, state, "eager", horizon=10)
+    compiled = _rollout(model, state, "compiled", horizon=10)
+    assert torch.equal(eager.changed, compiled.changed)
+    torch.testing.assert_close(compiled.features, eager.features, rtol=1e-5, atol=1e-5)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .config import DLHConfig
 from .distributions import Gaussian, bernoulli_nll, kl_bernoulli, kl_gaussian
-from .level import Level
+from .level import Level, fused_change_step
 from .state import HierarchicalState
 
 
@@ -116,6 +116,26 @@ class Hierarchy(nn.Module):
         # the same modules in a plain list: ModuleList indexing costs microseconds per call,
         # which shows in batch-1 imagination
         self._level = list(self.levels)
+        self.step_mode = "fused"
+        self._compiled_step: Callable | None = None
+
+    @property
+    def step_mode(self) -> str:
+        """How `imagine_step` runs a changing level outside autograd.
+
+        "fused" (default): `Level.change_step`, the level's networks on regrouped weights
+        (fewer, larger matrix products); "eager": one call per network; "compiled": the
+        fused step through `torch.compile` (a one-off compile per shape class; the random
+        draw stays outside the compiled region, so results match the other modes). With
+        autograd on, or under autocast, every mode runs "eager".
+        """
+        return self._step_mode
+
+    @step_mode.setter
+    def step_mode(self, mode: str) -> None:
+        if mode not in ("fused", "eager", "compiled"):
+            raise ValueError(f"step_mode must be 'fused', 'eager' or 'compiled', got {mode!r}")
+        self._step_mode = mode
 
     # ----------------------------------------------------------------- state helpers
     def initial_state(self, batch_size: int, device: torch.device | None = None) -> HierarchicalState:
@@ -208,11 +228,18 @@ class Hierarchy(nn.Module):
         std: list[Tensor],
         top_down: list[Tensor],
         factor: list[Tensor],
+        advanced: tuple[int, ...] = (),
     ) -> HierarchicalState:
-        """Advance the GRUs of the levels that changed (`rows`) and build the next state."""
+        """Advance the GRUs of the levels that changed (`rows`) and build the next state.
+
+        Levels in `advanced` have advanced their d already (the fused imagination step).
+        """
         pending = []
         for i, level in enumerate(self._level):
-            if level.takes_action:
+            if i in advanced:
+                if self.cfg.action_dim:
+                    pending.append(state.pending[:, i])
+            elif level.takes_action:
                 # The transition into the next step needs that step's action: owe it.
                 pending.append((state.pending[:, i] & ~evaluated[i]) | rows[i].mask)
             else:
@@ -386,12 +413,61 @@ class Hierarchy(nn.Module):
                 self._settle_pending(i, state, d, rows[i].mask, action, gather_below)
                 evaluated[i] = rows[i].mask
 
-        def change_prior(i: int, sel: Rows, context: Tensor) -> Gaussian:
-            return self._level[i].predict(sel.take(d[i]), context)
+        if self._fused_ok(state.d[0]):
+            s, mean, std, top_down, advanced = self._fused_top_down(state, d, rows)
+        else:
+            def change_prior(i: int, sel: Rows, context: Tensor) -> Gaussian:
+                return self._level[i].predict(sel.take(d[i]), context)
 
-        s, mean, std, top_down = self._top_down(state, d, rows, change_prior)
-        new_state = self._finish(state, s, d, rows, evaluated, mean, std, top_down, factor)
+            s, mean, std, top_down = self._top_down(state, d, rows, change_prior)
+            advanced = ()
+        new_state = self._finish(state, s, d, rows, evaluated, mean, std, top_down, factor, advanced)
         return new_state, [r.mask for r in rows]
+
+    def _fused_ok(self, x: Tensor) -> bool:
+        return (self._step_mode != "eager" and not torch.is_grad_enabled()
+                and not torch.is_autocast_enabled(x.device.type))
+
+    def _fused_top_down(
+        self, state: HierarchicalState, d: list[Tensor], rows: list[Rows],
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], tuple[int, ...]]:
+        """`_top_down` with the change prior for imagination, each level in one fused step.
+
+        A level that takes no action also advances its GRU here (d is updated in place of
+        the list); returns the levels so advanced. Same random draws in the same order as
+        the per-network path: one (rows, S) normal draw per running level, top-down.
+        """
+        s, mean, std, top_down = list(state.s), list(state.mean), list(state.std), list(state.top_down)
+        batch, advanced = state.batch_size, []
+        step = fused_change_step
+        if self._step_mode == "compiled":
+            if self._compiled_step is None:
+                self._compiled_step = torch.compile(fused_change_step, dynamic=True)
+            step = self._compiled_step
+        for i in reversed(range(len(self.levels))):
+            sel, level = rows[i], self._level[i]
+            if sel.kind == "none":
+                continue
+            context = sel.take(self._context(i, top_down, batch))
+            d_rows = sel.take(d[i])
+            if level.takes_action:  # its GRU waits for the next action: the per-network path
+                dist = level.predict(d_rows, context)
+                sample, below = dist.rsample(), None
+                dist_mean, dist_std = dist.mean, dist.std
+            else:
+                noise = torch.randn(d_rows.shape[0], self.cfg.s_dim, device=d_rows.device,
+                                    dtype=torch.float32)
+                sample, dist_mean, dist_std, below, d_next = step(
+                    d_rows, context, noise, level.fused_weights(), level.min_std)
+                d[i] = sel.put(d_next, d[i])
+                advanced.append(i)
+            s[i] = sel.put(sample, s[i])
+            mean[i] = sel.put(dist_mean, mean[i])
+            std[i] = sel.put(dist_std, std[i])
+            if below is None:
+                below = level.top_down(sample, context)
+            top_down[i] = sel.put(below, top_down[i])
+        return s, mean, std, top_down, tuple(advanced)
 
 
 __all__ = ["Hierarchy", "Rows", "change_posterior", "balanced_kl"]

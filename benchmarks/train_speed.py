@@ -1,0 +1,174 @@
+"""Training-step speed: fp32 vs bf16 autocast, and threads on an idle vs a busy machine.
+
+    # precision: fp32 and bf16 steps alternated in one process (ratios within one run)
+    python benchmarks/train_speed.py --config configs/moving_ball.yaml --threads 2
+    python benchmarks/train_speed.py --config configs/moving_ball_cpu.yaml --threads 2
+
+    # threads: each setting in a fresh process (OpenMP reads its environment once), first
+    # on the idle machine, then with one competing busy process on one core
+    python benchmarks/train_speed.py --config configs/moving_ball_cpu.yaml --busy-check
+
+A step is what `dlh train` does per step: forward, backward, gradient clip and an Adam
+update on a batch drawn like the trainer draws it (`data.batch_size` windows of
+`data.seq_len` frames). Frames/s = batch · window / step time, best of `--repeats` timed
+blocks of `--steps` steps after `--warmup` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import time
+
+
+def _spin(stop) -> None:  # a competing busy process: one core, pure Python
+    x = 0
+    while not stop.is_set():
+        x += 1
+
+
+def time_steps(config: str, precision: str, steps: int, warmup: int, repeats: int,
+               threads: int | None, sets: list[str]) -> dict[str, float]:
+    """Frames/s of training steps in this process (threads: torch.set_num_threads, None = default)."""
+    import torch
+
+    from worldmodel import DLH
+    from worldmodel.data import build_source
+    from worldmodel.data.base import batch_at
+    from worldmodel.training import load_config
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    cfg = load_config(config, sets)
+    torch.manual_seed(cfg.seed)
+    model = DLH(cfg.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, eps=cfg.optim.eps)
+    source = build_source(cfg.data, "train")
+    batches = [batch_at(source, cfg.seed, k, cfg.data.batch_size, cfg.data.seq_len) for k in range(4)]
+
+    def step(k: int) -> None:
+        batch = batches[k % len(batches)]
+        cast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+        with cast:
+            loss, _ = model.loss(batch.frames, batch.actions, 1.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+
+    for k in range(warmup):
+        step(k)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for k in range(steps):
+            step(k)
+        best = min(best, (time.perf_counter() - start) / steps)
+    frames = cfg.data.batch_size * cfg.data.seq_len
+    return {"step_s": best, "frames_per_s": frames / best, "threads": torch.get_num_threads()}
+
+
+def precision_table(args: argparse.Namespace) -> None:
+    import torch
+
+    print(f"# training step, {args.config}, {platform.machine()}, torch {torch.__version__}, "
+          f"threads {args.threads}, best of {args.repeats}×{args.steps} steps")
+    results: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for _ in range(args.rounds):  # alternate so that drift in machine load hits both
+        for precision in ("fp32", "bf16"):
+            r = time_steps(args.config, precision, args.steps, args.warmup, args.repeats,
+                           args.threads, args.set)
+            results[precision].append(r["frames_per_s"])
+    best = {k: max(v) for k, v in results.items()}
+    for k, v in best.items():
+        print(f"{k:>5}: {v:8.1f} frames/s  (rounds: {', '.join(f'{x:.1f}' for x in results[k])})")
+    print(f"bf16 / fp32: {best['bf16'] / best['fp32']:.2f}×")
+
+
+def _child(args: argparse.Namespace, threads: int | None, env: dict[str, str | None]) -> dict[str, float]:
+    """Time steps in a fresh process; `env` sets (str) or removes (None) environment variables."""
+    cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--child",
+           "--precision", args.precision]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    for item in args.set:
+        cmd += ["--set", item]
+    child_env = dict(os.environ)
+    for key, value in env.items():
+        if value is None:
+            child_env.pop(key, None)
+        else:
+            child_env[key] = value
+    out = subprocess.run(cmd, env=child_env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def busy_table(args: argparse.Namespace) -> None:
+    no_policy = {"OMP_WAIT_POLICY": None, "WORLDMODEL_DEFAULT_ENV": None}
+    settings: list[tuple[str, int | None, dict[str, str | None]]] = [
+        ("2 threads, OpenMP default wait", 2, no_policy),
+        ("2 threads, OMP_WAIT_POLICY=passive", 2, {**no_policy, "OMP_WAIT_POLICY": "PASSIVE"}),
+        ("1 thread", 1, no_policy),
+        ("dlh default (threads: null)", None, {**no_policy, "WORLDMODEL_DEFAULT_ENV": "1"}),
+    ]
+    print(f"# training step, {args.config}, precision {args.precision}, {os.cpu_count()} CPUs, "
+          f"best of {args.repeats}x{args.steps} steps; each setting in a fresh process")
+    print(f"{'setting':<38} {'idle frames/s':>14} {'busy frames/s':>14} {'busy/idle':>10} {'threads':>8}")
+    for name, threads, env in settings:
+        idle = _child(args, threads, env)
+        stop = multiprocessing.Event()
+        spinner = multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
+        spinner.start()
+        try:
+            time.sleep(0.5)  # the competitor is running before the child counts free CPUs
+            busy = _child(args, threads, env)
+        finally:
+            stop.set()
+            spinner.join()
+        used = f"{idle['threads']:.0f}/{busy['threads']:.0f}"
+        print(f"{name:<38} {idle['frames_per_s']:>14.1f} {busy['frames_per_s']:>14.1f} "
+              f"{busy['frames_per_s'] / idle['frames_per_s']:>10.2f} {used:>8}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/moving_ball_cpu.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="fp32/bf16 alternations")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="with --busy-check: the precision timed")
+    parser.add_argument("--busy-check", action="store_true",
+                        help="thread settings on an idle machine and next to one busy process")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        if os.environ.get("WORLDMODEL_DEFAULT_ENV"):
+            from worldmodel.training.threads import configure_threads  # what `dlh train` does
+
+            configure_threads(None)
+        print(json.dumps(time_steps(args.config, args.precision, args.steps, args.warmup, args.repeats,
+                                    args.threads, args.set)))
+    elif args.busy_check:
+        busy_table(args)
+    else:
+        precision_table(args)
+
+
+if __name__ == "__main__":
+    main()

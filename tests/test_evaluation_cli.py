@@ -193,3 +193,16 @@ def test_window_longer_than_the_data_is_a_clean_error(tmp_path, capsys):
 def test_missing_checkpoint_is_a_clean_error(tmp_path, capsys):
     assert main(["analyze", "--checkpoint", str(tmp_path / "nope")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_bad_run_config_or_trainer_json_names_the_file(run_dir, tmp_path):
+    (run_dir / "config.yaml").write_text("data: {name: [moving_ball\n")
+    with pytest.raises(ValueError, match=r"config\.yaml: invalid YAML.*line"):
+        resolve(run_dir)
+    folder = tmp_path / "bare_run"
+    folder.mkdir()
+    tiny_model().save(folder / "model.safetensors")
+    (folder / "trainer.json").write_text('{"step": 3, "config": {')  # torn by a kill
+    with pytest.raises(ValueError, match=r"trainer\.json: not valid JSON"):
+        resolve(folder / "model.safetensors")
+    assert main(["analyze", "--checkpoint", str(folder / "model.safetensors")]) == 2

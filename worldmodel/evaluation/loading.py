@@ -78,14 +78,22 @@ def _config_tree(config: str | Path | None, model_file: Path, run_dir: Path | No
         candidates.append(run_dir / "config.yaml")
     for path in candidates:
         if path.is_file():
-            tree = yaml.safe_load(path.read_text()) or {}
+            try:
+                tree = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                from ..training.config import yaml_problem
+
+                raise ValueError(f"{path}: invalid YAML: {yaml_problem(exc)}") from None
             if not isinstance(tree, dict):
                 raise ValueError(f"{path}: expected a mapping at the top level")
             return tree, str(path)
     trainer = model_file.parent / "trainer.json"
     if trainer.is_file():
-        info = json.loads(trainer.read_text())
-        if isinstance(info.get("config"), dict):
+        try:
+            info = json.loads(trainer.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{trainer}: not valid JSON ({exc})") from None
+        if isinstance(info, dict) and isinstance(info.get("config"), dict):
             return info["config"], str(trainer)
     return {}, "defaults (moving_ball at the model's image size)"
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 import torch
 
 from worldmodel import DLH, DLHConfig, load
+from worldmodel.hierarchy import Hierarchy
 from worldmodel.level import fused_change_step
 
 
@@ -79,7 +80,7 @@ def level_step_fn(level, d: torch.Tensor, context: torch.Tensor, mode: str) -> C
             level.top_down(s, context)
             return level.transition(s, d, None)
         return step
-    fn = fused_change_step if mode == "fused" else _compiled()
+    fn = fused_change_step if mode == "fused" else _HIERARCHY._compiled
 
     def fused() -> object:
         noise = torch.randn(d.shape[0], level.temporal.input_size)
@@ -87,13 +88,7 @@ def level_step_fn(level, d: torch.Tensor, context: torch.Tensor, mode: str) -> C
     return fused
 
 
-_COMPILED: list[Callable] = []
-
-
-def _compiled() -> Callable:
-    if not _COMPILED:
-        _COMPILED.append(torch.compile(fused_change_step, dynamic=True))
-    return _COMPILED[0]
+_HIERARCHY = Hierarchy(DLHConfig(levels=1, image_size=16))  # holds the library's compiled step
 
 
 def bare_costs(model: DLH, rows: int, repeats: int) -> tuple[list[float], list[float]]:

@@ -424,6 +424,20 @@ class Hierarchy(nn.Module):
         new_state = self._finish(state, s, d, rows, evaluated, mean, std, top_down, factor, advanced)
         return new_state, [r.mask for r in rows]
 
+    def _compiled(self, d: Tensor, context: Tensor, noise: Tensor, weights: tuple,
+                  min_std: float) -> tuple[Tensor, ...]:
+        """`fused_change_step` through torch.compile, the row count as the one dynamic size.
+
+        Weight shapes stay static (a fully dynamic compile measured slower than eager); one
+        graph serves every row count above 1 and one batch 1 (docs/results.md, "A level's step").
+        """
+        if self._compiled_step is None:
+            self._compiled_step = torch.compile(fused_change_step)
+        if d.shape[0] > 1:
+            for t in (d, context, noise):
+                torch._dynamo.mark_dynamic(t, 0)
+        return self._compiled_step(d, context, noise, weights, min_std)
+
     def _fused_ok(self, x: Tensor) -> bool:
         return (self._step_mode != "eager" and not torch.is_grad_enabled()
                 and not torch.is_autocast_enabled(x.device.type))
@@ -439,11 +453,7 @@ class Hierarchy(nn.Module):
         """
         s, mean, std, top_down = list(state.s), list(state.mean), list(state.std), list(state.top_down)
         batch, advanced = state.batch_size, []
-        step = fused_change_step
-        if self._step_mode == "compiled":
-            if self._compiled_step is None:
-                self._compiled_step = torch.compile(fused_change_step, dynamic=True)
-            step = self._compiled_step
+        step = self._compiled if self._step_mode == "compiled" else fused_change_step
         for i in reversed(range(len(self.levels))):
             sel, level = rows[i], self._level[i]
             if sel.kind == "none":

@@ -50,6 +50,7 @@ class Level(nn.Module):
         self.factor_cell = nn.GRUCell(cfg.d_dim, cfg.d_dim) if recurrent else None
         self.factor_size = cfg.d_dim if recurrent else 0  # width of the factor's state h^n
         self._fused: tuple | None = None  # (parameter versions, regrouped weights) of change_step
+        self._fused_sources: list | None = None
         if cfg.init_std is not None:
             for head in (self.posterior, self.prior):
                 last = head._linears[-1]
@@ -103,8 +104,12 @@ class Level(nn.Module):
 
     def fused_weights(self) -> tuple:
         """The regrouped weights of `change_step`, rebuilt whenever a parameter changed."""
-        params = (*self.prior.parameters(), *self.decoder.parameters(), *self.temporal.parameters())
-        key = tuple((p._version, p.data_ptr()) for p in params)
+        sources = self._fused_sources
+        if sources is None:  # the parameter tables of every module involved, found once
+            sources = self._fused_sources = [
+                m._parameters for net in (self.prior, self.decoder, self.temporal) for m in net.modules()]
+        # in-place updates bump _version, .to()/replacement changes data_ptr: a few µs per call
+        key = [(p._version, p.data_ptr()) for table in sources for p in table.values() if p is not None]
         if self._fused is None or self._fused[0] != key:
             with torch.no_grad():
                 self._fused = (key, _regroup(self.prior, self.decoder, self.temporal))
@@ -148,7 +153,7 @@ def fused_change_step(d: Tensor, context: Tensor, noise: Tensor, weights: tuple,
     from_c = context @ by_c  # (B, Hp + Hdec)
     params = _mlp_rest(from_d[:, :prior_width] + from_c[:, :prior_width], prior_rest)
     mean, raw_std = params.chunk(2, dim=-1)
-    std = F.softplus(raw_std) + min_std
+    std = F.softplus(raw_std.contiguous()) + min_std  # softplus on a strided view: ~10× slower
     s = torch.addcmul(mean, std, noise)
     from_s = torch.addmm(bias_s, s, by_s)  # (B, Hdec + 3D)
     below = _mlp_rest(from_s[:, :decoder_width] + from_c[:, prior_width:], decoder_rest)

@@ -89,7 +89,7 @@ class SlowdownWatch:
     remedy; returns True when it warned.
     """
 
-    def __init__(self, threads: int, factor: float = 3.0, settle: int = 2) -> None:
+    def __init__(self, threads: int, factor: float = 2.0, settle: int = 2) -> None:
         self.threads, self.factor, self.settle = threads, factor, settle
         self.best: float | None = None
         self.seen = 0

@@ -142,3 +142,24 @@ def test_a_bug_still_raises(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "train", bug)
     with pytest.raises(KeyError):
         main(_args(tmp_path / "run", *QUIET))
+
+
+def test_training_with_media_prints_no_sdl_noise_on_a_headless_machine(tmp_path):
+    """TensorBoard's add_video imports moviepy, which starts pygame's SDL: without a display or
+    a sound card its default drivers printed "error: XDG_RUNTIME_DIR is invalid ..." and ALSA
+    errors into every `dlh train` log. The CLI defaults SDL to its dummy drivers."""
+    import subprocess
+    import sys
+
+    from test_training import TINY
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SDL_AUDIODRIVER", "SDL_VIDEODRIVER", "XDG_RUNTIME_DIR", "DISPLAY")}
+    cmd = [sys.executable, "-m", "worldmodel.cli", "train", "--no-progress"]
+    for item in [*TINY, "steps=2", "log_every=1", "media_every=1", f"out_dir={tmp_path / 'run'}"]:
+        cmd += ["--set", item]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "XDG_RUNTIME_DIR" not in done.stderr and "ALSA" not in done.stderr, done.stderr[-2000:]
+    assert list((tmp_path / "run").rglob("events.out.tfevents.*")), "no TensorBoard log written"

@@ -14,7 +14,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-os.environ.setdefault("SDL_AUDIODRIVER", "dummy")  # pygame (gymnasium rendering) without a sound card
+# pygame (gymnasium rendering; moviepy, which TensorBoard's add_video imports) without a sound
+# card or a display: the CLI never opens a window, and SDL's default drivers print errors
+# ("XDG_RUNTIME_DIR is invalid", ALSA) on headless machines
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -91,7 +91,8 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
 
 
 def _autocast(runtime: distributed.Runtime, precision: str) -> contextlib.AbstractContextManager:
-    if resolve_precision(precision, runtime.device)[0] != "bf16":
+    """Autocast for a resolved precision ("fp32" or "bf16", see `resolve_precision`)."""
+    if precision != "bf16":
         return contextlib.nullcontext()
     return torch.autocast(device_type=runtime.device.type, dtype=torch.bfloat16)
 
@@ -121,18 +122,12 @@ class Trainer:
     Resuming (`resume=True`) continues from the newest readable checkpoint in `cfg.out_dir`
     (a checkpoint with an unreadable file is skipped with a warning naming the file, and set
     aside as `checkpoints/corrupt_step_*`). The config is compared with the one the checkpoint
-    was trained with (`config.resume_changes`):
-
-    - changed freely: `steps`, `out_dir`, `device`, `threads`, `log_every`, `media_every`,
-      `checkpoint_every`, `keep_checkpoints`, `max_bad_steps`, `rollout_context`,
-      `rollout_horizon`, `media_sequences`, `event_every`, `event_sequences`, `event_length`,
-      `collapse_kl`, `frozen_ratio`;
-    - changed only when named in `requested` (the CLI passes its `--set` keys):
-      `optim.lr` (applied to the optimizer's param groups and the lr schedule),
-      `optim.grad_clip`, `precision`;
-    - every other setting (`model.*`, `data.*`, `seed`, `optim.eps`, `optim.beta2`,
-      `optim.beta_max`, `optim.beta_warmup`, `optim.lr_warmup`) is fixed: a difference is a
-      ValueError naming each key with its old and new value.
+    was trained with (`config.resume_changes`): the keys of `config.RESUME_FREE` (logging,
+    checkpointing, `steps`, `threads`, ...) change freely; those of `config.RESUME_ON_REQUEST`
+    (`optim.lr` — applied to the optimizer's param groups and the lr schedule —,
+    `optim.grad_clip`, `precision`) only when named in `requested` (the CLI passes its `--set`
+    keys); every other setting (`model.*`, `data.*`, `seed`, `optim.eps`, ...) is fixed: a
+    difference is a ValueError naming each key with its old and new value.
 
     Applied changes are printed and appended to `run_dir/resumes.jsonl` (one row per resume).
     A run resumed at `steps` whose summary.json records that step is finished: `fit()` trains nothing
@@ -331,7 +326,7 @@ class Trainer:
             kwargs["rewards"] = batch.rewards
         if cfg.model.continue_head and batch.continues is not None:
             kwargs["continues"] = batch.continues
-        with _autocast(runtime, cfg.precision):
+        with _autocast(runtime, self.precision):
             loss, metrics, _ = self.wrapped(batch.frames, batch.actions, beta, **kwargs)
         bad = distributed.any_true(not math.isfinite(metrics["loss"]), runtime)
         grad_norm = float("nan")
@@ -452,7 +447,7 @@ class Trainer:
         model.eval()
         batch = self.media_batch.to(self.runtime.device)
         torch.manual_seed(_step_seed(cfg.seed, self.step, 10_000))
-        with _autocast(self.runtime, cfg.precision):
+        with _autocast(self.runtime, self.precision):
             result = rollout_media(model, batch.frames, self.media_context,
                                    batch.frames.shape[1] - self.media_context, batch.actions)
         model.train()

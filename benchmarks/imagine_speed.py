@@ -37,8 +37,6 @@ from collections.abc import Callable
 import torch
 
 from worldmodel import DLH, DLHConfig, load
-from worldmodel.hierarchy import Hierarchy
-from worldmodel.level import fused_change_step
 
 
 def _best_time(fn: Callable[[], object], repeats: int, inner: int) -> float:
@@ -66,29 +64,27 @@ def timed_rollout(model: DLH, state, horizon: int, repeats: int) -> tuple[float,
     return best, changed
 
 
-def level_step_fn(level, d: torch.Tensor, context: torch.Tensor, mode: str) -> Callable[[], object]:
-    """One changing level's bare step on (d, context): change prior, sample, decoder, GRU.
+def level_step_fn(model: DLH, level, d: torch.Tensor, context: torch.Tensor) -> Callable[[], object]:
+    """One changing level's bare step on (d, context): change prior, sample, decoder, GRU,
+    on the path `model.hierarchy.step_mode` selects for imagination (when this is called).
 
-    mode "eager": one call per network (the reference path); "fused": `Level.change_step`
-    on the regrouped weights; "compiled": the fused step through torch.compile (what
-    `Hierarchy.step_mode` selects for imagination).
+    "eager": one call per network (the reference path); "fused": `fused_change_step` on the
+    regrouped weights; "compiled": the fused step through torch.compile. Call it without
+    autograd, as imagination runs.
     """
-    if mode == "eager":
+    fn = model.hierarchy._fused_step(d)
+    if fn is None:
         def step() -> object:
             dist = level.predict(d, context)
             s = dist.rsample()
             below = level.top_down(s, context)
             return s, dist.mean, dist.std, below, level.transition(s, d, None)
         return step
-    fn = fused_change_step if mode == "fused" else _HIERARCHY._compiled
 
     def fused() -> object:
         noise = torch.randn(d.shape[0], level.temporal.input_size)
         return fn(d, context, noise, level.fused_weights(), level.min_std)
     return fused
-
-
-_HIERARCHY = Hierarchy(DLHConfig(levels=1, image_size=16))  # holds the library's compiled step
 
 
 def bare_costs(model: DLH, rows: int, repeats: int) -> tuple[list[float], list[float]]:
@@ -106,7 +102,7 @@ def bare_costs(model: DLH, rows: int, repeats: int) -> tuple[list[float], list[f
     with torch.inference_mode():
         for level in hierarchy.levels:
             h = torch.zeros(rows, level.factor_size)
-            change_step = level_step_fn(level, d, context, hierarchy.step_mode)
+            change_step = level_step_fn(model, level, d, context)
             step_costs.append(_best_time(change_step, repeats, inner))
             if level.factor is None:
                 factor_costs.append(0.0)
@@ -187,7 +183,10 @@ def level_step_table(args: argparse.Namespace) -> None:
         for batch in args.batches:
             d, context = torch.randn(batch, cfg.d_dim), torch.randn(batch, cfg.c_dim)
             inner = max(1, min(500, 50000 // batch))
-            fns = {mode: level_step_fn(level, d, context, mode) for mode in modes}
+            fns = {}
+            for mode in modes:
+                model.hierarchy.step_mode = mode
+                fns[mode] = level_step_fn(model, level, d, context)
             start = time.perf_counter()
             fns["compiled"]()
             print(f"# compile (batch {batch}): {time.perf_counter() - start:.1f} s", flush=True)

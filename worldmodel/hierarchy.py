@@ -123,7 +123,7 @@ class Hierarchy(nn.Module):
     def step_mode(self) -> str:
         """How `imagine_step` runs a changing level outside autograd.
 
-        "fused" (default): `Level.change_step`, the level's networks on regrouped weights
+        "fused" (default): `fused_change_step`, the level's networks on regrouped weights
         (fewer, larger matrix products); "eager": one call per network; "compiled": the
         fused step through `torch.compile` (a one-off compile per shape class; the random
         draw stays outside the compiled region, so results match the other modes). With
@@ -180,28 +180,43 @@ class Hierarchy(nn.Module):
         d: list[Tensor],
         rows: list[Rows],
         sample_from: Callable[[int, Rows, Tensor], Gaussian],
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        fused: Callable[..., tuple[Tensor, ...]] | None = None,
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], tuple[int, ...]]:
         """From the highest active level down to level 1, sample s^n and recompute c^{n-1}.
 
         `rows[i]` selects where level i runs; `sample_from(i, rows[i], context)` gives the
         distribution (posterior or change prior) on those rows. Rows where a level does not
         run keep their sample, distribution and cached top-down output exactly.
-        Returns new (s, mean, std, top_down) lists.
+        `fused` (imagination outside autograd: `fused_change_step` or its compiled form)
+        replaces change prior, sample and top-down pass of every level that takes no action,
+        and advances that level's GRU as well (d is updated in place of the list); it draws
+        the same (rows, S) normal noise as `rsample`, so both paths use the random stream alike.
+        Returns new (s, mean, std, top_down) lists and the levels whose d was advanced.
         """
         s, mean, std, top_down = list(state.s), list(state.mean), list(state.std), list(state.top_down)
-        batch = state.batch_size
+        batch, advanced = state.batch_size, []
         for i in reversed(range(len(self.levels))):
-            sel = rows[i]
+            sel, level = rows[i], self._level[i]
             if sel.kind == "none":
                 continue
             context = sel.take(self._context(i, top_down, batch))
-            dist = sample_from(i, sel, context)
-            sample = dist.rsample()
+            if fused is not None and not level.takes_action:
+                d_rows = sel.take(d[i])
+                noise = torch.randn(d_rows.shape[0], self.cfg.s_dim, device=d_rows.device,
+                                    dtype=torch.float32)
+                sample, dist_mean, dist_std, below, d_next = fused(
+                    d_rows, context, noise, level.fused_weights(), level.min_std)
+                d[i] = sel.put(d_next, d[i])
+                advanced.append(i)
+            else:
+                dist = sample_from(i, sel, context)
+                sample, dist_mean, dist_std = dist.rsample(), dist.mean, dist.std
+                below = level.top_down(sample, context)
             s[i] = sel.put(sample, s[i])
-            mean[i] = sel.put(dist.mean, mean[i])
-            std[i] = sel.put(dist.std, std[i])
-            top_down[i] = sel.put(self._level[i].top_down(sample, context), top_down[i])
-        return s, mean, std, top_down
+            mean[i] = sel.put(dist_mean, mean[i])
+            std[i] = sel.put(dist_std, std[i])
+            top_down[i] = sel.put(below, top_down[i])
+        return s, mean, std, top_down, tuple(advanced)
 
     def _advance(
         self,
@@ -351,7 +366,7 @@ class Hierarchy(nn.Module):
             kls[i] = torch.where(sel.mask, kl, torch.zeros_like(kl))
             return q
 
-        s, mean, std, top_down = self._top_down(state, d, rows, posterior)
+        s, mean, std, top_down, _ = self._top_down(state, d, rows, posterior)
         for i, kl in anchor_kl.items():
             kls[i] = kls[i] + kl
         changed_rows = [Rows(e) for e in changed]
@@ -413,14 +428,11 @@ class Hierarchy(nn.Module):
                 self._settle_pending(i, state, d, rows[i].mask, action, gather_below)
                 evaluated[i] = rows[i].mask
 
-        if self._fused_ok(state.d[0]):
-            s, mean, std, top_down, advanced = self._fused_top_down(state, d, rows)
-        else:
-            def change_prior(i: int, sel: Rows, context: Tensor) -> Gaussian:
-                return self._level[i].predict(sel.take(d[i]), context)
+        def change_prior(i: int, sel: Rows, context: Tensor) -> Gaussian:
+            return self._level[i].predict(sel.take(d[i]), context)
 
-            s, mean, std, top_down = self._top_down(state, d, rows, change_prior)
-            advanced = ()
+        s, mean, std, top_down, advanced = self._top_down(
+            state, d, rows, change_prior, self._fused_step(state.d[0]))
         new_state = self._finish(state, s, d, rows, evaluated, mean, std, top_down, factor, advanced)
         return new_state, [r.mask for r in rows]
 
@@ -438,46 +450,12 @@ class Hierarchy(nn.Module):
                 torch._dynamo.mark_dynamic(t, 0)
         return self._compiled_step(d, context, noise, weights, min_std)
 
-    def _fused_ok(self, x: Tensor) -> bool:
-        return (self._step_mode != "eager" and not torch.is_grad_enabled()
-                and not torch.is_autocast_enabled(x.device.type))
-
-    def _fused_top_down(
-        self, state: HierarchicalState, d: list[Tensor], rows: list[Rows],
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], tuple[int, ...]]:
-        """`_top_down` with the change prior for imagination, each level in one fused step.
-
-        A level that takes no action also advances its GRU here (d is updated in place of
-        the list); returns the levels so advanced. Same random draws in the same order as
-        the per-network path: one (rows, S) normal draw per running level, top-down.
-        """
-        s, mean, std, top_down = list(state.s), list(state.mean), list(state.std), list(state.top_down)
-        batch, advanced = state.batch_size, []
-        step = self._compiled if self._step_mode == "compiled" else fused_change_step
-        for i in reversed(range(len(self.levels))):
-            sel, level = rows[i], self._level[i]
-            if sel.kind == "none":
-                continue
-            context = sel.take(self._context(i, top_down, batch))
-            d_rows = sel.take(d[i])
-            if level.takes_action:  # its GRU waits for the next action: the per-network path
-                dist = level.predict(d_rows, context)
-                sample, below = dist.rsample(), None
-                dist_mean, dist_std = dist.mean, dist.std
-            else:
-                noise = torch.randn(d_rows.shape[0], self.cfg.s_dim, device=d_rows.device,
-                                    dtype=torch.float32)
-                sample, dist_mean, dist_std, below, d_next = step(
-                    d_rows, context, noise, level.fused_weights(), level.min_std)
-                d[i] = sel.put(d_next, d[i])
-                advanced.append(i)
-            s[i] = sel.put(sample, s[i])
-            mean[i] = sel.put(dist_mean, mean[i])
-            std[i] = sel.put(dist_std, std[i])
-            if below is None:
-                below = level.top_down(sample, context)
-            top_down[i] = sel.put(below, top_down[i])
-        return s, mean, std, top_down, tuple(advanced)
+    def _fused_step(self, x: Tensor) -> Callable[..., tuple[Tensor, ...]] | None:
+        """The fused level step `imagine_step` uses, or None for the per-network path."""
+        if (self._step_mode == "eager" or torch.is_grad_enabled()
+                or torch.is_autocast_enabled(x.device.type)):
+            return None
+        return self._compiled if self._step_mode == "compiled" else fused_change_step
 
 
 __all__ = ["Hierarchy", "Rows", "change_posterior", "balanced_kl"]

@@ -49,7 +49,7 @@ class Level(nn.Module):
         recurrent = index > 1 and cfg.prior_factor == "recurrent"
         self.factor_cell = nn.GRUCell(cfg.d_dim, cfg.d_dim) if recurrent else None
         self.factor_size = cfg.d_dim if recurrent else 0  # width of the factor's state h^n
-        self._fused: tuple | None = None  # (parameter versions, regrouped weights) of change_step
+        self._fused: tuple | None = None  # (parameter versions, regrouped weights): fused_change_step
         self._fused_sources: list | None = None
         if cfg.init_std is not None:
             for head in (self.posterior, self.prior):
@@ -88,22 +88,8 @@ class Level(nn.Module):
         h = self.factor_cell(d, h)
         return self.factor(h).squeeze(-1).float(), h
 
-    def change_step(self, d: Tensor, context: Tensor, noise: Tensor) -> tuple[Tensor, ...]:
-        """A changing level's whole imagination step on the fused weights (no autograd).
-
-        The same arithmetic as `predict` → sample (mean + std·noise) → `top_down` →
-        `transition`, regrouped so that inputs shared by several networks go through one
-        matrix product: d^n feeds the change prior and the GRU's hidden side, c^n the change
-        prior and the decoder, s^n the decoder and the GRU's input side. Results match the
-        per-network path up to float rounding (≈1e-7); the random draw is `noise` (B, S),
-        so both paths consume the random stream identically. Only for levels that take no
-        action (their GRU runs in the same step) and outside autograd and autocast.
-        Returns s, mean, std (B, S), c^{n-1} (B, C) and d' (B, D).
-        """
-        return fused_change_step(d, context, noise, self.fused_weights(), self.min_std)
-
     def fused_weights(self) -> tuple:
-        """The regrouped weights of `change_step`, rebuilt whenever a parameter changed."""
+        """The regrouped weights of `fused_change_step`, rebuilt whenever a parameter changed."""
         sources = self._fused_sources
         if sources is None:  # the parameter tables of every module involved, found once
             sources = self._fused_sources = [
@@ -147,7 +133,18 @@ def _mlp_rest(h: Tensor, layers: tuple) -> Tensor:
 
 def fused_change_step(d: Tensor, context: Tensor, noise: Tensor, weights: tuple,
                       min_std: float) -> tuple[Tensor, ...]:
-    """See `Level.change_step`. A pure function of tensors (no host synchronisation)."""
+    """A changing level's whole imagination step on its regrouped weights (no autograd).
+
+    The same arithmetic as `Level.predict` → sample (mean + std·noise) → `Level.top_down` →
+    `Level.transition`, regrouped so that inputs shared by several networks go through one
+    matrix product: d^n feeds the change prior and the GRU's hidden side, c^n the change
+    prior and the decoder, s^n the decoder and the GRU's input side. Results match the
+    per-network path up to float rounding (≈1e-7); the random draw is `noise` (B, S), so both
+    paths consume the random stream identically. `weights` = `Level.fused_weights()`. Only for
+    levels that take no action (their GRU runs in the same step), outside autograd and
+    autocast. A pure function of tensors (no host synchronisation). Returns s, mean, std
+    (B, S), c^{n-1} (B, C) and d' (B, D).
+    """
     by_d, bias_d, by_c, by_s, bias_s, prior_rest, decoder_rest, prior_width, decoder_width = weights
     from_d = torch.addmm(bias_d, d, by_d)  # (B, Hp + 3D)
     from_c = context @ by_c  # (B, Hp + Hdec)

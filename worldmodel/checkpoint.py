@@ -35,7 +35,8 @@ SHOWN = 5  # how many offending tensors an error names
 
 
 def save_model(model: DLH, path: str | os.PathLike) -> None:
-    """Write `model`'s weights and config to one safetensors file at `path` (`DLH.save`)."""
+    """Write `model`'s weights and config to one safetensors file at `path` (kept for callers
+    of earlier versions: it is `model.save(path)`)."""
     model.save(path)
 
 

@@ -14,6 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .files import one_line
+
 # pygame (gymnasium rendering; moviepy, which TensorBoard's add_video imports) without a sound
 # card or a display: the CLI never opens a window, and SDL's default drivers print errors
 # ("XDG_RUNTIME_DIR is invalid", ALSA) on headless machines
@@ -38,9 +40,8 @@ def _train(args: argparse.Namespace) -> int:
         final = summary["final_metrics"]
         nan = float("nan")
         rollout = summary["rollout"]
-        mode = "".join(f", {summary[k]}" + (" threads" if k == "threads" else "")
-                       for k in ("threads", "precision") if k in summary)
-        print(f"done: {summary['steps']} steps in {summary['wall_time_s']} s on {summary['device']}{mode}")
+        print(f"done: {summary['steps']} steps in {summary['wall_time_s']} s on {summary['device']}, "
+              f"{summary['threads']} threads, {summary['precision']}")
         print(f"  final loss {final.get('loss', nan):.2f}  elbo {final.get('elbo', nan):.2f}"
               f"  levels used {final.get('levels_used', nan):.2f}")
         print(f"  open-loop rollout: SSIM {rollout['ssim']:.3f}  PSNR {rollout['psnr']:.2f} dB")
@@ -79,10 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _known_error(exc: Exception) -> tuple[int, str] | None:
     """(exit status, message) for an error the user can act on; None for a bug (traceback).
 
@@ -111,7 +108,7 @@ def _known_error(exc: Exception) -> tuple[int, str] | None:
             where += f" -> {os.fsdecode(exc.filename2)}"
         return (2 if isinstance(exc, FileNotFoundError) else 1), f"{where}: {exc.strerror or exc}"
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch.cuda's
-        detail = f" ({_one_line(str(exc))[:200]})" if str(exc) else ""
+        detail = f" ({one_line(str(exc))[:200]})" if str(exc) else ""
         return 1, f"out of memory{detail}: lower data.batch_size or data.seq_len, or the model's sizes"
     return None
 
@@ -127,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if known is None:
             raise
         status, message = known
-        print(f"dlh {args.command}: error: {_one_line(message)}", file=sys.stderr)
+        print(f"dlh {args.command}: error: {one_line(message)}", file=sys.stderr)
         return status
 
 

@@ -25,6 +25,11 @@ BOUNDARIES = ("reinfer", "copy", "anchor")
 PRIOR_FACTORS = ("feedforward", "recurrent")
 
 
+def is_finite_number(value: Any) -> bool:
+    """A config number: an int or float (not a bool) that is finite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_int(name: str, value: Any, minimum: int) -> None:
     """A DLHConfig int field: an int (not a bool) >= minimum, else a ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -45,9 +50,8 @@ def _check_number(
     bounds = [f"> {above:g}" if above is not None else "", f">= {at_least:g}" if at_least is not None else "",
               f"<= {at_most:g}" if at_most is not None else ""]
     what = " and ".join(b for b in bounds if b) + (" or null" if or_null else "")
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (above is None or value > above) and (at_least is None or value >= at_least)
-    if not ok or (at_most is not None and value > at_most):
+    ok = is_finite_number(value) and (above is None or value > above)
+    if not ok or (at_least is not None and value < at_least) or (at_most is not None and value > at_most):
         raise ValueError(f"DLHConfig.{name} must be a finite number {what}, got {value!r}")
 
 
@@ -325,5 +329,6 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str | None = Non
     return cls(**kwargs)
 
 
-__all__ = ["DLHConfig", "from_dict", "to_dict", "TIMESCALES", "ASSIGNMENTS", "field", "MODEL_FILE_FORMAT",
-           "MODEL_FILE_VERSION", "MODEL_FILE_VERSIONS", "model_file_metadata", "config_from_metadata"]
+__all__ = ["DLHConfig", "from_dict", "to_dict", "is_finite_number", "TIMESCALES", "ASSIGNMENTS", "field",
+           "MODEL_FILE_FORMAT", "MODEL_FILE_VERSION", "MODEL_FILE_VERSIONS", "model_file_metadata",
+           "config_from_metadata"]

@@ -16,6 +16,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
+def one_line(problem: object) -> str:
+    """An error message (or exception) on one line; an exception without one gives its type."""
+    text = " ".join(str(problem).split())
+    if not text and isinstance(problem, BaseException):
+        return type(problem).__name__
+    return text
+
+
 @contextlib.contextmanager
 def naming(path: str | os.PathLike[str], *unhelpful: str) -> Iterator[None]:
     """Re-raise an OSError that names no file (or one of `unhelpful`) as naming `path`."""
@@ -104,5 +112,5 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_directory", "naming", "is_temporary",
+__all__ = ["one_line", "atomic_write", "atomic_write_text", "atomic_directory", "naming", "is_temporary",
            "remove_stale_temporaries"]

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import read_model_file, save_model
+from ..checkpoint import read_model_file
 from ..config import DLHConfig
-from ..files import atomic_directory, atomic_write_text, naming
+from ..files import atomic_directory, atomic_write_text, naming, one_line
 
 LATEST = "latest"
 CORRUPT_PREFIX = "corrupt_"
@@ -57,10 +57,6 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -74,13 +70,13 @@ def save_checkpoint(
     name = f"step_{step:08d}"
 
     def fill(tmp: Path) -> None:
-        save_model(model, tmp / "model.safetensors")  # type: ignore[arg-type]
+        model.save(tmp / "model.safetensors")  # type: ignore[operator]
         target = root / name / "optimizer.pt"
         with naming(target, str(tmp / "optimizer.pt")):
             try:
                 torch.save({"optimizer": optimizer.state_dict()}, tmp / "optimizer.pt")
             except RuntimeError as exc:  # torch's zip writer reports a failed write (full disk) so
-                raise OSError(errno.EIO, f"write failed ({_one_line(exc)})", str(target)) from exc
+                raise OSError(errno.EIO, f"write failed ({one_line(exc)})", str(target)) from exc
         with naming(root / name / "trainer.json", str(tmp / "trainer.json")):
             (tmp / "trainer.json").write_text(json.dumps({"step": step, **info}, indent=1))
 
@@ -129,14 +125,14 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
     try:
         info = json.loads(info_file.read_bytes().decode("utf-8"))
     except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CorruptCheckpoint(f"{info_file}: not a readable trainer.json ({_one_line(exc)})") from exc
+        raise CorruptCheckpoint(f"{info_file}: not a readable trainer.json ({one_line(exc)})") from exc
     step = info.get("step") if isinstance(info, dict) else None
     if isinstance(step, bool) or not isinstance(step, int):
         raise CorruptCheckpoint(f"{info_file}: expected a mapping with an integer 'step'")
     try:
         model_config, weights = read_model_file(path / "model.safetensors")
     except (ValueError, FileNotFoundError) as exc:  # the message names the file
-        raise CorruptCheckpoint(_one_line(exc)) from exc
+        raise CorruptCheckpoint(one_line(exc)) from exc
     optimizer_file = path / "optimizer.pt"
     try:
         state = torch.load(optimizer_file, map_location="cpu", weights_only=True)
@@ -144,7 +140,7 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
         raise
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a bad file
         raise CorruptCheckpoint(
-            f"{optimizer_file}: not a readable optimizer state ({_one_line(exc)})"
+            f"{optimizer_file}: not a readable optimizer state ({one_line(exc)})"
         ) from exc
     if not isinstance(state, dict) or not isinstance(state.get("optimizer"), dict):
         raise CorruptCheckpoint(f"{optimizer_file}: expected {{'optimizer': state_dict}}")
@@ -163,29 +159,14 @@ def restore(
     try:
         model.load_state_dict(contents.weights, strict=True)
     except RuntimeError as exc:
-        raise CorruptCheckpoint(f"{contents.path / 'model.safetensors'}: {_one_line(exc)}") from exc
+        raise CorruptCheckpoint(f"{contents.path / 'model.safetensors'}: {one_line(exc)}") from exc
     if optimizer is not None:
         try:
             optimizer.load_state_dict(contents.optimizer)
         except (ValueError, KeyError, RuntimeError) as exc:
             raise CorruptCheckpoint(
-                f"{contents.path / 'optimizer.pt'}: does not match the model ({_one_line(exc)})"
+                f"{contents.path / 'optimizer.pt'}: does not match the model ({one_line(exc)})"
             ) from exc
-
-
-def load_checkpoint(
-    path: str | Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None,
-    device: torch.device | None = None,
-) -> dict[str, Any]:
-    """Restore model (and optimizer) from a checkpoint folder; returns its trainer.json.
-
-    `device` is unused (the optimizer state follows its parameters) and kept for callers.
-    """
-    contents = read_checkpoint(path)
-    restore(contents, model, optimizer)
-    return contents.info
 
 
 def set_aside(path: Path) -> Path:
@@ -197,6 +178,6 @@ def set_aside(path: Path) -> Path:
     return target
 
 
-__all__ = ["save_checkpoint", "latest_checkpoint", "load_checkpoint", "checkpoint_dir", "read_checkpoint",
+__all__ = ["save_checkpoint", "latest_checkpoint", "checkpoint_dir", "read_checkpoint",
            "restore", "CheckpointContents", "CorruptCheckpoint", "checkpoint_candidates",
            "non_finite_tensors", "set_aside"]

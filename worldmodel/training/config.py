@@ -13,7 +13,6 @@ syntax error is a ValueError naming the file (with line and column) or the `--se
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -22,12 +21,9 @@ from typing import Any
 
 import yaml
 
-from ..config import DLHConfig, from_dict, to_dict
+from ..config import DLHConfig, from_dict, is_finite_number, to_dict
 from ..data import DataConfig
-
-
-def _finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+from ..files import one_line
 
 
 @dataclass(frozen=True)
@@ -64,18 +60,18 @@ class OptimConfig:
     def __post_init__(self) -> None:
         for name in ("lr", "eps"):
             value = getattr(self, name)
-            if not _finite_number(value) or not value > 0:
+            if not is_finite_number(value) or not value > 0:
                 raise ValueError(f"optim.{name} must be a finite number > 0, got {value!r}")
         for name in ("beta_max", "grad_clip"):
             value = getattr(self, name)
-            if not _finite_number(value) or not value >= 0:
+            if not is_finite_number(value) or not value >= 0:
                 raise ValueError(f"optim.{name} must be a finite number >= 0, got {value!r}"
                                  + (" (0 disables clipping)" if name == "grad_clip" else ""))
         for name in ("beta_warmup", "lr_warmup"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"optim.{name} must be an int >= 0 (steps), got {value!r}")
-        if not _finite_number(self.beta2) or not 0 < self.beta2 < 1:
+        if not is_finite_number(self.beta2) or not 0 < self.beta2 < 1:
             raise ValueError(f"optim.beta2 must be in (0, 1), got {self.beta2!r}")
 
     def lr_at(self, step: int) -> float:
@@ -166,8 +162,8 @@ class TrainConfig:
                                          or self.threads < 1):
             raise ValueError(f"threads must be a positive int or null (torch's default), "
                              f"got {self.threads!r}")
-        if not (_finite_number(self.collapse_kl) and self.collapse_kl >= 0
-                and _finite_number(self.frozen_ratio) and 0 <= self.frozen_ratio <= 1):
+        if not (is_finite_number(self.collapse_kl) and self.collapse_kl >= 0
+                and is_finite_number(self.frozen_ratio) and 0 <= self.frozen_ratio <= 1):
             raise ValueError(f"collapse_kl must be >= 0 and frozen_ratio in [0, 1], got "
                              f"{self.collapse_kl!r}, {self.frozen_ratio!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -223,7 +219,7 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
         mark = exc.problem_mark
         what = " ".join(filter(None, [exc.context, exc.problem]))
         return f"{what} at line {mark.line + 1}, column {mark.column + 1}"
-    return " ".join(str(exc).split())
+    return one_line(str(exc))
 
 
 def config_from_dict(tree: dict[str, Any]) -> TrainConfig:

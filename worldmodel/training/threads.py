@@ -68,15 +68,16 @@ def configure_threads(threads: int | None) -> tuple[int, str]:
     if threads is not None:
         torch.set_num_threads(threads)
         return threads, "as configured"
-    default = min(torch.get_num_threads(), _available_cpus())
+    cpus = _available_cpus()
+    default = min(torch.get_num_threads(), cpus)
     busy = busy_cpus()
     if busy is None:
         torch.set_num_threads(default)
         return default, "one per core (load unknown)"
-    free = max(1, min(default, int(_available_cpus() - busy + 0.5)))
+    free = max(1, min(default, int(cpus - busy + 0.5)))
     torch.set_num_threads(free)
     if free < default:
-        return free, f"{busy:.1f} of {_available_cpus()} CPUs busy with other work"
+        return free, f"{busy:.1f} of {cpus} CPUs busy with other work"
     return free, "one per free core"
 
 

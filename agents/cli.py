@@ -13,7 +13,6 @@ exit status.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -160,13 +159,6 @@ def run_agent_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_text(report: dict[str, Any]) -> str:
-    """``report`` as JSON, NaN and infinities written as null (JSON has no NaN)."""
-    from worldmodel.evaluation.analysis import json_safe
-
-    return json.dumps(json_safe(report), indent=1, allow_nan=False)
-
-
 def _levels(rates: list[float]) -> str:
     return "  ".join(f"level{n + 1} {r:.3f}" for n, r in enumerate(rates)) or "n/a"
 
@@ -211,15 +203,17 @@ def run_agent_eval(args: argparse.Namespace) -> int:
               f"{report['reward_r2_imagined']:.3f} imagined {planner.horizon} steps ahead "
               f"(MAE {report['reward_mae_filtered']:.3f} / {report['reward_mae_imagined']:.3f})")
     if args.json:
+        from worldmodel.evaluation.analysis import json_text
         from worldmodel.files import atomic_write_text
 
         report = {**report, "env": args.env, "planner": args.planner, "checkpoint": str(path)}
-        atomic_write_text(args.json, _json_text(report))
+        atomic_write_text(args.json, json_text(report))
         print(f"  report: {args.json}")
     return 0
 
 
 def run_agent_ppo(args: argparse.Namespace) -> int:
+    from worldmodel.evaluation.analysis import json_text
     from worldmodel.files import atomic_write_text
 
     try:
@@ -243,6 +237,6 @@ def run_agent_ppo(args: argparse.Namespace) -> int:
     print(f"  evaluation, {args.episodes} episodes (seeds {args.seed}..{args.seed + args.episodes - 1}): "
           f"return {report['mean']:.2f} ± {report['std']:.2f}")
     summary = {"env": args.env, "seed": args.seed, **env_kwargs, **info, "eval": report}
-    atomic_write_text(out / "ppo.json", _json_text(summary))
+    atomic_write_text(out / "ppo.json", json_text(summary))
     print(f"  model: {out / 'ppo.zip'}   report: {out / 'ppo.json'}")
     return 0

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ import envs  # noqa: F401 - registers worldmodel/PointTarget-v0
 from envs.pixels import make_pixel_env
 from envs.recorder import EpisodeRecorder, load_episode
 from worldmodel.data.episodes import EpisodeSource
-from worldmodel.evaluation.analysis import json_safe
+from worldmodel.evaluation.analysis import json_text
 from worldmodel.files import atomic_write_text
 from worldmodel.training import TrainConfig, Trainer, load_config
 
@@ -221,8 +220,7 @@ def run_planet_loop(
         "planner": type(planner).__name__, "exploration_noise": float(exploration_noise),
     }
     if summary:
-        text = json.dumps(json_safe(agent_summary), indent=1, allow_nan=False)
-        atomic_write_text(Path(cfg.out_dir) / "agent.json", text)
+        atomic_write_text(Path(cfg.out_dir) / "agent.json", json_text(agent_summary))
     return {**summary, "agent": agent_summary}
 
 

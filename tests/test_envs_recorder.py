@@ -394,3 +394,13 @@ def test_files_load_with_the_training_data_loader(tmp_path: Path) -> None:
     episode = episodes_module.load_episode(paths[0])
     assert episode["image"].shape == (6, 32, 32, 1)
     np.testing.assert_array_equal(episode["is_last"], load_episode(paths[0])["is_last"])
+
+
+def test_the_recorder_and_the_data_layer_agree_on_the_file_layout():
+    """envs.recorder keeps its own copies of the key names (it does not import torch or the
+    data package at import time); they must be the data layer's."""
+    import envs.recorder as recorder
+    import worldmodel.data.episodes as data_episodes
+
+    assert recorder.EPISODE_KEYS == data_episodes.EPISODE_KEYS
+    assert recorder.SEED_KEY == data_episodes.SEED_KEY

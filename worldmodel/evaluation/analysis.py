@@ -16,6 +16,7 @@ Levels are 1-based in names and reports ("level2" is the paper's L2), 0-based in
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -374,9 +375,14 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def json_text(value: Any) -> str:
+    """`value` as indented JSON with NaN and infinities written as null (strict JSON)."""
+    return json.dumps(json_safe(value), indent=1, allow_nan=False)
+
+
 __all__ = [
     "levels_used", "per_level_kl", "sequence_measures", "summarize", "change_prior_by_component",
     "change_detection",
     "top_down_from", "resample_levels", "level_samples", "sampling_groups",
-    "change_map_figure", "hierarchy_report", "json_safe",
+    "change_map_figure", "hierarchy_report", "json_safe", "json_text",
 ]

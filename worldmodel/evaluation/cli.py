@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import shlex
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from ..metrics import SSIM_VARIANTS
 from ..video import comparison_grid, image_grid, plot_curves, save_png, write_gif, write_mp4
 from .analysis import (
     change_map_figure,
-    json_safe,
+    json_text,
     level_samples,
     sampling_groups,
     sequence_measures,
@@ -107,7 +106,7 @@ def _provenance(args: argparse.Namespace, resolved: Resolved, split: str, starte
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     from ..files import atomic_write_text
 
-    atomic_write_text(path, json.dumps(json_safe(payload), indent=1) + "\n")
+    atomic_write_text(path, json_text(payload) + "\n")
 
 
 def _check_window(context: int, horizon: int) -> None:

@@ -10,6 +10,7 @@ the batch of a training step a pure function of ``(seed, step, rank)``.
 from worldmodel.data.base import (
     Batch,
     DatasetNotFoundError,
+    ObjectReadout,
     SequenceSource,
     VideoSource,
     batch_at,
@@ -33,6 +34,7 @@ __all__ = [
     "EpisodeSource",
     "MovingBallSource",
     "MovingMnistSource",
+    "ObjectReadout",
     "SequenceSource",
     "VideoSource",
     "batch_at",

@@ -89,6 +89,24 @@ class Batch:
         return Batch(**moved)
 
 
+@dataclasses.dataclass
+class ObjectReadout:
+    """One object per frame, read off the pixels (`SequenceSource.read_objects`).
+
+    Attributes:
+        centroid: (B, T, 2) float64 (x, y) in pixels, pixel i spanning [i, i + 1); NaN where
+            nothing is visible.
+        colour: (B, T) int64 index into `palette`; -1 where nothing is visible.
+        visible: (B, T) bool, whether the frame shows the object.
+        palette: (P, C) float32 in [0, 1], the colours the object can take.
+    """
+
+    centroid: np.ndarray
+    colour: np.ndarray
+    visible: np.ndarray
+    palette: np.ndarray
+
+
 class SequenceSource(ABC):
     """Random windows of a data set, as :class:`Batch` objects.
 
@@ -125,6 +143,16 @@ class SequenceSource(ABC):
         overrides this; the flags are for measurement only and never reach training.
         """
         return self.eval_batch(num, seq_len, seed), None
+
+    def read_objects(self, frames: torch.Tensor) -> ObjectReadout | None:
+        """The objects of `frames` (B, T, C, H, W) in [0, 1] read off their pixels, or None.
+
+        A source that knows what its frames show (Moving Ball: one ball on a known
+        background, colours from a known palette) overrides this, so that real and
+        predicted frames can be compared object by object (`worldmodel.evaluation.tracking`).
+        Sources that do not return None and those scores are simply absent.
+        """
+        return None
 
 
 def check_seed(name: str, value: int) -> int:

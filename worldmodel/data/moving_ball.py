@@ -19,8 +19,15 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
-from worldmodel.data.base import Batch, SequenceSource, check_batch_args, videos_to_frames
+from worldmodel.data.base import (
+    Batch,
+    ObjectReadout,
+    SequenceSource,
+    check_batch_args,
+    videos_to_frames,
+)
 from worldmodel.data.options import (
     check_float,
     check_range,
@@ -185,6 +192,65 @@ def render_discs(
     return videos
 
 
+def read_ball(
+    frames: torch.Tensor, palette: np.ndarray, background: np.ndarray, radius: float,
+    threshold: float | None = None, core: float = 0.75,
+) -> ObjectReadout:
+    """Read one ball per frame off the pixels of real or predicted frames.
+
+    Foreground: pixels whose largest channel difference from the background exceeds
+    `threshold`. The centroid is the foreground's mean pixel centre weighted by that
+    difference; the colour is the palette colour nearest to the mean colour of the core
+    (foreground pixels within `core` of the frame's largest difference, so that the rim's
+    blend with the background does not pull it); a ball is visible when the foreground
+    covers between a quarter of the disc's area and four times it (a frame washed over with
+    colour, as an untrained decoder draws, shows no ball).
+
+    Args:
+        frames: (B, T, C, H, W) float in [0, 1], on any device.
+        palette: (P, C) and background: (C,) colours in [0, 255] (`_palette_array`).
+        radius: the ball's radius in pixels.
+        threshold: foreground threshold in [0, 1] units; None = a quarter of the smallest
+            palette-to-background contrast.
+        core: fraction of the frame's largest difference a pixel needs to count in the colour.
+
+    Returns:
+        An ObjectReadout with (B, T) arrays (palette scaled to [0, 1]).
+    """
+    if frames.dim() != 5:
+        raise ValueError(f"frames: expected (B, T, C, H, W), got shape {tuple(frames.shape)}")
+    channels, height, width = frames.shape[2:]
+    if channels != palette.shape[1]:
+        raise ValueError(f"frames have {channels} channels, the palette {palette.shape[1]}")
+    pal = palette.astype(np.float32) / 255.0
+    bg = background.astype(np.float32) / 255.0
+    if threshold is None:
+        threshold = 0.25 * float(np.abs(pal - bg).max(1).min())
+    frames = frames.detach().float()
+    bg_t = torch.as_tensor(bg, device=frames.device).view(1, 1, -1, 1, 1)
+    diff = (frames - bg_t).abs().amax(2)  # (B, T, H, W)
+    fg = diff > threshold
+    weight = diff * fg
+    mass = weight.sum((-2, -1))  # (B, T)
+    xs = torch.arange(width, device=frames.device, dtype=frames.dtype) + 0.5
+    ys = torch.arange(height, device=frames.device, dtype=frames.dtype) + 0.5
+    cx = (weight.sum(-2) * xs).sum(-1) / mass.clamp_min(1e-12)
+    cy = (weight.sum(-1) * ys).sum(-1) / mass.clamp_min(1e-12)
+    area = fg.sum((-2, -1))
+    disc = np.pi * radius**2
+    visible = (area >= max(1.0, 0.25 * disc)) & (area <= 4 * disc)
+    peak = diff.amax((-2, -1), keepdim=True)
+    inner = (fg & (diff >= core * peak)).unsqueeze(2)  # (B, T, 1, H, W)
+    mean_colour = (frames * inner).sum((-2, -1)) / inner.sum((-2, -1)).clamp_min(1)  # (B, T, C)
+    pal_t = torch.as_tensor(pal, device=frames.device)
+    nearest = (mean_colour.unsqueeze(-2) - pal_t).square().sum(-1).argmin(-1)  # (B, T)
+    visible_np = visible.cpu().numpy()
+    centroid = torch.stack([cx, cy], -1).cpu().double().numpy()
+    centroid[~visible_np] = np.nan
+    colour = np.where(visible_np, nearest.cpu().numpy(), -1).astype(np.int64)
+    return ObjectReadout(centroid=centroid, colour=colour, visible=visible_np, palette=pal)
+
+
 class MovingBallSource(SequenceSource):
     """Moving Ball windows generated on demand; the test split is a different stream.
 
@@ -230,6 +296,12 @@ class MovingBallSource(SequenceSource):
     def eval_batch_with_events(self, num: int, seq_len: int, seed: int = 0) -> tuple[Batch, np.ndarray]:
         """The windows of `eval_batch` and their colour-change flags (B, T) bool."""
         return self.sample_with_changes(self.eval_rng(seed), num, seq_len)
+
+    def read_objects(self, frames: torch.Tensor) -> ObjectReadout:
+        """The ball of every frame (B, T, C, H, W), read off the pixels (`read_ball`)."""
+        palette, background = _palette_array(self.options, self.channels)
+        radius, _ = ball_geometry(self.image_size, self.options)
+        return read_ball(frames, palette, background, radius)
 
     def __repr__(self) -> str:
         return (f"MovingBallSource(split={self.split!r}, size={self.image_size}, "

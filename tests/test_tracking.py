@@ -1,0 +1,210 @@
+"""Tracking scores (worldmodel.evaluation.tracking) against hand-made frames, and a model that
+ignores its latents."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodel import DLH, DLHConfig
+from worldmodel.data import ObjectReadout, VideoSource
+from worldmodel.data.base import videos_to_frames
+from worldmodel.data.moving_ball import MovingBallOptions, MovingBallSource, _palette_array, render_discs
+from worldmodel.evaluation.tracking import centroid_errors, colour_kept, tracking_scores
+
+SIZE, RADIUS = 32, 3.2
+
+
+def discs(centres: np.ndarray, colours: np.ndarray, channels: int = 3) -> torch.Tensor:
+    """Frames (B, T, C, S, S) of one disc each: centres (B, T, 2) px, colours (B, T) palette index."""
+    palette, background = _palette_array(MovingBallOptions(), channels)
+    return videos_to_frames(render_discs(centres, RADIUS, palette[colours], background, SIZE))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_readout_finds_centre_and_colour(channels: int) -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(RADIUS, SIZE - RADIUS, (6, 5, 2))
+    colours = rng.integers(0, 6, (6, 5))
+    source = MovingBallSource(SIZE, channels)
+    read = source.read_objects(discs(centres, colours, channels))
+    assert read.visible.all()
+    np.testing.assert_allclose(read.centroid, centres, atol=0.1)
+    np.testing.assert_array_equal(read.colour, colours)
+
+
+@pytest.mark.parametrize("shift", [(0.0, 0.0), (3.0, 4.0), (-6.0, 0.0), (1.5, -2.0)])
+def test_shifted_ball_gives_the_shift(shift: tuple[float, float]) -> None:
+    source = MovingBallSource(SIZE, 3)
+    centres = np.array([[[10.0, 12.0], [16.0, 16.0], [20.0, 9.5]]])
+    colours = np.zeros((1, 3), np.int64)
+    truth = source.read_objects(discs(centres, colours))
+    pred = source.read_objects(discs(centres + np.array(shift), colours))
+    err = centroid_errors(truth, pred, math.hypot(SIZE, SIZE))
+    np.testing.assert_allclose(err, np.full((1, 3), math.hypot(*shift)), atol=0.1)
+
+
+def test_empty_prediction_counts_as_lost() -> None:
+    source = MovingBallSource(SIZE, 3)
+    truth = source.read_objects(discs(np.full((2, 4, 2), 16.0), np.zeros((2, 4), np.int64)))
+    empty = source.read_objects(torch.zeros(2, 4, 3, SIZE, SIZE))
+    washed = source.read_objects(torch.full((2, 4, 3, SIZE, SIZE), 0.6))  # colour everywhere
+    for pred in (empty, washed):
+        assert not pred.visible.any()
+        np.testing.assert_allclose(centroid_errors(truth, pred, 45.0), 45.0)
+        assert colour_kept(truth, pred, truth.colour[:, 0]) == (0, 8)
+
+
+def test_colour_kept_counts_frames_before_the_first_change() -> None:
+    source = MovingBallSource(SIZE, 3)
+    centres = np.full((1, 6, 2), 16.0)
+    true_colours = np.array([[0, 0, 0, 2, 2, 2]])  # changes at the 4th predicted frame
+    truth = source.read_objects(discs(centres, true_colours))
+    right = source.read_objects(discs(centres, np.array([[0, 0, 0, 0, 0, 0]])))
+    wrong = source.read_objects(discs(centres, np.array([[0, 1, 1, 2, 2, 2]])))
+    assert colour_kept(truth, right, np.array([0])) == (3, 3)  # later frames are not scored
+    assert colour_kept(truth, wrong, np.array([0])) == (1, 3)
+    assert colour_kept(truth, right, np.array([4])) == (0, 0)  # a change at the first frame
+
+
+class _Rows:
+    """A stand-in state: the rows of the sequences it came from."""
+
+    def __init__(self, rows: torch.Tensor) -> None:
+        self.rows = rows
+
+    def repeat_interleave(self, k: int) -> _Rows:
+        return _Rows(self.rows.repeat_interleave(k))
+
+
+class CopyModel:
+    """Imagines exactly `video` (B, T, C, H, W) after the context, optionally shifted/blanked."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, video: torch.Tensor, context: int) -> None:
+        self.video, self.context = video, context
+
+    def observe(self, frames: torch.Tensor, actions: object, is_first: object) -> object:
+        assert frames.shape[1] == self.context
+        # a chunk's rows are found by matching its frames with the stored ones
+        rows = [int((self.video[:, :self.context] - f).abs().flatten(1).sum(1).argmin()) for f in frames]
+        return type("Out", (), {"state": _Rows(torch.tensor(rows))})()
+
+    def imagine(self, state: _Rows, horizon: int, actions: object) -> tuple[_Rows, int]:
+        return state, horizon
+
+    def decode(self, traj: tuple[_Rows, int]) -> torch.Tensor:
+        rows, horizon = traj
+        return self.video[rows.rows, self.context:self.context + horizon]
+
+
+def _truth(source: MovingBallSource, context: int, horizon: int, sequences: int) -> torch.Tensor:
+    return source.eval_batch(sequences, context + horizon, 0).frames
+
+
+def test_tracking_scores_of_a_perfect_and_a_lost_model() -> None:
+    source = MovingBallSource(SIZE, 3, split="test")
+    context, horizon = 4, 6
+    frames = _truth(source, context, horizon, 5)
+    kw = dict(context=context, horizon=horizon, samples=2, sequences=5, at=(1, 6))
+    perfect = tracking_scores(CopyModel(frames, context), source, **kw)
+    assert perfect["centroid_px_at1"] < 0.05 and perfect["centroid_px_at6"] < 0.05
+    assert perfect["colour_kept"] == 1.0 and perfect["visible"] == 1.0
+    blank = frames.clone()
+    blank[:, context:] = 0
+    lost = tracking_scores(CopyModel(blank, context), source, **kw)
+    assert lost["centroid_px_at6"] == pytest.approx(math.hypot(SIZE, SIZE))
+    assert lost["colour_kept"] == 0.0 and lost["visible"] == 0.0
+
+
+def test_best_of_k_picks_the_closest_sample() -> None:
+    """Sample 0 is off by 5 px, sample 1 exact: the score is the exact one."""
+    source = MovingBallSource(SIZE, 3, split="test")
+    readout = source.read_objects(_truth(source, 2, 3, 1))
+    assert readout is not None
+    shifted = ObjectReadout(readout.centroid + np.array([3.0, 4.0]), readout.colour,
+                            readout.visible, readout.palette)
+    stack = ObjectReadout(*(np.stack([a, b], 1) for a, b in zip(
+        (shifted.centroid, shifted.colour, shifted.visible),
+        (readout.centroid, readout.colour, readout.visible))), readout.palette)
+    err = centroid_errors(readout, stack, 45.0)  # (B, K, T)
+    np.testing.assert_allclose(err[:, 0], 5.0, atol=1e-9)
+    np.testing.assert_allclose(err[:, 1], 0.0, atol=1e-9)
+
+
+def test_sources_without_objects_give_none() -> None:
+    video = np.zeros((12, 16, 16, 1), np.uint8)
+    source = VideoSource.from_arrays([video], 16, 1)
+    model = DLH(DLHConfig(levels=2, image_size=16, channels=1, x_dim=8, c_dim=8, d_dim=8, s_dim=4,
+                          enc_hidden=(8,), dec_hidden=(8,), state_hidden=(8,), factor_hidden=(8,),
+                          conv_depth=4))
+    assert tracking_scores(model, source, context=2, horizon=3, samples=1, sequences=2, at=(1,)) is None
+
+
+def _tiny_dlh() -> DLH:
+    torch.manual_seed(0)
+    return DLH(DLHConfig(levels=2, image_size=SIZE, channels=3, x_dim=32, c_dim=32, d_dim=32,
+                         s_dim=8, enc_hidden=(32,), dec_hidden=(32,), state_hidden=(32,),
+                         factor_hidden=(16,), conv_depth=4))
+
+
+class _ZeroInput(torch.nn.Module):
+    """A decoder that ignores its input: what a model whose reconstruction ignores its latents is."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.zeros_like(context))
+
+
+def recon_spread(model: DLH, frames: torch.Tensor) -> float:
+    """Largest pixel difference between the reconstructions of two posterior samples."""
+    with torch.no_grad():
+        torch.manual_seed(1)
+        a = model.observe(frames).recon
+        torch.manual_seed(2)
+        b = model.observe(frames).recon
+    return float((a - b).abs().max())
+
+
+def test_a_model_that_ignores_its_latents_is_caught() -> None:
+    source = MovingBallSource(SIZE, 3, split="test")
+    frames = _truth(source, 4, 6, 4)
+    model = _tiny_dlh()
+    assert recon_spread(model, frames) > 1e-4  # reconstructions follow the posterior sample
+    collapsed = _tiny_dlh()
+    collapsed.decoder = _ZeroInput(collapsed.decoder)
+    assert recon_spread(collapsed, frames) == 0.0
+    kw = dict(context=4, horizon=6, samples=2, sequences=4, at=(1, 6))
+    lost = tracking_scores(collapsed, source, **kw)
+    copied = tracking_scores(CopyModel(frames, 4), source, **kw)
+    assert lost["centroid_px_mean"] > 5.0 > 0.1 > copied["centroid_px_mean"]
+
+
+def test_tracking_scores_are_deterministic_and_leave_the_global_rng() -> None:
+    source = MovingBallSource(SIZE, 3, split="test")
+    model = _tiny_dlh()
+    kw = dict(context=3, horizon=5, samples=3, sequences=4, at=(1, 5))
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first = tracking_scores(model, source, **kw)
+    after = torch.rand(1)
+    assert torch.equal(before, after)
+    assert first == tracking_scores(model, source, **kw)
+    assert set(first) == {"centroid_px_at1", "centroid_px_at5", "centroid_px_mean", "colour_kept",
+                          "visible"}
+
+
+def test_bad_arguments_are_named() -> None:
+    source = MovingBallSource(SIZE, 3, split="test")
+    with pytest.raises(ValueError, match="at"):
+        tracking_scores(_tiny_dlh(), source, horizon=5, at=(1, 10))
+    with pytest.raises(ValueError, match="samples"):
+        tracking_scores(_tiny_dlh(), source, samples=0)

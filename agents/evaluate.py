@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from worldmodel import DLH
+from worldmodel.arguments import check_int
 
 from .loop import run_episode
 from .mpc import LatentMPCAgent, obs_to_frame
@@ -122,8 +123,7 @@ def evaluate_agent(
     reward head "reward_r2_filtered" / "reward_r2_imagined" and the matching "reward_mae_*"
     (:func:`reward_predictions` over the agent's episodes, imagined over the planner's horizon)}.
     """
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise ValueError(f"episodes must be a positive int, got {episodes!r}")
+    episodes = check_int(episodes, "episodes", 1)
     agent = LatentMPCAgent(model, planner, env.action_space, exploration_noise, seed=seed)
     returns, plan_times, filtered, imagined, steps = [], [], [], [], 0
     rewards: dict[str, list[np.ndarray]] = {"filtered": [], "imagined": []}

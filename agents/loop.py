@@ -32,6 +32,7 @@ from gymnasium import spaces
 import envs  # noqa: F401 - registers worldmodel/PointTarget-v0
 from envs.pixels import make_pixel_env
 from envs.recorder import EpisodeRecorder, load_episode
+from worldmodel.arguments import check_int
 from worldmodel.data.episodes import EpisodeSource
 from worldmodel.evaluation.analysis import json_text
 from worldmodel.files import atomic_write_text
@@ -89,12 +90,6 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError("planning needs predicted rewards: set model.reward_head=true")
 
 
-def _check_positive(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def run_planet_loop(
     config: str | os.PathLike | TrainConfig,
     env_id: str,
@@ -141,10 +136,10 @@ def run_planet_loop(
     """
     cfg = _as_config(config, overrides)
     _check_config(cfg)
-    iterations = _check_positive("iterations", iterations, 0)
-    seed_episodes = _check_positive("seed_episodes", seed_episodes)
-    train_steps = _check_positive("train_steps", train_steps)
-    seed = cfg.seed if seed is None else _check_positive("seed", seed, 0)
+    iterations = check_int(iterations, "iterations", 0)
+    seed_episodes = check_int(seed_episodes, "seed_episodes", 1)
+    train_steps = check_int(train_steps, "train_steps", 1)
+    seed = cfg.seed if seed is None else check_int(seed, "seed", 0)
     episodes_dir = Path(episodes_dir if episodes_dir is not None else Path(cfg.out_dir) / "episodes")
     data = dataclasses.replace(cfg.data, name="episodes", path=str(episodes_dir))
     cfg = dataclasses.replace(cfg, data=data)

@@ -25,17 +25,12 @@ import torch
 from torch import Tensor
 
 from worldmodel import DLH, HierarchicalState, Trajectory
+from worldmodel.arguments import check_int
 
 ScoreFn = Callable[[DLH, Trajectory], Tensor]
 """(model, trajectory of n candidates) -> (n,) score; higher is better."""
 
 Bound = float | Sequence[float] | Tensor
-
-
-def _check_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _check_float(
@@ -109,8 +104,8 @@ class Planner(ABC):
         warm_start: bool = False,
         seed: int | None = None,
     ) -> None:
-        self.horizon = _check_int("horizon", horizon)
-        self.iterations = _check_int("iterations", iterations)
+        self.horizon = check_int(horizon, "horizon", 1)
+        self.iterations = check_int(iterations, "iterations", 1)
         low = torch.as_tensor(action_low, dtype=torch.float32).flatten()
         high = torch.as_tensor(action_high, dtype=torch.float32).flatten()
         if not (torch.isfinite(low).all() and torch.isfinite(high).all()) or bool((low >= high).any()):
@@ -122,7 +117,7 @@ class Planner(ABC):
         self.score_fn: ScoreFn = score_fn if score_fn is not None else RewardScore()
         self.warm_start = bool(warm_start)
         if seed is not None:
-            _check_int("seed", seed, 0)
+            check_int(seed, "seed", 0)
         self.generator = torch.Generator()
         if seed is not None:
             self.generator.manual_seed(seed)
@@ -226,8 +221,8 @@ class CEMPlanner(Planner):
         seed: int | None = None,
     ) -> None:
         super().__init__(horizon, iterations, action_low, action_high, score_fn, warm_start, seed)
-        self.candidates = _check_int("candidates", candidates, 2)
-        self.top_k = _check_int("top_k", top_k)
+        self.candidates = check_int(candidates, "candidates", 2)
+        self.top_k = check_int(top_k, "top_k", 1)
         if self.top_k > self.candidates:
             raise ValueError(f"top_k must be <= candidates={self.candidates}, got {top_k!r}")
         self.init_std = _check_float("init_std", init_std, 0.0, open_low=True)
@@ -284,8 +279,8 @@ class MPPIPlanner(Planner):
         seed: int | None = None,
     ) -> None:
         super().__init__(horizon, iterations, action_low, action_high, score_fn, warm_start, seed)
-        self.num_samples = _check_int("num_samples", num_samples, 2)
-        self.num_elites = _check_int("num_elites", num_elites)
+        self.num_samples = check_int(num_samples, "num_samples", 2)
+        self.num_elites = check_int(num_elites, "num_elites", 1)
         if self.num_elites > self.num_samples:
             raise ValueError(f"num_elites must be <= num_samples={self.num_samples}, got {num_elites!r}")
         self.temperature = _check_float("temperature", temperature, 0.0, open_low=True)

@@ -24,8 +24,10 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
 from torch import nn
 
+from worldmodel.arguments import check_int
+
 from .evaluate import _summary
-from .loop import _check_positive, make_env
+from .loop import make_env
 
 __all__ = ["SmallCNN", "train_ppo_pixels", "evaluate_ppo"]
 
@@ -103,8 +105,8 @@ def train_ppo_pixels(
     the minibatch the divisor of that nearest `batch_size` (if not below half of it). Other
     hyper-parameters are SB3's defaults.
     """
-    total_steps = _check_positive("total_steps", total_steps, 1)
-    frame_stack = _check_positive("frame_stack", frame_stack, 1)
+    total_steps = check_int(total_steps, "total_steps", 1)
+    frame_stack = check_int(frame_stack, "frame_stack", 1)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     venv = _vec_env(env_id, image_size, channels, action_repeat, frame_stack, max_episode_steps, seed)
@@ -149,7 +151,7 @@ def evaluate_ppo(
 ) -> dict[str, Any]:
     """Returns of `ppo`'s policy over `episodes` episodes (episode i reset with seed + i):
     {"returns", "mean", "std"}. The env settings must be the ones it was trained with."""
-    episodes = _check_positive("episodes", episodes, 1)
+    episodes = check_int(episodes, "episodes", 1)
     venv = _vec_env(env_id, image_size, channels, action_repeat, frame_stack, max_episode_steps, seed)
     returns = []
     try:

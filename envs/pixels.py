@@ -24,14 +24,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from worldmodel.arguments import check_int
+
 __all__ = ["PixelObservation", "ActionRepeat", "make_pixel_env"]
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    """Return ``value`` as an int, or raise a ValueError naming ``name`` and the value."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _use_headless_sdl() -> None:
@@ -71,7 +66,7 @@ class PixelObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """
 
     def __init__(self, env: gym.Env, size: int = 64, grayscale: bool = False) -> None:
-        size = _check_positive_int("size", size)
+        size = check_int(size, "size", 1)
         if not isinstance(grayscale, (bool, np.bool_)):
             raise ValueError(f"grayscale must be a bool, got {grayscale!r}")
         if env.render_mode != "rgb_array":
@@ -146,7 +141,7 @@ class ActionRepeat(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """
 
     def __init__(self, env: gym.Env, repeat: int = 1) -> None:
-        repeat = _check_positive_int("repeat", repeat)
+        repeat = check_int(repeat, "repeat", 1)
         gym.utils.RecordConstructorArgs.__init__(self, repeat=repeat)
         gym.Wrapper.__init__(self, env)
         self.repeat = repeat
@@ -192,10 +187,10 @@ def make_pixel_env(
     Returns:
         The wrapped environment.
     """
-    size = _check_positive_int("size", size)
-    action_repeat = _check_positive_int("action_repeat", action_repeat)
+    size = check_int(size, "size", 1)
+    action_repeat = check_int(action_repeat, "action_repeat", 1)
     if max_episode_steps is not None:
-        max_episode_steps = _check_positive_int("max_episode_steps", max_episode_steps)
+        max_episode_steps = check_int(max_episode_steps, "max_episode_steps", 1)
     if "render_mode" in kwargs and kwargs["render_mode"] != "rgb_array":
         raise ValueError(
             f"make_pixel_env renders with render_mode='rgb_array', got render_mode={kwargs['render_mode']!r}"

@@ -26,6 +26,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from worldmodel.arguments import check_int
+
 __all__ = ["POINT_TARGET_ID", "PointTargetEnv"]
 
 POINT_TARGET_ID = "worldmodel/PointTarget-v0"
@@ -45,12 +47,6 @@ TARGET_COLOURS = np.array(
 )
 AGENT_COLOUR = np.array([255, 255, 255], dtype=np.uint8)
 BACKGROUND = np.array([24, 24, 24], dtype=np.uint8)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class PointTargetEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -109,9 +105,9 @@ class PointTargetEnv(gym.Env[np.ndarray, np.ndarray]):
             raise ValueError(
                 f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}"
             )
-        self.size = _check_int("size", size, 8)
-        self.switch_every = _check_int("switch_every", switch_every, 1)
-        self.switch_jitter = _check_int("switch_jitter", switch_jitter, 0)
+        self.size = check_int(size, "size", 8)
+        self.switch_every = check_int(switch_every, "switch_every", 1)
+        self.switch_jitter = check_int(switch_jitter, "switch_jitter", 0)
         if self.switch_jitter >= self.switch_every:
             raise ValueError(
                 f"switch_jitter must be smaller than switch_every={self.switch_every}, got {switch_jitter!r}"

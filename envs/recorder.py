@@ -52,6 +52,7 @@ from gymnasium import spaces
 from tqdm.auto import tqdm
 
 from envs.policies import Policy, make_policy
+from worldmodel.arguments import check_int
 
 __all__ = [
     "EPISODE_KEYS",
@@ -442,12 +443,9 @@ def record_episodes(
         ValueError: bad arguments, or ``out_dir`` holds episodes recorded without a stored
             seed (a new directory is needed then).
     """
-    if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
-        raise ValueError(f"episodes must be a positive int, got {episodes!r}")
-    if seed is not None and (
-        isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED
-    ):
-        raise ValueError(f"seed must be None or an int in [0, {MAX_SEED}], got {seed!r}")
+    episodes = check_int(episodes, "episodes", 1)
+    if seed is not None:
+        seed = check_int(seed, "seed", 0, MAX_SEED, hint="or None")
     recorder = EpisodeRecorder(env, out_dir, info_keys=info_keys)
     seeds = None if seed is None else _free_seeds(Path(out_dir), recorder.prefix, int(seed), int(episodes))
     act = make_policy(policy, env, seed if seeds is None else seeds[0], algo=algo, trust_pickle=trust_pickle)

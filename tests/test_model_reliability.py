@@ -332,3 +332,67 @@ def test_modules_import_first_in_a_fresh_interpreter(module):
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "worldmodel.checkpoint"
+
+
+# ---------------------------------------------------------------------- issue 18: states and horizons
+
+
+@pytest.mark.parametrize("call", ["imagine", "observe_step", "features"])
+def test_a_state_holding_nan_is_a_value_error_naming_the_field(call):
+    model = tiny_model(levels=2)
+    state = model.observe(random_frames(2, 3)).state
+    state.d[1][0, 3] = float("nan")  # set in place, as a careless caller might
+    with pytest.raises(ValueError, match=r"state\.d of level 2: expected finite values, found NaN"):
+        if call == "imagine":
+            model.imagine(state, 3)
+        elif call == "observe_step":
+            model.observe_step(state, random_frames(2, 1)[:, 0])
+        else:
+            model.features(state)
+
+
+def test_a_state_is_checked_once_per_call_not_per_step(monkeypatch):
+    model = tiny_model(levels=2)
+    state = model.observe(random_frames(1, 2)).state
+    calls = []
+    real = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda x: calls.append(1) or real(x))
+    model.imagine(state, 20)
+    assert 0 < len(calls) <= 6 * model.config.levels  # one pass over the state's tensors
+
+
+def test_a_float64_state_is_converted_as_frames_are():
+    model = tiny_model(levels=2)
+    state = model.observe(random_frames(2, 3)).state
+    torch.manual_seed(0)
+    expected = model.decode(model.imagine(state, 4))
+    state.d[0] = state.d[0].double()
+    torch.manual_seed(0)
+    assert torch.equal(model.decode(model.imagine(state, 4)), expected)
+    state.t = state.t.float()
+    with pytest.raises(ValueError, match=r"state\.t: expected an integer tensor"):
+        model.imagine(state, 4)
+
+
+def test_a_horizon_that_cannot_fit_in_memory_is_refused_before_allocating(monkeypatch):
+    import worldmodel.validation as validation
+
+    model = tiny_model(levels=2)
+    state = model.initial_state(2)
+    monkeypatch.setattr(validation, "available_memory", lambda device: 2**30)
+    with pytest.raises(ValueError, match=r"imagine: a rollout of horizon=1000000000 .* GiB .* fewer steps"):
+        model.imagine(state, 10**9)
+    assert model.imagine(state, 3).features.shape[1] == 3
+
+
+def test_numpy_integers_are_accepted_wherever_ints_are_taken():
+    np = pytest.importorskip("numpy")
+    model = tiny_model(levels=2)
+    state = model.initial_state(np.int64(2))
+    traj = model.imagine(state, np.int64(3))
+    assert traj.features.shape[:2] == (2, 3)
+    assert tiny_config(levels=np.int64(2)).levels == 2 and type(tiny_config(levels=np.int64(2)).levels) is int
+    with pytest.raises(ValueError, match="horizon: expected a positive int, got True"):
+        model.imagine(state, True)
+    with pytest.raises(ValueError, match="horizon: expected a positive int"):
+        model.imagine(state, np.float64(3))

@@ -104,8 +104,8 @@ def test_bad_config(overrides, match):
 @pytest.mark.parametrize(
     "overrides,match",
     [
-        ({"action_dim": True}, r"DLHConfig\.action_dim must be an int >= 0, got True"),
-        ({"clockwork_k": 2.0}, r"DLHConfig\.clockwork_k must be an int >= 2, got 2\.0"),
+        ({"action_dim": True}, r"DLHConfig\.action_dim: expected a non-negative int, got True"),
+        ({"clockwork_k": 2.0}, r"DLHConfig\.clockwork_k: expected an int >= 2, got 2\.0"),
         ({"action_levels": (True,)}, r"DLHConfig\.action_levels must be a list of 1-based levels in 1\.\.3"),
         ({"action_levels": 1}, r"DLHConfig\.action_levels must be a list"),
         ({"enc_hidden": (32, False)}, r"DLHConfig\.enc_hidden must be a list of positive ints"),

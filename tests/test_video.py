@@ -95,7 +95,7 @@ def test_upscale_nearest():
     assert np.array_equal(big[:, ::3, ::3], frames)
     assert np.array_equal(big[:, 2::3, 2::3], frames)
     for bad in (0, 1.5, True):
-        with pytest.raises(ValueError, match="integer >= 1"):
+        with pytest.raises(ValueError, match="upscale factor: expected a positive int"):
             upscale_nearest(frames, bad)
 
 
@@ -155,7 +155,7 @@ def test_comparison_grid_context_edge_cases_and_errors():
     assert tuple(no_context[0, 8 + 2 + 1, 0]) == PREDICTION_COLOUR  # prediction tile top
     with pytest.raises(ValueError, match="context must be <= T"):
         comparison_grid(x, x, context=4)
-    with pytest.raises(ValueError, match="context must be an integer"):
+    with pytest.raises(ValueError, match="context: expected a non-negative int"):
         comparison_grid(x, x, context=-1)
     with pytest.raises(ValueError, match="same shape"):
         comparison_grid(x, x[:, :2], context=1)

@@ -16,6 +16,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .arguments import check_int, is_int
+
 T = TypeVar("T")
 
 TIMESCALES = ("dynamic", "clockwork", "every_step")
@@ -30,11 +32,10 @@ def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    """A DLHConfig int field: an int (not a bool) >= minimum, else a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise ValueError(f"DLHConfig.{name} must be {what}, got {value!r}")
+def _check_int(config: Any, name: str, minimum: int) -> None:
+    """A DLHConfig int field: an int (not a bool; a NumPy integer is stored as an int) >= minimum,
+    else a ValueError naming it."""
+    object.__setattr__(config, name, check_int(getattr(config, name), f"DLHConfig.{name}", minimum))
 
 
 def _check_number(
@@ -60,10 +61,9 @@ def _check_ints(name: str, value: Any, maximum: int | None = None) -> tuple[int,
     what = f"1-based levels in 1..{maximum}" if maximum is not None else "positive ints"
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
         raise ValueError(f"DLHConfig.{name} must be a list of {what}, got {value!r}")
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1 or (maximum is not None and v > maximum):
-            raise ValueError(f"DLHConfig.{name} must be a list of {what}, got {value!r}")
-    return tuple(value)
+    if not all(is_int(v) and v >= 1 and (maximum is None or v <= maximum) for v in value):
+        raise ValueError(f"DLHConfig.{name} must be a list of {what}, got {value!r}")
+    return tuple(int(v) for v in value)
 
 
 @dataclass(frozen=True)
@@ -166,15 +166,15 @@ class DLHConfig:
 
     def __post_init__(self) -> None:
         for name in ("levels", "x_dim", "c_dim", "d_dim", "s_dim", "conv_depth"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("action_dim", self.action_dim, 0)
-        _check_int("clockwork_k", self.clockwork_k, 2)
-        _check_int("image_size", self.image_size, 16)
+            _check_int(self, name, 1)
+        _check_int(self, "action_dim", 0)
+        _check_int(self, "clockwork_k", 2)
+        _check_int(self, "image_size", 16)
         if self.image_size % 16:
             raise ValueError(
                 f"DLHConfig.image_size must be a multiple of 16 (e.g. 32 or 64), got {self.image_size!r}"
             )
-        _check_int("channels", self.channels, 1)
+        _check_int(self, "channels", 1)
         if self.channels not in (1, 3):
             raise ValueError(f"DLHConfig.channels must be 1 or 3, got {self.channels!r}")
         choices = {"timescale": TIMESCALES, "assignment": ASSIGNMENTS, "boundary": BOUNDARIES,
@@ -292,15 +292,17 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+    if annotation is float and is_int(value):
         return float(value)
     if annotation is float and isinstance(value, str):
         try:  # YAML 1.1 reads "1e-3" (no dot) as a string
             return float(value)
         except ValueError:
             pass
+    if annotation is int and is_int(value):
+        return int(value)
     if annotation in (int, float, str, bool):
-        if annotation is int and isinstance(value, bool) or not isinstance(value, annotation):
+        if annotation is int or not isinstance(value, annotation):
             raise ValueError(f"{where}: expected {annotation.__name__}, got {value!r}")
     return value
 

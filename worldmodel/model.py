@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from . import validation as check
+from .arguments import check_int
 from .config import DLHConfig, model_file_metadata
 from .files import atomic_write
 from .hierarchy import Hierarchy
@@ -59,9 +60,7 @@ class DLH(nn.Module):
 
     def initial_state(self, batch_size: int) -> HierarchicalState:
         """The empty state: the next step is a sequence's first (every level updates)."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-        return self.hierarchy.initial_state(batch_size, self.device)
+        return self.hierarchy.initial_state(check_int(batch_size, "batch_size", 1), self.device)
 
     def features(self, state: HierarchicalState) -> Tensor:
         """(B, F): s^n and d^n of every level concatenated, F = N·(|s| + |d|)."""
@@ -81,7 +80,7 @@ class DLH(nn.Module):
     def _check_state(self, state: object, batch: int | None = None) -> HierarchicalState:
         """`state` if it is a state of this model (sizes, device) with `batch` rows (any if None)."""
         factor_sizes = [level.factor_size for level in self.hierarchy.levels]
-        return check.check_state(state, self.config, factor_sizes, batch, device=self.device)
+        return check.check_state(state, self.config, factor_sizes, batch, **self._inputs())
 
     def _inputs(self) -> dict[str, torch.device | torch.dtype]:
         return {"dtype": self.dtype, "device": self.device}
@@ -210,6 +209,7 @@ class DLH(nn.Module):
         if isinstance(gather_below, bool) or not isinstance(gather_below, numbers.Real) \
                 or not 0 <= gather_below <= 1:
             raise ValueError(f"gather_below: expected a number in [0, 1], got {gather_below!r}")
+        self._check_rollout_memory(batch, horizon)
         policy = actions if callable(actions) else None
         if policy is None:
             actions = check.check_actions(actions, self.config, (batch, horizon), **self._inputs())
@@ -235,6 +235,17 @@ class DLH(nn.Module):
             decoder_input=torch.stack([s.top_down[0] for s in states], 1),
             actions=torch.stack(used, 1) if used else None,
         )
+
+    def _check_rollout_memory(self, batch: int, horizon: int) -> None:
+        """Refuse (ValueError) a rollout whose trajectory cannot fit in free memory, before it
+        grows step by step until the machine runs out."""
+        cfg = self.config
+        factors = sum(level.factor_size for level in self.hierarchy.levels)
+        state = cfg.levels * (3 * cfg.s_dim + cfg.d_dim + cfg.c_dim) + factors
+        per_step = state + cfg.feature_dim + cfg.c_dim + cfg.action_dim  # + features, c^0, actions
+        needed = horizon * batch * per_step * self.dtype.itemsize
+        check.check_memory(needed, self.device, f"imagine: a rollout of horizon={horizon} for {batch} rows",
+                           "imagine fewer steps at a time (from trajectory.final_state) or fewer rows")
 
     def decode(self, source: Trajectory | HierarchicalState) -> Tensor:
         """Frames in [0, 1]: (B, horizon, C, H, W) for a Trajectory, (B, C, H, W) for a state."""

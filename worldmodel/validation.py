@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import fields
 
 import torch
 from torch import Tensor
 
+from .arguments import check_int
 from .config import DLHConfig
 from .state import HierarchicalState, Trajectory
 
@@ -164,9 +166,8 @@ def check_targets(
 
 
 def check_horizon(horizon: object) -> int:
-    if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon <= 0:
-        raise ValueError(f"horizon: expected a positive int, got {horizon!r}")
-    return horizon
+    """A positive int (a NumPy integer too), as an int."""
+    return check_int(horizon, "horizon", 1)
 
 
 def check_weight(value: object, name: str) -> float:
@@ -177,6 +178,43 @@ def check_weight(value: object, name: str) -> float:
     return float(value)
 
 
+_STATE_FLOATS = ("s", "mean", "std", "d", "top_down", "factor")  # per-level float fields
+
+
+def _converted_state(state: HierarchicalState, dtype: torch.dtype | None, name: str) -> HierarchicalState:
+    """`state` with its float tensors in the model's `dtype`, checked for NaN/inf in one pass.
+
+    A float field of another dtype (float64 from NumPy, ...) is converted as frames are, except
+    the autocast dtype inside an autocast region (a state filtered under autocast keeps it).
+    """
+    if state.pending.dtype != torch.bool:
+        raise ValueError(f"{name}.pending: expected a bool tensor, got dtype {state.pending.dtype}")
+    if state.t.dtype.is_floating_point or state.t.dtype in (torch.bool, torch.complex64, torch.complex128):
+        raise ValueError(f"{name}.t: expected an integer tensor (steps), got dtype {state.t.dtype}")
+    autocast: torch.dtype | None = None
+    if torch.is_autocast_enabled(state.t.device.type):
+        autocast = torch.get_autocast_dtype(state.t.device.type)
+    values: dict[str, list[Tensor]] = {}
+    for key in _STATE_FLOATS:
+        values[key] = []
+        for n, x in enumerate(getattr(state, key)):
+            if not x.is_floating_point():
+                raise ValueError(f"{name}.{key} of level {n + 1}: expected a floating tensor, "
+                                 f"got dtype {x.dtype}")
+            if dtype is not None and x.dtype not in (dtype, autocast):
+                x = x.to(dtype)
+            values[key].append(x)
+    tensors = [x for key in _STATE_FLOATS for x in values[key] if x.numel()]
+    if tensors and not bool(torch.stack([torch.isfinite(x).all() for x in tensors]).all()):  # one sync
+        for key in _STATE_FLOATS:
+            for n, x in enumerate(values[key]):
+                if not bool(torch.isfinite(x).all()):
+                    bad = "NaN" if bool(torch.isnan(x).any()) else "inf"
+                    raise ValueError(f"{name}.{key} of level {n + 1}: expected finite values, found {bad} "
+                                     "(a state changed in place, or filtered from non-finite input?)")
+    return HierarchicalState(**values, pending=state.pending, t=state.t)
+
+
 def check_state(
     state: object,
     cfg: DLHConfig,
@@ -184,10 +222,15 @@ def check_state(
     batch: int | None = None,
     *,
     device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
     name: str = "state",
 ) -> HierarchicalState:
     """A HierarchicalState that fits the model of `cfg` (levels, |s|, |d|, |c|, factor widths)
-    with `batch` rows (any batch if None), on `device`."""
+    with `batch` rows (any batch if None), on `device`, with finite values.
+
+    Returns the state with float fields of another dtype converted to `dtype` (as frames are);
+    the checks cost one device sync per call, not one per tensor.
+    """
     if not isinstance(state, HierarchicalState):
         raise ValueError(f"{name}: expected a HierarchicalState, got {_describe(state)}")
     levels = cfg.levels
@@ -223,7 +266,34 @@ def check_state(
             )
     if tuple(state.pending.shape) != (rows, levels):
         raise ValueError(f"{name}.pending: expected shape {(rows, levels)}, got {tuple(state.pending.shape)}")
-    return state
+    return _converted_state(state, dtype, name)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on `device` (free accelerator memory, or the host's
+    MemAvailable), None when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(needed: int, device: torch.device, what: str, remedy: str) -> None:
+    """ValueError before allocating when `needed` bytes exceed what `device` has free."""
+    free = available_memory(device)
+    if free is not None and needed > free:
+        gib = 2.0**30
+        raise ValueError(f"{what} needs about {needed / gib:.3g} GiB of memory, more than the "
+                         f"{free / gib:.3g} GiB free on {device.type}: {remedy}")
 
 
 def check_features(features: object, cfg: DLHConfig, *, dtype: torch.dtype | None = None,
@@ -254,4 +324,5 @@ def check_trajectory(traj: Trajectory, cfg: DLHConfig, *, device: torch.device |
 
 
 __all__ = ["check_frames", "check_actions", "check_mask", "check_targets", "check_horizon", "check_weight",
-           "check_state", "check_features", "check_trajectory"]
+           "check_state", "check_features", "check_trajectory", "check_int", "available_memory",
+           "check_memory"]

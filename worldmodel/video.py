@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .arguments import check_int
 from .files import atomic_write
 
 __all__ = [
@@ -111,8 +112,7 @@ def upscale_nearest(frames: np.ndarray, factor: int) -> np.ndarray:
     Returns:
         (..., H * factor, W * factor, 3) uint8.
     """
-    if not isinstance(factor, (int, np.integer)) or isinstance(factor, bool) or factor < 1:
-        raise ValueError(f"upscale factor must be an integer >= 1, got {factor!r}")
+    factor = check_int(factor, "upscale factor", 1)
     if frames.ndim < 3:
         raise ValueError(f"upscale_nearest: expected (..., H, W, 3), got shape {frames.shape}")
     if factor == 1:
@@ -123,12 +123,6 @@ def upscale_nearest(frames: np.ndarray, factor: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # Grids
 # --------------------------------------------------------------------------------------
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _assemble(tiles: np.ndarray, filled: np.ndarray, border: int) -> np.ndarray:
@@ -201,12 +195,12 @@ def comparison_grid(
             f"got {tuple(truth.shape)} and {tuple(pred.shape)}"
         )
     batch, steps, height, width = truth_u8.shape[:4]
-    context = _check_int("context", context, 0)
+    context = check_int(context, "context", 0)
     if context > steps:
         raise ValueError(f"context must be <= T = {steps}, got {context}")
-    border = _check_int("border", border, 0)
-    m = _check_int("frame_width", frame_width, 0)
-    ncol = _check_int("ncol", ncol, 1)
+    border = check_int(border, "border", 0)
+    m = check_int(frame_width, "frame_width", 0)
+    ncol = check_int(ncol, "ncol", 1)
 
     # Framed tiles: (B, 2, T, H + 2m, W + 2m, 3), index 0 = truth, 1 = prediction.
     tiles = np.empty((batch, 2, steps, height + 2 * m, width + 2 * m, 3), dtype=np.uint8)
@@ -244,7 +238,7 @@ def image_grid(images: ArrayLike, ncol: int | None = None, border: int = 1) -> n
         (H', W', 3) uint8; unused cells of the last row are background.
     """
     u8 = to_uint8(images)
-    border = _check_int("border", border, 0)
+    border = check_int(border, "border", 0)
     if u8.ndim == 5:
         rows, cols = u8.shape[:2]
         if ncol is not None and ncol != cols:
@@ -257,7 +251,7 @@ def image_grid(images: ArrayLike, ncol: int | None = None, border: int = 1) -> n
     count = u8.shape[0]
     if count == 0:
         raise ValueError("image_grid: got no images (N = 0)")
-    cols = math.ceil(math.sqrt(count)) if ncol is None else _check_int("ncol", ncol, 1)
+    cols = math.ceil(math.sqrt(count)) if ncol is None else check_int(ncol, "ncol", 1)
     cols = min(cols, count)
     rows = math.ceil(count / cols)
     padded = np.zeros((rows * cols, *u8.shape[1:]), dtype=np.uint8)

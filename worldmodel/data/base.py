@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 import torch
 
+from worldmodel.arguments import check_int
+
 # Salt mixed into the generator of ``eval_batch`` so that evaluation windows never
 # coincide with the training stream of ``batch_at``.
 EVAL_SALT = 0x5EED_E7A1
@@ -156,15 +158,12 @@ class SequenceSource(ABC):
 
 
 def check_seed(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
+    return check_int(value, name, 0)
 
 
 def check_batch_args(batch_size: int, seq_len: int) -> None:
-    for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_int(batch_size, "batch_size", 1)
+    check_int(seq_len, "seq_len", 1)
 
 
 def batch_at(

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+from worldmodel.arguments import check_int, is_int
 from worldmodel.data.base import SequenceSource
 from worldmodel.data.options import parse_options
 
@@ -30,9 +31,8 @@ class DatasetEntry(NamedTuple):
 DATASETS: dict[str, DatasetEntry] = {}
 
 
-def _int_field(name: str, value: Any, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"data.{name} must be an integer in [{lo}, {hi}], got {value!r}")
+def _int_field(config: Any, name: str, lo: int, hi: int) -> None:
+    object.__setattr__(config, name, check_int(getattr(config, name), f"data.{name}", lo, hi))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +69,12 @@ class DataConfig:
         if self.name == "moving_ball" and self.path is not None:
             raise ValueError(f"data.path must be null for moving_ball (it is generated), "
                              f"got {self.path!r}")
-        _int_field("image_size", self.image_size, 8, 4096)
-        if self.channels not in (1, 3) or isinstance(self.channels, bool):
+        _int_field(self, "image_size", 8, 4096)
+        if not is_int(self.channels) or self.channels not in (1, 3):
             raise ValueError(f"data.channels must be 1 or 3, got {self.channels!r}")
-        _int_field("seq_len", self.seq_len, 1, 10**7)
-        _int_field("batch_size", self.batch_size, 1, 10**7)
+        object.__setattr__(self, "channels", int(self.channels))
+        _int_field(self, "seq_len", 1, 10**7)
+        _int_field(self, "batch_size", 1, 10**7)
         if not isinstance(self.options, Mapping):
             raise ValueError(f"data.options must be a mapping, got {self.options!r}")
         object.__setattr__(self, "options", dict(self.options))

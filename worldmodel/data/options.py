@@ -19,6 +19,8 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
+from worldmodel.arguments import check_int as check_integer
+
 OptionsT = TypeVar("OptionsT")
 
 
@@ -55,12 +57,7 @@ def set_field(obj: object, field: str, value: object) -> None:
 
 def check_int(field: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
     """Return ``value`` as an int in ``[lo, hi]`` or raise ValueError naming ``field``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{_name(field)} must be an integer, got {value!r}")
-    value = int(value)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ValueError(f"{_name(field)} must be in [{lo}, {hi}], got {value}")
-    return value
+    return check_integer(value, _name(field), lo, hi)
 
 
 def check_float(

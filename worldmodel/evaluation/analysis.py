@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..arguments import check_int
 from ..files import atomic_write
 from ..model import DLH
 from ..state import HierarchicalState, ObserveOutput
@@ -226,8 +227,7 @@ def resample_levels(
     for n in chosen:
         if not 1 <= n <= state.levels:
             raise ValueError(f"levels: expected level numbers in 1..{state.levels}, got {n}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples: expected a positive int, got {samples!r}")
+    samples = check_int(samples, "samples", 1)
     if source not in ("prior", "posterior"):
         raise ValueError(f"source: expected 'prior' or 'posterior', got {source!r}")
     rep = state.repeat_interleave(samples)

@@ -18,12 +18,14 @@ import numpy as np
 import torch
 import yaml
 
+from ..arguments import check_int
 from ..checkpoint import load
 from ..config import from_dict
 from ..data import Batch, DataConfig, SequenceSource, build_source
 from ..model import DLH
 from ..training.checkpoints import latest_checkpoint
 from ..training.config import apply_overrides
+from ..validation import check_memory
 
 MODEL_FILE = "model.safetensors"
 
@@ -156,10 +158,11 @@ def eval_sequences(
     ValueError with the lengths involved when the data set's videos are too short (`what`
     names the setting that asked for `length` frames).
     """
-    for name, value in (("sequences", num), ("length", length), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
-            raise ValueError(f"{name}: expected a {'non-negative' if name == 'seed' else 'positive'} "
-                             f"int, got {value!r}")
+    num, length = check_int(num, "sequences", 1), check_int(length, "length", 1)
+    seed = check_int(seed, "seed", 0)
+    frame = source.channels * source.image_size**2 * 5  # bytes: float32 frames and their uint8 source
+    check_memory(num * length * frame, torch.device("cpu"), f"{num} sequence(s) of {length} frames ({what})",
+                 f"lower the {what} or the number of sequences")
     try:
         # the same windows as eval_batch (`dlh eval`'s), with change flags where the data has them
         return source.eval_batch_with_events(num, length, seed)

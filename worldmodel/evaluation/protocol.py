@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..arguments import check_int
 from ..metrics import SSIM_VARIANTS, psnr, ssim, ssim_window_size
 from ..model import DLH
 
@@ -74,9 +75,7 @@ class EvalResult:
 
 
 def _positive(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return value
+    return check_int(value, name, 1)
 
 
 def _check_variants(variants: Sequence[str]) -> tuple[str, ...]:

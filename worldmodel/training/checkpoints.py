@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..arguments import is_int
 from ..checkpoint import read_model_file
 from ..config import DLHConfig
 from ..files import atomic_directory, atomic_write_text, naming, one_line
@@ -127,7 +128,7 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
     except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CorruptCheckpoint(f"{info_file}: not a readable trainer.json ({one_line(exc)})") from exc
     step = info.get("step") if isinstance(info, dict) else None
-    if isinstance(step, bool) or not isinstance(step, int):
+    if not is_int(step):
         raise CorruptCheckpoint(f"{info_file}: expected a mapping with an integer 'step'")
     try:
         model_config, weights = read_model_file(path / "model.safetensors")

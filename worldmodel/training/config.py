@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from ..arguments import check_int
 from ..config import DLHConfig, from_dict, is_finite_number, to_dict
 from ..data import DataConfig
 from ..files import one_line
@@ -69,8 +70,7 @@ class OptimConfig:
                                  + (" (0 disables clipping)" if name == "grad_clip" else ""))
         for name in ("beta_warmup", "lr_warmup"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"optim.{name} must be an int >= 0 (steps), got {value!r}")
+            object.__setattr__(self, name, check_int(value, f"optim.{name}", 0, hint="steps"))
         if not is_finite_number(self.beta2) or not 0 < self.beta2 < 1:
             raise ValueError(f"optim.beta2 must be in (0, 1), got {self.beta2!r}")
 
@@ -147,21 +147,18 @@ class TrainConfig:
         for name in ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "max_bad_steps",
                      "rollout_context", "rollout_horizon", "media_sequences"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.media_every < 0 or self.seed < 0 or self.event_every < 0:
-            raise ValueError("media_every, event_every and seed must be >= 0")
+            object.__setattr__(self, name, check_int(value, name, 1))
+        for name in ("media_every", "event_every", "seed"):
+            object.__setattr__(self, name, check_int(getattr(self, name), name, 0))
         for name in ("event_sequences", "event_length"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-                raise ValueError(f"{name} must be an int >= 2, got {value!r}")
+            object.__setattr__(self, name, check_int(value, name, 2))
         if not isinstance(self.out_dir, (str, os.PathLike)) or not str(self.out_dir).strip():
             raise ValueError(f"out_dir must name a folder (e.g. runs/my_run), got {self.out_dir!r}")
         object.__setattr__(self, "out_dir", os.fspath(self.out_dir))
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
-            raise ValueError(f"threads must be a positive int or null (torch's default), "
-                             f"got {self.threads!r}")
+        if self.threads is not None:
+            threads = check_int(self.threads, "threads", 1, hint="or null: torch's default")
+            object.__setattr__(self, "threads", threads)
         if not (is_finite_number(self.collapse_kl) and self.collapse_kl >= 0
                 and is_finite_number(self.frozen_ratio) and 0 <= self.frozen_ratio <= 1):
             raise ValueError(f"collapse_kl must be >= 0 and frozen_ratio in [0, 1], got "

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..arguments import is_int
 from ..files import atomic_write_text, naming
 from ..metrics import per_frame_metrics
 from ..model import DLH
@@ -33,7 +34,7 @@ def read_metrics_lines(path: Path) -> list[tuple[int, str]]:
         try:
             row = json.loads(line)
             step = row["step"]
-            if isinstance(step, bool) or not isinstance(step, int):
+            if not is_int(step):
                 raise ValueError(f"step {step!r} is not an int")
         except (ValueError, KeyError, TypeError) as exc:
             if i == len(numbered) - 1:

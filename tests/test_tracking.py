@@ -13,6 +13,7 @@ from worldmodel import DLH, DLHConfig
 from worldmodel.data import ObjectReadout, VideoSource
 from worldmodel.data.base import videos_to_frames
 from worldmodel.data.moving_ball import MovingBallOptions, MovingBallSource, _palette_array, render_discs
+from worldmodel.evaluation.probes import level_probes, linear_r2
 from worldmodel.evaluation.tracking import centroid_errors, colour_kept, tracking_scores
 
 SIZE, RADIUS = 32, 3.2
@@ -208,3 +209,24 @@ def test_bad_arguments_are_named() -> None:
         tracking_scores(_tiny_dlh(), source, horizon=5, at=(1, 10))
     with pytest.raises(ValueError, match="samples"):
         tracking_scores(_tiny_dlh(), source, samples=0)
+
+
+def test_linear_r2_against_known_maps() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5))
+    train = np.arange(200) < 100
+    y = x @ rng.normal(size=(5, 2)) + 3.0
+    assert linear_r2(x, y, train) == pytest.approx(1.0)
+    assert abs(linear_r2(rng.normal(size=(200, 5)), y, train)) < 0.2  # unrelated features
+
+
+def test_level_probes_keys_and_none() -> None:
+    source = MovingBallSource(SIZE, 3, split="test")
+    model = _tiny_dlh()
+    probes = level_probes(model, source, sequences=4, length=6)
+    assert set(probes) == {"level1_position_r2", "level1_colour_r2", "level2_position_r2",
+                           "level2_colour_r2"}
+    assert all(isinstance(v, float) for v in probes.values())
+    assert model.training
+    plain = VideoSource.from_arrays([np.zeros((12, SIZE, SIZE, 3), np.uint8)], SIZE, 3)
+    assert level_probes(model, plain, sequences=2, length=4) is None

@@ -3,9 +3,10 @@ position and colour (Moving Ball), read off the frames.
 
     python benchmarks/reproduce/level_probe.py runs/x8/copy_s0 [--checkpoint step_00001200]
 
-24 test windows of 60 frames filtered with `observe_step`; the ball's centroid and mean colour
-come from the frame's non-black pixels; least squares on the first half of the steps, R² on the
-second half (R² ≈ 0: the level holds nothing linearly readable about it).
+A thin wrapper of `worldmodel.evaluation.probes.level_probes`: 24 test windows of 60 frames
+filtered with `observe_step`; the ball's centroid and palette colour come from
+`SequenceSource.read_objects`; least squares on the first half of the sequences, R² on the
+other half (R² ≈ 0: the level holds nothing linearly readable about it).
 """
 
 from __future__ import annotations
@@ -13,18 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from worldmodel.evaluation.loading import eval_sequences, evaluation_source, resolve
-
-
-def r2(x: np.ndarray, y: np.ndarray) -> float:
-    x1 = np.c_[x, np.ones(len(x))]
-    half = len(x) // 2
-    w, *_ = np.linalg.lstsq(x1[:half], y[:half], rcond=None)
-    residual = y[half:] - x1[half:] @ w
-    return float(1 - (residual**2).sum() / ((y[half:] - y[half:].mean(0)) ** 2).sum())
+from worldmodel.evaluation.loading import evaluation_source, resolve
+from worldmodel.evaluation.probes import level_probes
 
 
 def main() -> None:
@@ -32,29 +25,23 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run")
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--sequences", type=int, default=24)
+    parser.add_argument("--length", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     run = Path(args.run)
     resolved = resolve(run / "checkpoints" / args.checkpoint if args.checkpoint else run)
-    model = resolved.model
     source, _ = evaluation_source(resolved.data)
-    batch, _ = eval_sequences(source, 24, 60, 0)
-    frames = batch.frames
-    b, t = frames.shape[:2]
-    state, means = model.initial_state(b), []
-    with torch.no_grad():
-        for step in range(t):
-            state = model.observe_step(state, frames[:, step])
-            means.append([m.clone() for m in state.mean])
-    pixels = frames.permute(0, 1, 3, 4, 2).reshape(b * t, frames.shape[3], frames.shape[4], -1).numpy()
-    ball = pixels.sum(-1) > 0.5
-    ys, xs = np.mgrid[: pixels.shape[1], : pixels.shape[2]]
-    colour = np.array([p[m].mean(0) if m.any() else np.zeros(p.shape[-1]) for p, m in zip(pixels, ball)])
-    position = np.array([[ys[m].mean(), xs[m].mean()] if m.any() else [0.0, 0.0] for m in ball])
+    probes = level_probes(resolved.model, source, sequences=args.sequences, length=args.length,
+                          seed=args.seed)
     print(resolved.model_file)
-    for n in range(model.config.levels):
-        level = torch.stack([m[n] for m in means], 1).reshape(b * t, -1).numpy()
-        print(f"level {n + 1}: R² position {r2(level, position):.3f}  R² colour {r2(level, colour):.3f}")
+    if probes is None:
+        print(f"{resolved.data.name}: the data set cannot read its objects off the frames; no probes")
+        return
+    for n in range(1, resolved.model.config.levels + 1):
+        print(f"level {n}: R² position {probes[f'level{n}_position_r2']:.3f}  "
+              f"R² colour {probes[f'level{n}_colour_r2']:.3f}")
 
 
 if __name__ == "__main__":

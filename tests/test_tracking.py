@@ -230,3 +230,52 @@ def test_level_probes_keys_and_none() -> None:
     assert model.training
     plain = VideoSource.from_arrays([np.zeros((12, SIZE, SIZE, 3), np.uint8)], SIZE, 3)
     assert level_probes(model, plain, sequences=2, length=4) is None
+
+
+# ---------------------------------------------------------------------- dlh eval / analyze
+@pytest.fixture
+def ball_run(tmp_path):
+    from tests.conftest import tiny_config
+    from worldmodel.data import DataConfig
+    from worldmodel.training.config import TrainConfig, dump_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = TrainConfig(model=tiny_config(), out_dir=str(run),
+                      data=DataConfig(name="moving_ball", image_size=16, channels=1, seq_len=10,
+                                      batch_size=2))
+    (run / "config.yaml").write_text(dump_config(cfg))
+    DLH(tiny_config()).save(run / "model.safetensors")
+    return run
+
+
+TRACK = ["--track-sequences", "3", "--track-samples", "2", "--track-context", "2",
+         "--track-horizon", "5"]
+
+
+def test_eval_and_analyze_report_tracking(ball_run, tmp_path, capsys):
+    import json
+
+    from worldmodel.cli import main
+
+    assert main(["eval", "--checkpoint", str(ball_run), "--context", "2", "--horizon", "3",
+                 "--samples", "2", "--sequences", "2", "--device", "cpu", "--out",
+                 str(tmp_path / "e"), *TRACK]) == 0
+    tracking = json.loads((tmp_path / "e" / "eval.json").read_text())["tracking"]
+    assert {k: tracking[k] for k in ("context", "horizon", "samples", "sequences")} == {
+        "context": 2, "horizon": 5, "samples": 2, "sequences": 3}
+    assert {"centroid_px_at1", "centroid_px_at5", "centroid_px_mean", "colour_kept",
+            "visible", "definition"} <= set(tracking)
+    assert "tracking (best of 2" in capsys.readouterr().out
+    assert main(["analyze", "--checkpoint", str(ball_run), "--sequences", "2", "--length", "6",
+                 "--maps", "0", "--device", "cpu", "--out", str(tmp_path / "a"), *TRACK,
+                 "--probe-sequences", "4", "--probe-length", "6"]) == 0
+    analysis = json.loads((tmp_path / "a" / "analysis.json").read_text())
+    assert analysis["tracking"]["sequences"] == 3
+    assert {"level1_position_r2", "level2_colour_r2", "sequences", "length"} <= set(analysis["probes"])
+    assert "level probes R²" in capsys.readouterr().out
+    assert main(["analyze", "--checkpoint", str(ball_run), "--sequences", "2", "--length", "6",
+                 "--maps", "0", "--device", "cpu", "--out", str(tmp_path / "b"),
+                 "--track-sequences", "0", "--probe-sequences", "0"]) == 0
+    analysis = json.loads((tmp_path / "b" / "analysis.json").read_text())
+    assert "tracking" not in analysis and "probes" not in analysis

@@ -32,7 +32,10 @@ from .analysis import (
 )
 from .events import level_event_scores, true_change_rate
 from .loading import Resolved, eval_sequences, evaluation_source, resolve
+from .probes import level_probes
 from .protocol import EvalResult, averages_with_std, best_of_k_curves, evaluate, ssim_name
+from .tracking import DEFINITION as TRACKING_DEFINITION
+from .tracking import format_tracking, offsets_within, tracking_scores
 
 
 # ---------------------------------------------------------------------- shared
@@ -54,6 +57,38 @@ def _common(p: argparse.ArgumentParser, sequences: int) -> None:
     p.add_argument("--set", action="append", metavar="data.KEY=VALUE",
                    help="override a data setting, e.g. --set data.options.lam=0.1 (repeatable)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:i]")
+
+
+def _tracking_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--track-sequences", type=int, default=32, help="fresh test windows of the "
+                   "open-loop tracking scores, for data that can read its objects off the frames "
+                   "(Moving Ball); 0 skips them (default %(default)s)")
+    p.add_argument("--track-samples", type=int, default=10, help="K of the tracking scores' best "
+                   "of K (default %(default)s)")
+    p.add_argument("--track-context", type=int, default=10, help="frames filtered before the "
+                   "tracked rollout (default %(default)s)")
+    p.add_argument("--track-horizon", type=int, default=30, help="open-loop frames tracked "
+                   "(default %(default)s)")
+
+
+def _tracking(args: argparse.Namespace, model: Any, source: Any) -> dict[str, Any] | None:
+    """The tracking scores with their settings, or None (skipped, or no objects to read)."""
+    if args.track_sequences < 0:
+        raise ValueError(f"--track-sequences must be >= 0, got {args.track_sequences}")
+    if args.track_sequences == 0:
+        return None
+    for name in ("track_samples", "track_context", "track_horizon"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    scores = tracking_scores(model, source, context=args.track_context, horizon=args.track_horizon,
+                             samples=args.track_samples, sequences=args.track_sequences,
+                             seed=args.seed, at=offsets_within(args.track_horizon))
+    if scores is None:
+        return None
+    print(f"tracking (best of {args.track_samples}, context {args.track_context}, "
+          f"{args.track_sequences} sequences): {format_tracking(scores)}")
+    return {"context": args.track_context, "horizon": args.track_horizon,
+            "samples": args.track_samples, "sequences": args.track_sequences,
+            "definition": TRACKING_DEFINITION, **scores}
 
 
 def _setup(args: argparse.Namespace, command: str) -> tuple[Resolved, Path]:
@@ -179,11 +214,14 @@ def run_eval(args: argparse.Namespace) -> int:
         "files": {"curves": "curves.csv", "ssim_plot": "ssim.png", "psnr_plot": "psnr.png",
                   "best_samples": "best_samples.gif"},
     }
-    summary["wall_time_s"] = round(time.perf_counter() - started, 2)
-    _write_json(out / "eval.json", summary)
     scores = "  ".join(f"{n} {result.averages[n]:.4f}" for n in names if n != "mse")
     print(f"best of {args.samples}, {args.sequences} sequences, context {args.context}, "
           f"horizon {args.horizon}: {scores}")
+    tracking = _tracking(args, model, source)
+    if tracking is not None:
+        summary["tracking"] = tracking
+    summary["wall_time_s"] = round(time.perf_counter() - started, 2)
+    _write_json(out / "eval.json", summary)
     print(f"  wrote {out / 'eval.json'}, curves.csv, ssim.png, psnr.png")
     return 0
 
@@ -274,6 +312,17 @@ def run_analyze(args: argparse.Namespace) -> int:
     if truth_changes is not None and model.config.levels >= 2:
         report["events"] = {"true_change_rate": true_change_rate(truth_changes),
                             **level_event_scores(torch.cat(changed_all), truth_changes)}
+    tracking = _tracking(args, model, source)
+    if tracking is not None:
+        report["tracking"] = tracking
+    if args.probe_sequences < 0 or args.probe_sequences == 1:
+        raise ValueError(f"--probe-sequences must be 0 or >= 2, got {args.probe_sequences}")
+    probes = None
+    if args.probe_sequences and batch.actions is None:
+        probes = level_probes(model, source, sequences=args.probe_sequences,
+                              length=_positive("probe-length", args.probe_length), seed=args.seed)
+    if probes is not None:
+        report["probes"] = {"sequences": args.probe_sequences, "length": args.probe_length, **probes}
     payload = {
         **_provenance(args, resolved, split, started),
         "levels": model.config.levels, "timescale": model.config.timescale,
@@ -290,6 +339,10 @@ def run_analyze(args: argparse.Namespace) -> int:
                                  "columns: truth, held state, samples (Fig. 5a)",
             "samples_split": "rows alternate levels >= m resampled (Fig. 10) and levels < m "
                              "resampled (Fig. 11), for m = 2..N",
+            "tracking": TRACKING_DEFINITION,
+            "probes": "R² on held-out sequences of a least-squares linear map (with bias) from level "
+                      "n's posterior mean to the object's position (x, y px) and palette colour, "
+                      "fitted on the other half of the sequences (evaluation.probes.level_probes)",
         },
         "sampling_groups": sampling_groups(model.config.levels),
         **report,
@@ -312,6 +365,10 @@ def run_analyze(args: argparse.Namespace) -> int:
         print(f"events at {level}: precision {ex['precision']:.3f}  recall {ex['recall']:.3f}  "
               f"F1 {ex['f1']:.3f}   (±1 step: F1 {tol['f1']:.3f})   change rate {ev['change_rate']:.3f} "
               f"(true {report['events']['true_change_rate']:.3f})")
+    if probes is not None:
+        shown = "   ".join(f"L{n} position {probes[f'level{n}_position_r2']:.3f} colour "
+                           f"{probes[f'level{n}_colour_r2']:.3f}" for n in range(1, model.config.levels + 1))
+        print(f"level probes R²: {shown}")
     print(f"  wrote {out / 'analysis.json'} and PNGs")
     return 0
 
@@ -328,6 +385,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "(default: rollouts x horizon <= 4096 frames on CPU, 65536 on GPU)")
     p.add_argument("--ssim-variants", nargs="+", choices=SSIM_VARIANTS, default=list(SSIM_VARIANTS),
                    help="SSIM variants to report; the first selects the best sample")
+    _tracking_flags(p)
     p.set_defaults(func=run_eval)
 
     p = sub.add_parser("rollout", help="ground truth beside an open-loop prediction (GIF and MP4)")
@@ -344,6 +402,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--length", type=int, default=None, help="frames per sequence (default data.seq_len)")
     p.add_argument("--samples", type=int, default=8, help="samples per row of the sampling grids")
     p.add_argument("--maps", type=int, default=2, help="change-map PNGs to draw (default 2)")
+    _tracking_flags(p)
+    p.add_argument("--probe-sequences", type=int, default=24, help="test windows of the linear "
+                   "level probes (position, colour), for data that can read its objects; 0 skips "
+                   "them (default %(default)s)")
+    p.add_argument("--probe-length", type=int, default=60, help="frames per probe window "
+                   "(default %(default)s)")
     p.set_defaults(func=run_analyze)
 
 

@@ -22,6 +22,7 @@ import torch
 from ..data import SequenceSource
 from ..model import DLH
 from .loading import eval_sequences
+from .tracking import reads_objects
 
 
 def linear_r2(features: np.ndarray, target: np.ndarray, train: np.ndarray) -> float:
@@ -60,6 +61,8 @@ def level_probes(
     """
     if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 2:
         raise ValueError(f"sequences: expected an int >= 2 (half to fit, half to score), got {sequences!r}")
+    if not reads_objects(source):
+        return None
     batch, _ = eval_sequences(source, sequences, length, seed, "probe length")
     if batch.actions is not None:
         raise ValueError("level_probes: the probe filters plain video; this source has actions")

@@ -72,6 +72,12 @@ def colour_kept(truth: ObjectReadout, pred: ObjectReadout, last_colour: np.ndarr
     return int(kept.sum()), int(span.sum())
 
 
+def reads_objects(source: SequenceSource) -> bool:
+    """Whether `source` can read objects off frames (asked with one blank frame, no data drawn)."""
+    blank = torch.zeros(1, 1, source.channels, source.image_size, source.image_size)
+    return source.read_objects(blank) is not None
+
+
 def _index(readout: ObjectReadout, rows: np.ndarray | slice, steps: slice = slice(None)) -> ObjectReadout:
     return ObjectReadout(readout.centroid[rows][:, steps], readout.colour[rows][:, steps],
                          readout.visible[rows][:, steps], readout.palette)
@@ -136,6 +142,8 @@ def tracking_scores(
     at = tuple(_positive("at", k) for k in at)
     if any(k > horizon for k in at):
         raise ValueError(f"at: offsets {at} must lie in 1..horizon={horizon}")
+    if not reads_objects(source):
+        return None
     batch, _ = eval_sequences(source, sequences, context + horizon, seed, "context + horizon")
     frames = batch.frames
     truth_all = source.read_objects(frames)
@@ -186,4 +194,33 @@ def tracking_scores(
     return scores
 
 
-__all__ = ["tracking_scores", "centroid_errors", "colour_kept", "DEFAULT_AT", "FRAME_BUDGET"]
+DEFINITION = (
+    "best of K open-loop samples per sequence by mean centroid error over the horizon; "
+    "centroid_px_at{k}: median over sequences of that sample's centroid error (px) k frames after "
+    "the context, a predicted frame without a visible object counting as the frame diagonal; "
+    "colour_kept: fraction of its frames before the first true colour change on which the "
+    "predicted colour is the true one; visible: fraction of its frames showing an object; "
+    "objects read off the pixels of truth and prediction (SequenceSource.read_objects)"
+)
+
+
+def offsets_within(horizon: int, at: Sequence[int] = DEFAULT_AT) -> tuple[int, ...]:
+    """The offsets of `at` that a rollout of `horizon` frames reaches, plus `horizon` itself
+    when `at` reaches none."""
+    kept = tuple(k for k in at if k <= horizon)
+    return kept or (horizon,)
+
+
+def format_tracking(scores: dict[str, float]) -> str:
+    """One line of text: "centroid px +1 0.52  +5 2.70 ...  colour kept 61.0 %  visible 100.0 %"."""
+    def num(value: float, scale: float = 1.0, digits: int = 2) -> str:
+        return "n/a" if value is None or not math.isfinite(value) else f"{value * scale:.{digits}f}"
+
+    at = [k for k in scores if k.startswith("centroid_px_at")]
+    px = "  ".join(f"+{k.removeprefix('centroid_px_at')} {num(scores[k])}" for k in at)
+    return (f"centroid px {px}  (mean {num(scores['centroid_px_mean'])})   colour kept "
+            f"{num(scores['colour_kept'], 100, 1)} %   visible {num(scores['visible'], 100, 1)} %")
+
+
+__all__ = ["tracking_scores", "reads_objects", "centroid_errors", "colour_kept", "format_tracking",
+           "offsets_within", "DEFAULT_AT", "DEFINITION", "FRAME_BUDGET"]

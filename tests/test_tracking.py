@@ -279,3 +279,35 @@ def test_eval_and_analyze_report_tracking(ball_run, tmp_path, capsys):
                  "--track-sequences", "0", "--probe-sequences", "0"]) == 0
     analysis = json.loads((tmp_path / "b" / "analysis.json").read_text())
     assert "tracking" not in analysis and "probes" not in analysis
+
+
+# ---------------------------------------------------------------------- trainer
+def test_trainer_logs_tracking_and_probes(tmp_path):
+    import json
+
+    from tests.test_training import TINY
+    from worldmodel.training import Trainer, load_config
+    from worldmodel.training.config import resume_changes
+
+    out = tmp_path / "run"
+    cfg = load_config(None, [*TINY, f"out_dir={out}", "steps=4", "log_every=2", "media_every=0",
+                             "event_every=0", "track_every=3", "track_sequences=2",
+                             "track_samples=2"])
+    summary = Trainer(cfg, progress=False).fit()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    tracked = {r["step"]: r for r in rows if "track/centroid_px_at1" in r}
+    assert sorted(tracked) == [3, 4]  # every track_every steps and at the end
+    for key in ("track/centroid_px_at5", "track/colour_kept", "track/visible", "track/seconds",
+                "probe/level1_position_r2", "probe/level2_colour_r2"):
+        assert key in tracked[3] and key in summary["final_metrics"], key
+    # a logging setting: it may change on resume
+    changed = load_config(None, [*TINY, f"out_dir={out}", "steps=4", "log_every=2", "media_every=0",
+                                 "event_every=0", "track_every=0", "track_sequences=5",
+                                 "track_samples=1"])
+    assert set(resume_changes(cfg.to_dict(), changed)) == {"track_every", "track_sequences",
+                                                           "track_samples"}
+    off = tmp_path / "off"
+    cfg = load_config(None, [*TINY, f"out_dir={off}", "steps=2", "log_every=1", "media_every=0",
+                             "event_every=0", "track_every=0"])
+    Trainer(cfg, progress=False).fit()
+    assert "track/" not in (off / "metrics.jsonl").read_text()

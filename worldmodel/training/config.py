@@ -114,6 +114,12 @@ class TrainConfig:
             flags against the data's known events (event precision/recall/F1 on
             `event_sequences` held-out windows of `event_length` frames) — only for data that
             supplies change flags, such as Moving Ball; 0 disables.
+        track_every: every this many steps (and at the end), the open-loop tracking scores
+            (`track/centroid_px_at{k}`, `track/colour_kept`, ...: best of `track_samples`
+            rollouts of `rollout_horizon` frames from `rollout_context` filtered ones, on
+            `track_sequences` fresh test windows) and the linear level probes
+            (`probe/level{n}_position_r2`, `probe/level{n}_colour_r2`) — only for data that can
+            read its objects off the frames, such as Moving Ball; 0 disables.
         collapse_kl: after the β warm-up, warn of posterior collapse when every level's
             state KL is below this (nats per step).
         frozen_ratio: warn that a level's networks are frozen when its relative update
@@ -140,6 +146,9 @@ class TrainConfig:
     event_every: int = 500
     event_sequences: int = 32
     event_length: int = 100
+    track_every: int = 250
+    track_sequences: int = 16
+    track_samples: int = 4
     collapse_kl: float = 2.0
     frozen_ratio: float = 0.05
 
@@ -148,11 +157,13 @@ class TrainConfig:
                      "rollout_context", "rollout_horizon", "media_sequences"):
             value = getattr(self, name)
             object.__setattr__(self, name, check_int(value, name, 1))
-        for name in ("media_every", "event_every", "seed"):
+        for name in ("media_every", "event_every", "track_every", "seed"):
             object.__setattr__(self, name, check_int(getattr(self, name), name, 0))
         for name in ("event_sequences", "event_length"):
             value = getattr(self, name)
             object.__setattr__(self, name, check_int(value, name, 2))
+        for name in ("track_sequences", "track_samples"):
+            object.__setattr__(self, name, check_int(getattr(self, name), name, 1))
         if not isinstance(self.out_dir, (str, os.PathLike)) or not str(self.out_dir).strip():
             raise ValueError(f"out_dir must name a folder (e.g. runs/my_run), got {self.out_dir!r}")
         object.__setattr__(self, "out_dir", os.fspath(self.out_dir))
@@ -254,7 +265,8 @@ def dump_config(cfg: TrainConfig) -> str:
 RESUME_FREE = (
     "steps", "out_dir", "device", "threads", "log_every", "media_every", "checkpoint_every",
     "keep_checkpoints", "max_bad_steps", "rollout_context", "rollout_horizon", "media_sequences",
-    "event_every", "event_sequences", "event_length", "collapse_kl", "frozen_ratio",
+    "event_every", "event_sequences", "event_length", "track_every", "track_sequences",
+    "track_samples", "collapse_kl", "frozen_ratio",
 )
 #: Settings a resumed run changes only when asked by name (`--set key=value` on the CLI):
 #: the usual remedies after a divergence. Everything else — model.*, data.*, seed, optim.eps,

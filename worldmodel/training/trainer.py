@@ -227,6 +227,16 @@ class Trainer:
             except ValueError:
                 probe_source = self.source
             self.event_probe = EventProbe.build(probe_source, cfg.event_sequences, cfg.event_length, cfg.seed)
+        self.track_source: SequenceSource | None = None
+        if runtime.is_main and cfg.track_every:
+            from ..evaluation.tracking import reads_objects  # evaluation imports training
+
+            try:
+                track_source = build_source(cfg.data, "test")
+            except ValueError:
+                track_source = self.source
+            if reads_objects(track_source) and not track_source.action_dim:
+                self.track_source = track_source
         self.bad_in_a_row = 0
         self.checkpoint_due = False  # a checkpoint postponed past non-finite steps
         self.window: dict[str, list[float]] = {}
@@ -390,6 +400,10 @@ class Trainer:
             events = self.event_probe(self.model)
             self.last.update(events)
             self.monitor.scalars(done, events)
+        if self.track_source is not None and (done % cfg.track_every == 0 or done == end):
+            tracked = self.track()
+            self.last.update(tracked)
+            self.monitor.scalars(done, tracked)
         if done % cfg.checkpoint_every == 0 or done == end or (self.checkpoint_due and metrics is not None):
             self.checkpoint()
 
@@ -457,6 +471,29 @@ class Trainer:
             "eval/rollout_ssim": result["ssim"], "eval/rollout_psnr": result["psnr"],
             "eval/rollout_levels_used": result["levels_used"]})
         return result
+
+    def track(self) -> dict[str, float]:
+        """Open-loop tracking scores (`track/*`) and linear level probes (`probe/*`) of the
+        current weights on fresh test windows; `track/seconds` is what they cost."""
+        from ..evaluation.probes import level_probes
+        from ..evaluation.tracking import offsets_within, tracking_scores
+
+        cfg, model = self.cfg, self.model
+        started = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        try:
+            scores = tracking_scores(
+                model, self.track_source, context=cfg.rollout_context, horizon=cfg.rollout_horizon,
+                samples=cfg.track_samples, sequences=cfg.track_sequences, seed=cfg.seed,
+                at=offsets_within(cfg.rollout_horizon)) or {}
+            probes = level_probes(model, self.track_source, seed=cfg.seed) or {}
+        finally:
+            model.train(was_training)
+        out = {f"track/{key}": value for key, value in scores.items()}
+        out.update({f"probe/{key}": value for key, value in probes.items()})
+        out["track/seconds"] = time.perf_counter() - started
+        return out
 
     def finish(self) -> dict[str, Any]:
         """Final media, model file and summary.json (rank 0); closes logs and the process group."""

@@ -37,6 +37,7 @@ from collections.abc import Callable
 import torch
 
 from worldmodel import DLH, DLHConfig, load
+from worldmodel.fastpath import change_step
 
 
 def _best_time(fn: Callable[[], object], repeats: int, inner: int) -> float:
@@ -72,19 +73,8 @@ def level_step_fn(model: DLH, level, d: torch.Tensor, context: torch.Tensor) -> 
     regrouped weights; "compiled": the fused step through torch.compile. Call it without
     autograd, as imagination runs.
     """
-    fn = model.hierarchy._fused_step(d)
-    if fn is None:
-        def step() -> object:
-            dist = level.predict(d, context)
-            s = dist.rsample()
-            below = level.top_down(s, context)
-            return s, dist.mean, dist.std, below, level.transition(s, d, None)
-        return step
-
-    def fused() -> object:
-        noise = torch.randn(d.shape[0], level.temporal.input_size)
-        return fn(d, context, noise, level.fused_weights(), level.min_std)
-    return fused
+    route = model.hierarchy.route(d)
+    return lambda: change_step(level, d, context, route)
 
 
 def bare_costs(model: DLH, rows: int, repeats: int) -> tuple[list[float], list[float]]:

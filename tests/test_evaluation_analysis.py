@@ -211,7 +211,7 @@ def test_resampled_levels_follow_their_change_prior_by_default():
     _, new = resample_levels(model, state, [3], samples=4000, generator=torch.Generator().manual_seed(1))
     hierarchy = model.hierarchy
     with torch.no_grad():
-        prior = hierarchy.levels[2].predict(rep.d[2], hierarchy._context(2, rep.top_down, 4000))
+        prior = hierarchy.levels[2].predict(rep.d[2], hierarchy.context(2, rep.top_down))
     torch.testing.assert_close(new.s[2].mean(0), prior.mean[0], atol=4 * float(prior.std.max()) / 60, rtol=0)
     torch.testing.assert_close(new.s[2].std(0), prior.std[0], rtol=0.1, atol=0)
     assert torch.equal(new.s[1], rep.s[1]) and torch.equal(new.s[0], rep.s[0])  # held below

@@ -1,23 +1,42 @@
-"""The hierarchy's step: infer e (eq. 4, 5, 25), one top-down pass, the temporal advance.
+"""The hierarchy's step: Algorithm 1 of the paper (filtering) and its open-loop twin.
 
-`Hierarchy.infer_step` filters one observation (Algorithm 1) and `Hierarchy.imagine_step`
-rolls the model one step open loop. Both share `_top_down`, which runs a level only on the
-rows where it updates: a level with no such row runs no network at all, so the work of a
-step grows with the number of active levels, not with N.
+Both steps read top to bottom in the same stages:
 
-Levels are 0-based in code (level n of the paper is `levels[n - 1]`).
+1. decide e^n_t bottom-up, level n only where level n-1 changed (eq. 5): by eq. 4 against
+   the context of the levels above at their previous states (eq. 25) when filtering, by a
+   draw from the prior factor p(e^n | d^n) (eq. 15) when imagining;
+2. top-down from the highest level that runs to level 1: s^n from the posterior (eq. 13)
+   or the change prior (eq. 14), then c^{n-1} = f_dec^n(s^n, c^n) (eq. 11);
+3. filtering: the KL terms of the loss (eq. 8b/9, 8c);
+4. the temporal advance d^n_{t+1} = f_tem^n(s^n_t, d^n_t) of the levels that changed (eq. 12).
+
+A level that does not run keeps its state and cached c^{n-1} exactly and runs no network,
+so the work of a step grows with the number of active levels, not with N.
+
+The owed transition. A level whose transition takes the action cannot advance right after
+it changes at t: d^n_{t+1} = f_tem^n(s^n_t, d^n_t, a_{t+1}) needs the action into the next
+frame (`actions[:, t+1]`, Dreamer's convention). It owes the advance (`state.pending`) and
+pays it, with the action of that step, at the next step where it is read — where e^n is
+decided (e^{n-1} = 1) or, under a schedule, where it changes. A level above 1 therefore sees
+only the action of the step where it is next read, not the actions in between (level 1 is
+read at every step). `pay_owed` and `still_owed` are the whole rule.
+
+The fast routes of imagination (fused/compiled level step, gathered rows) live in
+`fastpath.py`. Levels are 0-based in code (level n of the paper is `levels[n - 1]`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .config import DLHConfig
 from .distributions import Gaussian, bernoulli_nll, kl_bernoulli, kl_gaussian
-from .level import Level, fused_change_step
+from .fastpath import STEP_MODES, Route, Rows, change_step, compile_route, step_route
+from .level import Level
 from .state import HierarchicalState
 
 
@@ -62,47 +81,42 @@ def balanced_kl(q: Gaussian, p: Gaussian, alpha: float, prior_grad: bool = True)
     return 2.0 * alpha * to_prior + 2.0 * (1.0 - alpha) * to_posterior - to_prior.detach()
 
 
-class Rows:
-    """The rows of a batch on which a level runs this step.
 
-    kind: "none" (run nothing), "all", "gather" (index the active rows, run, scatter back)
-    or "mask" (run on every row, keep the active ones with `torch.where`). Gathering costs
-    an index_select/index_copy per tensor, masking costs the wasted rows; `gather_below` is
-    the active fraction under which gathering is used (0 disables it).
+
+@dataclass
+class Decisions:
+    """Stage 1 of a filtering step, one (B,) tensor per level (column 0 is level 1, e = 1).
+
+    changed: e^n_t. evaluated: where e^n_t was decided (e^{n-1}_t = 1; under a schedule,
+    where the level changes). weight: q(e^n_t = 1), eq. 9's weight of the change component.
+    factor_kl: eq. 8c where e^n_t was inferred, else 0. change_prob: p(e^n = 1 | ·) where
+    inferred, else NaN. anchor_kl: boundary "anchor" only, the static KL of level K's fresh
+    posterior (None elsewhere). d: temporal states once owed transitions are paid. factor:
+    the recurrent prior factor's states h^n.
     """
 
-    def __init__(self, mask: Tensor, gather_below: float = 0.0, all_rows: bool = False) -> None:
-        self.mask = mask
-        if all_rows:  # known to be all True: skip the count
-            self.kind = "all"
-            return
-        size = mask.numel()
-        active = int(mask.item()) if size == 1 else int(mask.sum())  # batch 1: one read, no sum
-        if active == 0:
-            self.kind = "none"
-        elif active == size:
-            self.kind = "all"
-        elif active < gather_below * size:
-            self.kind = "gather"
-            self.index = mask.nonzero().squeeze(1)
-        else:
-            self.kind = "mask"
+    changed: list[Tensor]
+    evaluated: list[Tensor]
+    weight: list[Tensor]
+    factor_kl: list[Tensor]
+    change_prob: list[Tensor]
+    anchor_kl: list[Tensor | None]
+    d: list[Tensor]
+    factor: list[Tensor]
 
-    def take(self, x: Tensor) -> Tensor:
-        """Active rows of x (B, ...) -> (B_active, ...) (all rows unless gathering)."""
-        return x.index_select(0, self.index) if self.kind == "gather" else x
-
-    def put(self, new: Tensor, old: Tensor) -> Tensor:
-        """`old` (B, ...) with its active rows replaced by `new` (from `take`'d inputs)."""
-        if self.kind == "all":
-            return new
-        if self.kind == "gather":
-            return old.index_copy(0, self.index, new.to(old.dtype))
-        return torch.where(self.mask.view(-1, *([1] * (old.dim() - 1))), new, old)
+    def add(self, changed: Tensor, evaluated: Tensor, weight: Tensor, factor_kl: Tensor,
+            change_prob: Tensor, anchor_kl: Tensor | None) -> None:
+        """Append the next level's outcome."""
+        self.changed.append(changed)
+        self.evaluated.append(evaluated)
+        self.weight.append(weight)
+        self.factor_kl.append(factor_kl)
+        self.change_prob.append(change_prob)
+        self.anchor_kl.append(anchor_kl)
 
 
-# (level, s, context) -> Gaussian to sample s^n from, on the active rows.
-SampleFn = Callable[[int, Tensor], Gaussian]
+# run_level(i, rows, context) -> (s, mean, std, c^{n-1}, extra) on the active rows
+LevelFn = Callable[[int, Rows, Tensor], tuple]
 
 
 class Hierarchy(nn.Module):
@@ -113,29 +127,35 @@ class Hierarchy(nn.Module):
         self.cfg = cfg
         self.levels = nn.ModuleList(Level(cfg, n) for n in range(1, cfg.levels + 1))
         self.top_context = nn.Parameter(torch.zeros(cfg.c_dim))
-        # the same modules in a plain list: ModuleList indexing costs microseconds per call,
-        # which shows in batch-1 imagination
-        self._level = list(self.levels)
         self.step_mode = "fused"
-        self._compiled_step: Callable | None = None
+        self._compiled: Route | None = None
 
     @property
     def step_mode(self) -> str:
-        """How `imagine_step` runs a changing level outside autograd.
+        """How `imagine_step` runs a changing level outside autograd (see `fastpath.py`).
 
         "fused" (default): `fused_change_step`, the level's networks on regrouped weights
-        (fewer, larger matrix products); "eager": one call per network; "compiled": the
-        fused step through `torch.compile` (a one-off compile per shape class; the random
-        draw stays outside the compiled region, so results match the other modes). With
-        autograd on, or under autocast, every mode runs "eager".
+        (fewer, larger matrix products); "eager": one call per network (the reference);
+        "compiled": the fused step through `torch.compile` (a one-off compile per shape
+        class; the random draw stays outside the compiled region, so results match the
+        other modes). With autograd on, or under autocast, every mode runs "eager".
         """
         return self._step_mode
 
     @step_mode.setter
     def step_mode(self, mode: str) -> None:
-        if mode not in ("fused", "eager", "compiled"):
+        if mode not in STEP_MODES:
             raise ValueError(f"step_mode must be 'fused', 'eager' or 'compiled', got {mode!r}")
         self._step_mode = mode
+
+    def route(self, x: Tensor) -> Route | None:
+        """The fused route `imagine_step` takes now (None: the eager reference path)."""
+        return step_route(self._step_mode, x, self._compiled_route)
+
+    def _compiled_route(self) -> Route:
+        if self._compiled is None:
+            self._compiled = compile_route()
+        return self._compiled
 
     # ----------------------------------------------------------------- state helpers
     def initial_state(self, batch_size: int, device: torch.device | None = None) -> HierarchicalState:
@@ -153,7 +173,7 @@ class Hierarchy(nn.Module):
             top_down=zeros(cfg.c_dim),
             pending=torch.zeros(batch_size, n, dtype=torch.bool, device=device),
             t=torch.zeros(batch_size, dtype=torch.long, device=device),
-            factor=[torch.zeros(batch_size, level.factor_size, device=device) for level in self._level],
+            factor=[torch.zeros(batch_size, level.factor_size, device=device) for level in self.levels],
         )
 
     def bottom_up(self, x1: Tensor) -> list[Tensor]:
@@ -163,117 +183,99 @@ class Hierarchy(nn.Module):
             xs.append(level.encoder(xs[-1]))
         return xs
 
-    def _context(self, i: int, top_down: list[Tensor], batch: int) -> Tensor:
-        """c^{i+1} in paper terms: what level i reads from above, (B, C)."""
-        if i + 1 < len(self.levels):
+    def context(self, i: int, top_down: list[Tensor]) -> Tensor:
+        """c^{n} for level n = i + 1 (0-based i): what it reads from above, (B, C).
+
+        The cached top-down output of the level above, or the learned constant c^N for the
+        top level. `top_down` is per level (B, C), as in `HierarchicalState.top_down`.
+        """
+        if i + 1 < len(top_down):
             return top_down[i + 1]
-        return self.top_context.expand(batch, -1)
+        return self.top_context.expand(top_down[i].shape[0], -1)
+
+    def decode_from(
+        self,
+        level: int,
+        s: list[Tensor],
+        top_down: list[Tensor],
+        draw: Callable[[int, Tensor], Tensor | None] | None = None,
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The top-down pass (eq. 11) from level `level` (1-based) down to level 1.
+
+        Levels above `level` keep their cached outputs `top_down`; level n = `level`..1 reads
+        the context recomputed from above and computes c^{n-1} = f_dec^n(s^n, c^n) from its
+        sample s^n. `draw(i, context)` (0-based i) may return a new sample for level i given
+        its context (None: keep s^n). Lists are per level, (B, S) and (B, C).
+        Returns the new (s, top_down) lists; top_down[0] is c^0, what the image decoder reads.
+        """
+        s, top_down = list(s), list(top_down)
+        for i in reversed(range(level)):
+            context = self.context(i, top_down)
+            if draw is not None:
+                new = draw(i, context)
+                if new is not None:
+                    s[i] = new
+            top_down[i] = self.levels[i].top_down(s[i], context)
+        return s, top_down
 
     def _clockwork(self, i: int, t: Tensor) -> Tensor:
         """CW-VAE's schedule: level i (0-based) updates when t mod k^i = 0; (B,) bool."""
         return t % (self.cfg.clockwork_k**i) == 0
 
-    # ----------------------------------------------------------------- shared top-down pass
-    def _top_down(
-        self,
-        state: HierarchicalState,
-        d: list[Tensor],
-        rows: list[Rows],
-        sample_from: Callable[[int, Rows, Tensor], Gaussian],
-        fused: Callable[..., tuple[Tensor, ...]] | None = None,
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], tuple[int, ...]]:
-        """From the highest active level down to level 1, sample s^n and recompute c^{n-1}.
-
-        `rows[i]` selects where level i runs; `sample_from(i, rows[i], context)` gives the
-        distribution (posterior or change prior) on those rows. Rows where a level does not
-        run keep their sample, distribution and cached top-down output exactly.
-        `fused` (imagination outside autograd: `fused_change_step` or its compiled form)
-        replaces change prior, sample and top-down pass of every level that takes no action,
-        and advances that level's GRU as well (d is updated in place of the list); it draws
-        the same (rows, S) normal noise as `rsample`, so both paths use the random stream alike.
-        Returns new (s, mean, std, top_down) lists and the levels whose d was advanced.
-        """
-        s, mean, std, top_down = list(state.s), list(state.mean), list(state.std), list(state.top_down)
-        batch, advanced = state.batch_size, []
-        for i in reversed(range(len(self.levels))):
-            sel, level = rows[i], self._level[i]
-            if sel.kind == "none":
-                continue
-            context = sel.take(self._context(i, top_down, batch))
-            if fused is not None and not level.takes_action:
-                d_rows = sel.take(d[i])
-                noise = torch.randn(d_rows.shape[0], self.cfg.s_dim, device=d_rows.device,
-                                    dtype=torch.float32)
-                sample, dist_mean, dist_std, below, d_next = fused(
-                    d_rows, context, noise, level.fused_weights(), level.min_std)
-                d[i] = sel.put(d_next, d[i])
-                advanced.append(i)
-            else:
-                dist = sample_from(i, sel, context)
-                sample, dist_mean, dist_std = dist.rsample(), dist.mean, dist.std
-                below = level.top_down(sample, context)
-            s[i] = sel.put(sample, s[i])
-            mean[i] = sel.put(dist_mean, mean[i])
-            std[i] = sel.put(dist_std, std[i])
-            top_down[i] = sel.put(below, top_down[i])
-        return s, mean, std, top_down, tuple(advanced)
-
-    def _advance(
-        self,
-        i: int,
-        sel: Rows,
-        s: Tensor,
-        d: Tensor,
-        action: Tensor | None,
+    # ----------------------------------------------------------------- the owed transition
+    def pay_owed(
+        self, i: int, state: HierarchicalState, d: Tensor, read: Tensor, action: Tensor | None,
+        gather_below: float = 0.0,
     ) -> Tensor:
+        """d^n of level i (0-based) once it has paid, where it is `read` (B,) bool, the advance
+        it owes: d^n <- f_tem^n(s^n, d^n, a_t) with this step's action (eq. 12).
+
+        Levels that take no action owe nothing (they advance right after a change). Call it
+        before the level's d^n is read in a step, with `read` = where it is read.
+        """
+        if not self.levels[i].takes_action:
+            return d
+        return self._advance(i, Rows(state.pending[:, i] & read, gather_below), state.s[i], d, action)
+
+    def still_owed(self, state: HierarchicalState, read: list[Tensor], changed: list[Tensor]) -> Tensor:
+        """`pending` (B, N) after a step: a level that takes the action owes its advance where
+        it changed, and keeps owing where it was not read (so did not pay); (pending ∧ ¬read) ∨ e."""
+        if not self.cfg.action_dim:
+            return state.pending
+        owed = [(state.pending[:, i] & ~read[i]) | changed[i] if level.takes_action else state.pending[:, i]
+                for i, level in enumerate(self.levels)]
+        return torch.stack(owed, 1)
+
+    def _advance(self, i: int, sel: Rows, s: Tensor, d: Tensor, action: Tensor | None) -> Tensor:
         """d^n <- f_tem^n(s^n, d^n[, a]) on the rows `sel` (eq. 12)."""
         if sel.kind == "none":
             return d
         act = sel.take(action) if action is not None else None
-        return sel.put(self._level[i].transition(sel.take(s), sel.take(d), act), d)
+        return sel.put(self.levels[i].transition(sel.take(s), sel.take(d), act), d)
 
-    def _finish(
-        self,
-        state: HierarchicalState,
-        s: list[Tensor],
-        d: list[Tensor],
-        rows: list[Rows],
-        evaluated: list[Tensor],
-        mean: list[Tensor],
-        std: list[Tensor],
-        top_down: list[Tensor],
-        factor: list[Tensor],
-        advanced: tuple[int, ...] = (),
-    ) -> HierarchicalState:
-        """Advance the GRUs of the levels that changed (`rows`) and build the next state.
+    # ----------------------------------------------------------------- shared top-down pass
+    def _top_down(self, state: HierarchicalState, rows: list[Rows], run_level: LevelFn) -> tuple:
+        """From the highest level that runs down to level 1: s^n, its distribution and c^{n-1}.
 
-        Levels in `advanced` have advanced their d already (the fused imagination step).
+        `rows[i]` selects where level i runs; `run_level(i, rows[i], context)` returns
+        (s, mean, std, c^{n-1}, extra) on those rows. Rows where a level does not run keep
+        their sample, distribution and cached top-down output exactly.
+        Returns new (s, mean, std, top_down) lists and the per-level `extra` (None where the
+        level ran on no row).
         """
-        pending = []
-        for i, level in enumerate(self._level):
-            if i in advanced:
-                if self.cfg.action_dim:
-                    pending.append(state.pending[:, i])
-            elif level.takes_action:
-                # The transition into the next step needs that step's action: owe it.
-                pending.append((state.pending[:, i] & ~evaluated[i]) | rows[i].mask)
-            else:
-                d[i] = self._advance(i, rows[i], s[i], d[i], None)
-                if self.cfg.action_dim:
-                    pending.append(state.pending[:, i])  # stays False
-        owed = torch.stack(pending, 1) if self.cfg.action_dim else state.pending
-        return HierarchicalState(
-            s=s, mean=mean, std=std, d=d, top_down=top_down, pending=owed, t=state.t + 1, factor=factor
-        )
-
-    def _settle_pending(
-        self, i: int, state: HierarchicalState, d: list[Tensor], evaluated: Tensor,
-        action: Tensor | None, gather_below: float,
-    ) -> None:
-        """An action-taking level about to be used pays its owed transition with `action`."""
-        if self._level[i].takes_action:
-            owed = Rows(evaluated & state.pending[:, i], gather_below)
-            d[i] = self._advance(i, owed, state.s[i], d[i], action)
+        s, mean, std, top_down = list(state.s), list(state.mean), list(state.std), list(state.top_down)
+        extra: list = [None] * len(s)
+        for i in reversed(range(len(s))):
+            sel = rows[i]
+            if sel.kind == "none":
+                continue
+            context = sel.take(self.context(i, top_down))
+            sample, dist_mean, dist_std, below, extra[i] = run_level(i, sel, context)
+            s[i] = sel.put(sample, s[i])
+            mean[i] = sel.put(dist_mean, mean[i])
+            std[i] = sel.put(dist_std, std[i])
+            top_down[i] = sel.put(below, top_down[i])
+        return s, mean, std, top_down, extra
 
     # ----------------------------------------------------------------- filtering
     def infer_step(
@@ -290,95 +292,120 @@ class Hierarchy(nn.Module):
             "evaluated" (bool, e^n_t was inferred), "kl" (state KL, eq. 9), "factor_kl"
             (eq. 8c), "change_prob" (p(e^n = 1 | d^n), NaN where not inferred).
         """
-        cfg, n_levels, batch = self.cfg, len(self.levels), state.batch_size
-        first = state.t == 0
-        ones = torch.ones(batch, dtype=torch.bool, device=first.device)
-        d, factor = list(state.d), list(state.factor)
-        changed, evaluated = [ones], [ones]
-        change_prob = [torch.ones(batch, device=first.device)]
-        factor_kl = [torch.zeros(batch, device=first.device)]
-        q_change = [torch.ones(batch, device=first.device)]  # q(e^n = 1), soft weights (eq. 9)
-        anchor_kl: dict[int, Tensor] = {}  # boundary "anchor": the static KL of level K
-        self._settle_pending(0, state, d, ones, action, 0.0)
-        nan = torch.full((batch,), float("nan"), device=first.device)
-        for i in range(1, n_levels):
-            level = self._level[i]
-            candidate = changed[i - 1]
-            if cfg.timescale != "dynamic":
-                e = candidate & (ones if cfg.timescale == "every_step" else self._clockwork(i, state.t))
-                self._settle_pending(i, state, d, e, action, 0.0)
-                changed.append(e)
-                evaluated.append(e)
-                change_prob.append(nan)
-                factor_kl.append(torch.zeros(batch, device=first.device))
-                q_change.append(e.float())
-                continue
-            self._settle_pending(i, state, d, candidate, action, 0.0)
-            logit, h = level.change_logit(d[i], factor[i])
-            # eq. 25: the context above is taken at its previous state (cached c^n).
-            context = self._context(i, state.top_down, batch)
-            static = Gaussian(state.mean[i], state.std[i])
-            # boundary "anchor" trains this candidate posterior (below): compute it once, with grad
-            fresh = level.infer(xs[i], context) if cfg.boundary == "anchor" else None
-            with torch.no_grad():
-                q = level.infer(xs[i], context) if fresh is None else Gaussian(
-                    fresh.mean.detach(), fresh.std.detach())
-                q1 = change_posterior(
-                    q, level.predict(d[i], context), static, logit, cfg.assignment,
-                    cfg.decision, cfg.decision_margin,
-                )
-                q1 = torch.where(first, torch.ones_like(q1), q1)
-            inferred = candidate & ~first
-            e = candidate & (q1 > 0.5)  # eq. 5: nothing changes above a static level
-            if fresh is not None and bool((candidate & ~e).any()):
-                # K keeps its sample; its fresh posterior (no path to the frame) is pulled toward
-                # the static prior by eq. 9's KL: invariance without a leak
-                static_kl = balanced_kl(fresh, static, cfg.kl_balance, cfg.static_prior_grad)
-                anchor_kl[i] = torch.where(candidate & ~e, static_kl, torch.zeros_like(static_kl))
-            if level.factor_cell is not None:  # ticks where e^n was decided, restarts on a change
-                h = torch.where(candidate.unsqueeze(1), h, factor[i])
-                factor[i] = torch.where(e.unsqueeze(1), torch.zeros_like(h), h)
-            if cfg.assignment == "hard":
-                fkl = bernoulli_nll(logit, e.float())  # KL[one-hot q(e) || p(e)] = −log p(e)
-            else:
-                fkl = kl_bernoulli(q1, logit)
-            changed.append(e)
-            evaluated.append(candidate)
-            q_change.append(q1)
-            change_prob.append(torch.where(inferred, torch.sigmoid(logit.detach()), nan))
-            factor_kl.append(torch.where(inferred, fkl, torch.zeros_like(fkl)))
+        levels = list(self.levels)
+        # 1. e^n_t bottom-up (eq. 4, 5, 25)
+        dec = self._decide(state, xs, action)
+        # 2. top-down (eq. 11, 13): the levels that changed and, under boundary "reinfer",
+        #    level K (the first static one, DESIGN §2 step 4); levels above K are held
+        ran = dec.evaluated if self.cfg.boundary == "reinfer" else dec.changed
+        rows = [Rows(mask) for mask in ran]  # filtering runs dense: masked rows
 
-        # Level K (the first static one) is re-inferred in `dynamic` mode (boundary "reinfer");
-        # schedules hold it.
-        kls: list[Tensor] = [torch.zeros(batch, device=first.device) for _ in range(n_levels)]
-        run_on = evaluated if cfg.boundary == "reinfer" else changed  # else K keeps its state too
-        rows = [Rows(run_on[i]) for i in range(n_levels)]
+        def posterior(i: int, sel: Rows, context: Tensor) -> tuple:
+            q = levels[i].infer(sel.take(xs[i]), context)
+            kl = self._state_kl(i, q, sel.take(dec.d[i]), context, state, dec.weight[i])  # 3. (eq. 9)
+            sample = q.rsample()
+            return sample, q.mean, q.std, levels[i].top_down(sample, context), kl
 
-        def posterior(i: int, sel: Rows, context: Tensor) -> Gaussian:
-            level = self._level[i]  # filtering runs dense (masked): sel.take is the identity
-            q = level.infer(sel.take(xs[i]), context)
-            kl = balanced_kl(q, level.predict(sel.take(d[i]), context), cfg.kl_balance)
-            if cfg.timescale == "dynamic" and i > 0:  # eq. 9
-                kl_static = balanced_kl(q, Gaussian(state.mean[i], state.std[i]), cfg.kl_balance,
-                                        cfg.static_prior_grad)
-                w = q_change[i]
-                kl = w * kl + (1.0 - w) * kl_static
-            kls[i] = torch.where(sel.mask, kl, torch.zeros_like(kl))
-            return q
-
-        s, mean, std, top_down, _ = self._top_down(state, d, rows, posterior)
-        for i, kl in anchor_kl.items():
-            kls[i] = kls[i] + kl
-        changed_rows = [Rows(e) for e in changed]
-        new_state = self._finish(state, s, d, changed_rows, evaluated, mean, std, top_down, factor)
+        s, mean, std, top_down, kls = self._top_down(state, rows, posterior)
+        # 3. the state KL where a level ran (eq. 8b/9) plus boundary "anchor"'s static KL at K
+        zeros = torch.zeros_like(dec.weight[0])
+        kl = [zeros if k is None else torch.where(r.mask, k, torch.zeros_like(k)) for k, r in zip(kls, rows)]
+        kl = [k if a is None else k + a for k, a in zip(kl, dec.anchor_kl)]
+        # 4. d^n_{t+1} where e^n_t = 1 (eq. 12); levels taking the action owe it instead
+        d = [dec.d[i] if level.takes_action else self._advance(i, Rows(e), s[i], dec.d[i], None)
+             for i, (level, e) in enumerate(zip(levels, dec.changed))]
+        new_state = HierarchicalState(
+            s=s, mean=mean, std=std, d=d, top_down=top_down, t=state.t + 1, factor=dec.factor,
+            pending=self.still_owed(state, dec.evaluated, dec.changed),
+        )
         info = {
-            "changed": torch.stack(changed, 1),
-            "evaluated": torch.stack(evaluated, 1),
-            "kl": torch.stack(kls, 1),
-            "factor_kl": torch.stack(factor_kl, 1),
-            "change_prob": torch.stack(change_prob, 1),
+            "changed": torch.stack(dec.changed, 1),
+            "evaluated": torch.stack(dec.evaluated, 1),
+            "kl": torch.stack(kl, 1),
+            "factor_kl": torch.stack(dec.factor_kl, 1),
+            "change_prob": torch.stack(dec.change_prob, 1),
         }
         return new_state, info
+
+    def _decide(self, state: HierarchicalState, xs: list[Tensor], action: Tensor | None) -> Decisions:
+        """Stage 1 of filtering: e^n_t for every level, bottom-up (eq. 4, 5; schedules)."""
+        cfg, batch = self.cfg, state.batch_size
+        first = state.t == 0
+        ones = torch.ones(batch, dtype=torch.bool, device=first.device)
+        nan = torch.full((batch,), float("nan"), device=first.device)
+        d, factor = list(state.d), list(state.factor)
+        d[0] = self.pay_owed(0, state, d[0], ones, action)
+        one, zero = torch.ones(batch, device=first.device), torch.zeros(batch, device=first.device)
+        dec = Decisions([ones], [ones], [one], [zero], [one.clone()], [None], d, factor)  # e^1 = 1
+        for i in range(1, len(d)):
+            candidate = dec.changed[i - 1]  # eq. 5: nothing changes above a static level
+            if cfg.timescale != "dynamic":  # a schedule: no decision; a held level runs nothing
+                e = candidate & (ones if cfg.timescale == "every_step" else self._clockwork(i, state.t))
+                d[i] = self.pay_owed(i, state, d[i], e, action)
+                dec.add(e, e, e.float(), torch.zeros(batch, device=first.device), nan, None)
+            else:
+                d[i] = self.pay_owed(i, state, d[i], candidate, action)
+                e, weight, fkl, prob, factor[i], anchor = self._infer_e(
+                    i, state, xs[i], d[i], factor[i], candidate, first)
+                dec.add(e, candidate, weight, fkl, torch.where(candidate & ~first, prob, nan), anchor)
+        return dec
+
+    def _infer_e(
+        self, i: int, state: HierarchicalState, x: Tensor, d: Tensor, h: Tensor, candidate: Tensor,
+        first: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """e^n_t of level i (0-based) on the rows `candidate` (e^{n-1}_t = 1), by eq. 4.
+
+        The candidate posterior q'(s^n) reads the context of the levels above at their
+        previous states (eq. 25); the decision carries no gradient; every level changes at a
+        sequence's first step. Returns e (bool), q(e = 1), the factor KL (eq. 8c, 0 where not
+        inferred), p(e = 1 | ·) (detached), the prior factor's next state h^n, and boundary
+        "anchor"'s static KL of K's fresh posterior (or None).
+        """
+        cfg, level = self.cfg, self.levels[i]
+        logit, h_next = level.change_logit(d, h)
+        context = self.context(i, state.top_down)  # eq. 25: c^n cached from t-1
+        static = Gaussian(state.mean[i], state.std[i])  # eq. 2: p(s^n_t | e = 0) = q(s^n_{t-1})
+        # boundary "anchor" trains this candidate posterior: compute it once, with grad
+        fresh = level.infer(x, context) if cfg.boundary == "anchor" else None
+        with torch.no_grad():
+            q = level.infer(x, context) if fresh is None else Gaussian(fresh.mean.detach(),
+                                                                       fresh.std.detach())
+            weight = change_posterior(q, level.predict(d, context), static, logit, cfg.assignment,
+                                      cfg.decision, cfg.decision_margin)
+            weight = torch.where(first, torch.ones_like(weight), weight)
+        e = candidate & (weight > 0.5)
+        boundary = candidate & ~e  # level K: the first static level
+        anchor = None
+        if fresh is not None and bool(boundary.any()):
+            # K keeps its sample; its fresh posterior (no path to the frame) is pulled toward
+            # the static prior by eq. 9's KL: invariance without a leak
+            static_kl = balanced_kl(fresh, static, cfg.kl_balance, cfg.static_prior_grad)
+            anchor = torch.where(boundary, static_kl, torch.zeros_like(static_kl))
+        if level.factor_cell is not None:  # ticks where e^n was decided, restarts on a change
+            h_next = torch.where(candidate.unsqueeze(1), h_next, h)
+            h_next = torch.where(e.unsqueeze(1), torch.zeros_like(h_next), h_next)
+        # eq. 8c: KL[q(e) ‖ p(e)]; for a one-hot q(e) it is −log p(e = the inferred value)
+        fkl = bernoulli_nll(logit, e.float()) if cfg.assignment == "hard" else kl_bernoulli(weight, logit)
+        fkl = torch.where(candidate & ~first, fkl, torch.zeros_like(fkl))
+        return e, weight, fkl, torch.sigmoid(logit.detach()), h_next, anchor
+
+    def _state_kl(
+        self, i: int, q: Gaussian, d: Tensor, context: Tensor, state: HierarchicalState, weight: Tensor,
+    ) -> Tensor:
+        """The state KL of level i (0-based) for its posterior q (eq. 8b, 9), (B,).
+
+        KL[q ‖ change prior] weighted by q(e = 1) plus KL[q ‖ static prior] weighted by
+        q(e = 0) (dynamic levels ≥ 2); KL[q ‖ change prior] alone on level 1 and under a
+        schedule.
+        """
+        cfg, level = self.cfg, self.levels[i]
+        kl = balanced_kl(q, level.predict(d, context), cfg.kl_balance)
+        if cfg.timescale == "dynamic" and i > 0:
+            static = Gaussian(state.mean[i], state.std[i])
+            kl_static = balanced_kl(q, static, cfg.kl_balance, cfg.static_prior_grad)
+            kl = weight * kl + (1.0 - weight) * kl_static
+        return kl
 
     # ----------------------------------------------------------------- imagination
     def imagine_step(
@@ -393,69 +420,69 @@ class Hierarchy(nn.Module):
 
         Levels above the highest changing level K' keep their state and cached top-down
         output exactly and run no network (level K'+1 only evaluates its prior factor to
-        decide that it is static). Returns the new state and e per level, (B,) bool each.
+        decide that it is static). `gather_below`: see `fastpath.Rows`. Returns the new state
+        and e per level, (B,) bool each.
         """
-        cfg = self.cfg
+        # 1. e^n ~ p(e^n | d^n) bottom-up while e^{n-1} = 1 (eq. 5, 15)
+        rows, read, d, factor = self._sample_e(state, action, sample_e, gather_below)
+        # 2. top-down from K': s^n ~ p(s^n | d^n, c^n) (eq. 14), c^{n-1} (eq. 11), and
+        #    d^n_{t+1} (eq. 12) for levels whose transition takes no action
+        levels, route = list(self.levels), self.route(state.d[0])
+
+        def change(i: int, sel: Rows, context: Tensor) -> tuple:
+            return change_step(levels[i], sel.take(d[i]), context, route)
+
+        s, mean, std, top_down, advanced = self._top_down(state, rows, change)
+        d = [d_i if new is None else sel.put(new, d_i) for d_i, new, sel in zip(d, advanced, rows)]
+        # 3. levels whose transition takes the action owe it to the next step
+        changed = [sel.mask for sel in rows]
+        new_state = HierarchicalState(
+            s=s, mean=mean, std=std, d=d, top_down=top_down, t=state.t + 1, factor=factor,
+            pending=self.still_owed(state, read, changed),
+        )
+        return new_state, changed
+
+    def _sample_e(
+        self, state: HierarchicalState, action: Tensor | None, sample_e: bool, gather_below: float,
+    ) -> tuple[list[Rows], list[Tensor], list[Tensor], list[Tensor]]:
+        """Stage 1 of imagination: the rows where each level changes, bottom-up.
+
+        Returns per level the changing rows, where the level was read (e^{n-1} = 1; under a
+        schedule, where it changes), d^n once owed transitions are paid, and the prior
+        factor's state h^n.
+        """
+        cfg, levels = self.cfg, list(self.levels)
         first = state.t == 0
         any_first = bool(first.any())
         d, factor = list(state.d), list(state.factor)
         rows = [Rows(torch.ones_like(first), all_rows=True)]  # level 1 always changes
-        evaluated = [rows[0].mask]
-        self._settle_pending(0, state, d, rows[0].mask, action, gather_below)
-        for i in range(1, len(self.levels)):
+        read = [rows[0].mask]
+        d[0] = self.pay_owed(0, state, d[0], rows[0].mask, action, gather_below)
+        for i in range(1, len(levels)):
             below = rows[i - 1]
-            evaluated.append(below.mask)
-            if below.kind == "none":  # nested timescales (eq. 5): nothing to decide
+            if below.kind == "none":  # eq. 5: nothing to decide above a level that is static
                 rows.append(below)
+                read.append(below.mask)
                 continue
-            if cfg.timescale == "every_step":
-                rows.append(below)
-            elif cfg.timescale == "clockwork":
-                rows.append(Rows(below.mask & self._clockwork(i, state.t), gather_below))
-            else:
-                self._settle_pending(i, state, d, below.mask, action, gather_below)
-                level = self._level[i]
-                logit, h = level.change_logit(below.take(d[i]), below.take(factor[i]))
-                prob = torch.sigmoid(logit)
-                e = torch.bernoulli(prob).bool() if sample_e else prob > 0.5
-                if any_first:
-                    e = e | below.take(first)
-                if level.factor_cell is not None:  # restarts where the level changes
-                    factor[i] = below.put(torch.where(e.unsqueeze(1), torch.zeros_like(h), h), factor[i])
-                mask = e if below.kind == "all" else below.put(e, torch.zeros_like(below.mask))
-                rows.append(Rows(mask, gather_below))
             if cfg.timescale != "dynamic":
-                self._settle_pending(i, state, d, rows[i].mask, action, gather_below)
-                evaluated[i] = rows[i].mask
-
-        def change_prior(i: int, sel: Rows, context: Tensor) -> Gaussian:
-            return self._level[i].predict(sel.take(d[i]), context)
-
-        s, mean, std, top_down, advanced = self._top_down(
-            state, d, rows, change_prior, self._fused_step(state.d[0]))
-        new_state = self._finish(state, s, d, rows, evaluated, mean, std, top_down, factor, advanced)
-        return new_state, [r.mask for r in rows]
-
-    def _compiled(self, d: Tensor, context: Tensor, noise: Tensor, weights: tuple,
-                  min_std: float) -> tuple[Tensor, ...]:
-        """`fused_change_step` through torch.compile, the row count as the one dynamic size.
-
-        Weight shapes stay static (a fully dynamic compile measured slower than eager); one
-        graph serves every row count above 1 and one batch 1 (docs/results.md, "A level's step").
-        """
-        if self._compiled_step is None:
-            self._compiled_step = torch.compile(fused_change_step)
-        if d.shape[0] > 1:
-            for t in (d, context, noise):
-                torch._dynamo.mark_dynamic(t, 0)
-        return self._compiled_step(d, context, noise, weights, min_std)
-
-    def _fused_step(self, x: Tensor) -> Callable[..., tuple[Tensor, ...]] | None:
-        """The fused level step `imagine_step` uses, or None for the per-network path."""
-        if (self._step_mode == "eager" or torch.is_grad_enabled()
-                or torch.is_autocast_enabled(x.device.type)):
-            return None
-        return self._compiled if self._step_mode == "compiled" else fused_change_step
+                sel = below if cfg.timescale == "every_step" else Rows(
+                    below.mask & self._clockwork(i, state.t), gather_below)
+                d[i] = self.pay_owed(i, state, d[i], sel.mask, action, gather_below)
+                read.append(sel.mask)
+                rows.append(sel)
+                continue
+            d[i] = self.pay_owed(i, state, d[i], below.mask, action, gather_below)
+            logit, h = levels[i].change_logit(below.take(d[i]), below.take(factor[i]))  # eq. 15
+            prob = torch.sigmoid(logit)
+            e = torch.bernoulli(prob).bool() if sample_e else prob > 0.5
+            if any_first:
+                e = e | below.take(first)
+            if levels[i].factor_cell is not None:  # restarts where the level changes
+                factor[i] = below.put(torch.where(e.unsqueeze(1), torch.zeros_like(h), h), factor[i])
+            mask = e if below.kind == "all" else below.put(e, torch.zeros_like(below.mask))
+            read.append(below.mask)
+            rows.append(Rows(mask, gather_below))
+        return rows, read, d, factor
 
 
-__all__ = ["Hierarchy", "Rows", "change_posterior", "balanced_kl"]
+__all__ = ["Hierarchy", "Decisions", "change_posterior", "balanced_kl"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import DLHConfig
@@ -38,6 +37,7 @@ class Level(nn.Module):
         super().__init__()
         self.index = index
         self.min_std = cfg.level_min_std(index)
+        self.s_dim = cfg.s_dim
         self.takes_action = cfg.action_dim > 0 and index in cfg.action_levels
         self.encoder = MLP(cfg.x_dim, cfg.enc_hidden, cfg.x_dim) if index < cfg.levels else None
         self.decoder = MLP(cfg.s_dim + cfg.c_dim, cfg.dec_hidden, cfg.c_dim)
@@ -49,8 +49,6 @@ class Level(nn.Module):
         recurrent = index > 1 and cfg.prior_factor == "recurrent"
         self.factor_cell = nn.GRUCell(cfg.d_dim, cfg.d_dim) if recurrent else None
         self.factor_size = cfg.d_dim if recurrent else 0  # width of the factor's state h^n
-        self._fused: tuple | None = None  # (parameter versions, regrouped weights): fused_change_step
-        self._fused_sources: list | None = None
         if cfg.init_std is not None:
             for head in (self.posterior, self.prior):
                 last = head._linears[-1]
@@ -88,19 +86,6 @@ class Level(nn.Module):
         h = self.factor_cell(d, h)
         return self.factor(h).squeeze(-1).float(), h
 
-    def fused_weights(self) -> tuple:
-        """The regrouped weights of `fused_change_step`, rebuilt whenever a parameter changed."""
-        sources = self._fused_sources
-        if sources is None:  # the parameter tables of every module involved, found once
-            sources = self._fused_sources = [
-                m._parameters for net in (self.prior, self.decoder, self.temporal) for m in net.modules()]
-        # in-place updates bump _version, .to()/replacement changes data_ptr: a few µs per call
-        key = [(p._version, p.data_ptr()) for table in sources for p in table.values() if p is not None]
-        if self._fused is None or self._fused[0] != key:
-            with torch.no_grad():
-                self._fused = (key, _regroup(self.prior, self.decoder, self.temporal))
-        return self._fused[1]
-
     def top_down(self, s: Tensor, context: Tensor) -> Tensor:
         """c^{n-1} = f_dec^n(s^n, c^n): (B, S), (B, C) -> (B, C)."""
         return self.decoder(torch.cat([s, context], -1))
@@ -111,55 +96,4 @@ class Level(nn.Module):
         return self.temporal(inputs, d)
 
 
-def _regroup(prior: MLP, decoder: MLP, gru: nn.GRUCell) -> tuple:
-    """Weights of `fused_change_step`, transposed for `addmm`, inputs shared across networks."""
-    d_dim, s_dim = gru.hidden_size, gru.input_size
-    p0, d0 = prior._linears[0], decoder._linears[0]
-    by_d = torch.cat([p0.weight[:, :d_dim], gru.weight_hh], 0).t().contiguous()  # d -> prior, GRU
-    bias_d = torch.cat([p0.bias, gru.bias_hh])
-    by_c = torch.cat([p0.weight[:, d_dim:], d0.weight[:, s_dim:]], 0).t().contiguous()  # c -> prior, decoder
-    by_s = torch.cat([d0.weight[:, :s_dim], gru.weight_ih], 0).t().contiguous()  # s -> decoder, GRU
-    bias_s = torch.cat([d0.bias, gru.bias_ih])
-    prior_rest = tuple((m.weight.t().contiguous(), m.bias.detach()) for m in prior._linears[1:])
-    decoder_rest = tuple((m.weight.t().contiguous(), m.bias.detach()) for m in decoder._linears[1:])
-    return (by_d, bias_d, by_c, by_s, bias_s, prior_rest, decoder_rest, p0.out_features, d0.out_features)
-
-
-def _mlp_rest(h: Tensor, layers: tuple) -> Tensor:
-    for weight, bias in layers:  # MLP: first linear, then (ELU, linear) per further layer
-        h = torch.addmm(bias, F.elu(h), weight)
-    return h
-
-
-def fused_change_step(d: Tensor, context: Tensor, noise: Tensor, weights: tuple,
-                      min_std: float) -> tuple[Tensor, ...]:
-    """A changing level's whole imagination step on its regrouped weights (no autograd).
-
-    The same arithmetic as `Level.predict` → sample (mean + std·noise) → `Level.top_down` →
-    `Level.transition`, regrouped so that inputs shared by several networks go through one
-    matrix product: d^n feeds the change prior and the GRU's hidden side, c^n the change
-    prior and the decoder, s^n the decoder and the GRU's input side. Results match the
-    per-network path up to float rounding (≈1e-7); the random draw is `noise` (B, S), so both
-    paths consume the random stream identically. `weights` = `Level.fused_weights()`. Only for
-    levels that take no action (their GRU runs in the same step), outside autograd and
-    autocast. A pure function of tensors (no host synchronisation). Returns s, mean, std
-    (B, S), c^{n-1} (B, C) and d' (B, D).
-    """
-    by_d, bias_d, by_c, by_s, bias_s, prior_rest, decoder_rest, prior_width, decoder_width = weights
-    from_d = torch.addmm(bias_d, d, by_d)  # (B, Hp + 3D)
-    from_c = context @ by_c  # (B, Hp + Hdec)
-    params = _mlp_rest(from_d[:, :prior_width] + from_c[:, :prior_width], prior_rest)
-    mean, raw_std = params.chunk(2, dim=-1)
-    std = F.softplus(raw_std.contiguous()) + min_std  # softplus on a strided view: ~10× slower
-    s = torch.addcmul(mean, std, noise)
-    from_s = torch.addmm(bias_s, s, by_s)  # (B, Hdec + 3D)
-    below = _mlp_rest(from_s[:, :decoder_width] + from_c[:, prior_width:], decoder_rest)
-    i_r, i_z, i_n = from_s[:, decoder_width:].chunk(3, 1)  # GRU cell, PyTorch's gate order
-    h_r, h_z, h_n = from_d[:, prior_width:].chunk(3, 1)
-    reset = torch.sigmoid(i_r + h_r)
-    update = torch.sigmoid(i_z + h_z)
-    candidate = torch.tanh(torch.addcmul(i_n, reset, h_n))
-    return s, mean, std, below, torch.lerp(candidate, d, update)  # (1 − z)·n + z·d
-
-
-__all__ = ["Level", "fused_change_step"]
+__all__ = ["Level"]

@@ -188,12 +188,7 @@ def top_down_from(model: DLH, state: HierarchicalState, s: Sequence[Tensor], sta
     the samples `s` (per level (B, S)) and the context recomputed from above.
     Returns the new per-level top-down list; element 0 is c^0, what the image decoder reads.
     """
-    hierarchy = model.hierarchy
-    top_down = list(state.top_down)
-    for i in reversed(range(start)):
-        context = hierarchy._context(i, top_down, state.batch_size)
-        top_down[i] = hierarchy.levels[i].top_down(s[i], context)
-    return top_down
+    return model.hierarchy.decode_from(start, list(s), list(state.top_down))[1]
 
 
 @torch.no_grad()
@@ -231,18 +226,19 @@ def resample_levels(
     if source not in ("prior", "posterior"):
         raise ValueError(f"source: expected 'prior' or 'posterior', got {source!r}")
     rep = state.repeat_interleave(samples)
-    s, top_down = list(rep.s), list(rep.top_down)
     hierarchy = model.hierarchy
-    for i in reversed(range(max(chosen) if chosen else 0)):
-        context = hierarchy._context(i, top_down, rep.batch_size)
-        if i + 1 in chosen:
-            if source == "prior":
-                mean, std = hierarchy.levels[i].predict(rep.d[i], context)
-            else:
-                mean, std = rep.mean[i], rep.std[i]
-            noise = torch.randn(mean.shape, generator=generator, device="cpu").to(mean.device, mean.dtype)
-            s[i] = mean + std * noise
-        top_down[i] = hierarchy.levels[i].top_down(s[i], context)
+
+    def draw(i: int, context: Tensor) -> Tensor | None:
+        if i + 1 not in chosen:
+            return None  # held
+        if source == "prior":
+            mean, std = hierarchy.levels[i].predict(rep.d[i], context)
+        else:
+            mean, std = rep.mean[i], rep.std[i]
+        noise = torch.randn(mean.shape, generator=generator, device="cpu").to(mean.device, mean.dtype)
+        return mean + std * noise
+
+    s, top_down = hierarchy.decode_from(max(chosen) if chosen else 0, rep.s, rep.top_down, draw)
     new = dataclasses.replace(rep, s=s, top_down=top_down)
     frames = model.decoder(top_down[0]).clamp(0, 1)  # (B·K, C, H, W)
     return frames.unflatten(0, (state.batch_size, samples)), new

@@ -8,6 +8,17 @@
     # on the idle machine, then with one competing busy process on one core
     python benchmarks/train_speed.py --config configs/moving_ball_cpu.yaml --busy-check
 
+    # the trainer against its bare step: one run, N steps of the quick start
+    python benchmarks/train_speed.py --trainer-overhead --steps 2000
+
+`--trainer-overhead` trains N steps with the real trainer (`Trainer.train_steps` and
+`finish`: logging, probes, tracking, media, checkpoints at the config's intervals) and, after
+every block of `--block` trainer steps, times the same number of bare steps (forward, backward,
+clip, Adam, on pre-drawn batches of the same step numbers) on a copy of the trainer's model and
+optimiser at that point, so that both see the same weights (a DLH's step cost depends on how
+often its upper levels change). It prints both frames/s, their ratio, and where the trainer's
+extra time went.
+
 A step is what `dlh train` does per step: forward, backward, gradient clip and an Adam
 update on a batch drawn like the trainer draws it (`data.batch_size` windows of
 `data.seq_len` frames). Frames/s = batch · window / step time, best of `--repeats` timed
@@ -141,6 +152,102 @@ def busy_table(args: argparse.Namespace) -> None:
               f"{busy['frames_per_s'] / idle['frames_per_s']:>10.2f} {used:>8}", flush=True)
 
 
+class _Clock:
+    """Total seconds and calls of wrapped callables, by name."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def wrap(self, name: str, fn):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+                self.calls[name] = self.calls.get(name, 0) + 1
+        return timed
+
+
+def trainer_overhead(args: argparse.Namespace) -> dict[str, float]:
+    """Bare-step and trainer frames/s over `args.steps` steps in this process (module docstring)."""
+    import copy
+    import tempfile
+
+    import torch
+
+    from worldmodel.data.base import batch_at
+    from worldmodel.training import Trainer, load_config
+    from worldmodel.training import trainer as trainer_module
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = [*args.set, f"out_dir={tmp}/run", f"steps={args.steps}"]
+        if args.threads:
+            sets.append(f"threads={args.threads}")
+        cfg = load_config(args.config, sets)
+        trainer = Trainer(cfg, progress=False)
+        clock = _Clock()
+        # where the trainer's time goes: the step, and everything it does around it
+        trainer.train_step = clock.wrap("train_step", trainer.train_step)
+        trainer.groups.grad_norms = clock.wrap("grad_norms", trainer.groups.grad_norms)
+        trainer.groups.snapshot = clock.wrap("update_snapshot", trainer.groups.snapshot)
+        trainer.groups.relative_updates = clock.wrap("relative_updates", trainer.groups.relative_updates)
+        trainer.monitor.scalars = clock.wrap("log_scalars", trainer.monitor.scalars)
+        trainer.media = clock.wrap("media", trainer.media)
+        trainer.checkpoint = clock.wrap("checkpoint", trainer.checkpoint)
+        trainer.track = clock.wrap("track", trainer.track)
+        if trainer.event_probe is not None:
+            trainer.event_probe = clock.wrap("event_probe", trainer.event_probe)
+        data = clock.wrap("data", batch_at)
+        trainer_module.batch_at = data  # the trainer's own draws
+        frames = cfg.data.batch_size * cfg.data.seq_len
+        bare_s = trainer_s = 0.0
+        try:
+            while trainer.step < cfg.steps:
+                first, count = trainer.step, min(args.block, cfg.steps - trainer.step)
+                model, optimizer = copy.deepcopy((trainer.model, trainer.optimizer))
+                batches = [batch_at(trainer.source, cfg.seed, k, cfg.data.batch_size, cfg.data.seq_len)
+                           for k in range(first, first + count)]
+                start = time.perf_counter()
+                for k, batch in zip(range(first, first + count), batches):
+                    loss, _ = model.loss(batch.frames, batch.actions, cfg.optim.beta(k))
+                    loss.backward()
+                    if cfg.optim.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                bare_s += time.perf_counter() - start
+                del model, optimizer
+                start = time.perf_counter()
+                trainer.train_steps(count)
+                trainer_s += time.perf_counter() - start
+            start = time.perf_counter()
+            trainer.finish()
+            finish_s = time.perf_counter() - start
+        finally:
+            trainer_module.batch_at = batch_at
+    total = cfg.steps * frames
+    result = {"steps": cfg.steps, "threads": trainer.threads,
+              "bare_frames_per_s": total / bare_s,
+              "trainer_frames_per_s": total / (trainer_s + finish_s),
+              "trainer_frames_per_s_without_finish": total / trainer_s,
+              "finish_s": finish_s, "bare_s": bare_s, "trainer_s": trainer_s}
+    result["ratio"] = result["trainer_frames_per_s"] / result["bare_frames_per_s"]
+    print(f"# {args.config}: {cfg.steps} steps, {trainer.threads} threads ({trainer.threads_reason}), "
+          f"precision {trainer.precision}; bare blocks of {args.block} steps on copies of the "
+          "trainer's model")
+    print(f"bare step:  {result['bare_frames_per_s']:8.1f} frames/s  ({bare_s:.1f} s)")
+    print(f"trainer:    {result['trainer_frames_per_s']:8.1f} frames/s  ({trainer_s:.1f} s "
+          f"+ finish {finish_s:.1f} s)")
+    print(f"trainer / bare: {result['ratio']:.3f}")
+    print("trainer time by part (s, calls):  "
+          + "  ".join(f"{name} {clock.seconds[name]:.2f} ({clock.calls[name]})" for name in clock.seconds))
+    step_extra = clock.seconds.get("train_step", 0.0) - bare_s
+    print(f"train_step - bare: {step_extra:.2f} s (includes grad_norms, update snapshots, data)")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,6 +262,11 @@ def main() -> None:
                         help="with --busy-check: the precision timed")
     parser.add_argument("--busy-check", action="store_true",
                         help="thread settings on an idle machine and next to one busy process")
+    parser.add_argument("--trainer-overhead", action="store_true",
+                        help="the trainer's frames/s against its bare step over --steps steps")
+    parser.add_argument("--block", type=int, default=25,
+                        help="with --trainer-overhead: steps per alternating block (default 25)")
+    parser.add_argument("--json", default=None, help="with --trainer-overhead: also write the result here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -164,6 +276,11 @@ def main() -> None:
             configure_threads(None)
         print(json.dumps(time_steps(args.config, args.precision, args.steps, args.warmup, args.repeats,
                                     args.threads, args.set)))
+    elif args.trainer_overhead:
+        result = trainer_overhead(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
     elif args.busy_check:
         busy_table(args)
     else:

@@ -340,9 +340,13 @@ class Trainer:
             loss, metrics, _ = self.wrapped(batch.frames, batch.actions, beta, **kwargs)
         bad = distributed.any_true(not math.isfinite(metrics["loss"]), runtime)
         grad_norm = float("nan")
+        # per-network diagnostics are measured on the last step of each logging interval
+        log_step = (step + 1) % cfg.log_every == 0
+        group_norms: dict[str, float] = {}
         if not bad:
             loss.backward()
-            group_norms = self.groups.grad_norms()
+            if log_step:
+                group_norms = self.groups.grad_norms()
             clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
             bad = distributed.any_true(not math.isfinite(grad_norm), runtime)
@@ -360,8 +364,7 @@ class Trainer:
                 )
             return None
         self.bad_in_a_row = 0
-        # relative update sizes are measured on the last step of each logging interval
-        before = self.groups.snapshot() if self.step % cfg.log_every == 0 else None
+        before = self.groups.snapshot() if log_step else None
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.optim.lr_at(step)
         self.optimizer.step()
@@ -379,8 +382,9 @@ class Trainer:
             self._interval_steps += 1
             for key, value in metrics.items():
                 self.window.setdefault(key, []).append(value)
-            bar.set_postfix(loss=f"{metrics['loss']:.1f}", L=f"{metrics['levels_used']:.2f}",
-                            beta=f"{metrics['beta']:.2f}")
+            if self.progress:  # shown at the bar's next (rate-limited) refresh
+                bar.set_postfix(loss=f"{metrics['loss']:.1f}", L=f"{metrics['levels_used']:.2f}",
+                                beta=f"{metrics['beta']:.2f}", refresh=False)
         if (done % cfg.log_every == 0 or done == end) and self.window:
             elapsed = time.perf_counter() - self._interval_start
             self.last = {k: sum(v) / len(v) for k, v in self.window.items()}

@@ -1,0 +1,95 @@
+"""Imagination's fast paths against the reference path: the fused level step, its regrouped
+weights (and when they rebuild), gathered vs masked rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import random_frames, tiny_model
+from worldmodel.fastpath import Rows, change_step, clear_fused, fused_change_step, fused_weights
+
+
+def _level_step(level, route, seed=0):
+    g = torch.Generator().manual_seed(1)
+    d, context = torch.randn(5, 32, generator=g), torch.randn(5, 32, generator=g)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return change_step(level, d, context, route)
+
+
+def _agree(level):
+    eager, fused = _level_step(level, None), _level_step(level, fused_change_step)
+    return all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(eager, fused))
+
+
+def test_fused_change_step_is_the_reference_step():
+    level = tiny_model(levels=2).hierarchy.levels[0]
+    for a, b in zip(_level_step(level, None), _level_step(level, fused_change_step)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_an_action_level_takes_the_reference_step_and_owes_its_advance():
+    level = tiny_model(levels=2, action_dim=2).hierarchy.levels[0]
+    eager, fused = _level_step(level, None), _level_step(level, fused_change_step)
+    assert eager[4] is None and fused[4] is None
+    for a, b in zip(eager[:4], fused[:4]):
+        assert torch.equal(a, b)
+
+
+def test_regrouped_weights_are_cached_and_rebuilt_when_stale():
+    model = tiny_model(levels=2)
+    level = model.hierarchy.levels[0]
+    first = fused_weights(level)
+    assert fused_weights(level) is first  # cached
+    with torch.no_grad():  # an optimiser step: in place
+        level.prior._linears[0].weight.mul_(1.5)
+    assert fused_weights(level) is not first and _agree(level)
+    # a replaced network
+    level.decoder = type(level.decoder)(level.decoder.in_dim, (32,), level.decoder.out_dim)
+    assert _agree(level)
+    # a replaced parameter
+    level.temporal.weight_hh = torch.nn.Parameter(torch.randn_like(level.temporal.weight_hh))
+    assert _agree(level)
+    # moved storage
+    level.prior._linears[-1].weight.data = level.prior._linears[-1].weight.data * 2
+    assert _agree(level)
+
+
+def test_edits_through_data_need_clear_fused():
+    """`p.data` edits bypass PyTorch's version counter: `clear_fused` rebuilds (documented)."""
+    level = tiny_model(levels=2).hierarchy.levels[0]
+    fused_weights(level)
+    level.prior._linears[0].weight.data.mul_(3.0)
+    clear_fused(level)
+    assert _agree(level)
+
+
+@pytest.mark.parametrize("gather_below", [0.0, 1.0])
+def test_rows_take_and_put(gather_below):
+    mask = torch.tensor([True, False, True, False])
+    rows = Rows(mask, gather_below)
+    assert rows.kind == ("gather" if gather_below else "mask")
+    x = torch.arange(8.0).view(4, 2)
+    new = rows.take(x) * 10
+    out = rows.put(new, x)
+    assert torch.equal(out[mask], x[mask] * 10) and torch.equal(out[~mask], x[~mask])
+    assert Rows(torch.zeros(3, dtype=torch.bool)).kind == "none"
+    assert Rows(torch.ones(3, dtype=torch.bool)).kind == "all"
+
+
+def test_fused_rollout_keeps_following_an_optimiser_step():
+    model = tiny_model(levels=3).eval()
+    state = model.observe(random_frames(3, 3)).state
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def rollout(mode):
+        model.hierarchy.step_mode = mode
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return model.imagine(state, 6).features
+
+    rollout("fused")
+    model.loss(random_frames(3, 3))[0].backward()
+    optimizer.step()
+    torch.testing.assert_close(rollout("fused"), rollout("eager"), rtol=1e-5, atol=1e-5)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,7 +307,9 @@ def resume_changes(
     """
     try:  # fill in settings an older version did not store, in the form to_dict gives
         old = to_dict(config_from_dict(dict(stored)))
-    except ValueError:
+    except ValueError as err:
+        warnings.warn(f"--resume: the config stored in {where} does not load in this version "
+                      f"({one_line(err)}); comparing it key by key as stored", RuntimeWarning, stacklevel=2)
         old = dict(stored)
     old_flat, new_flat = _flatten(old), _flatten(cfg.to_dict())
     changes = {}

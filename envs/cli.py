@@ -168,6 +168,8 @@ def run_record(args: argparse.Namespace) -> int:
             info_keys=args.log_info,
             algo=args.algo,
             trust_pickle=args.trust_pickle,
+            settings={"env": args.env, "size": args.size, "grayscale": args.grayscale,
+                      "action_repeat": args.action_repeat},
         )
     except ValueError as err:
         print(f"dlh record: error: {err}", file=sys.stderr)

@@ -53,24 +53,27 @@ from tqdm.auto import tqdm
 
 from envs.policies import Policy, make_policy
 from worldmodel.arguments import check_int
+from worldmodel.episode_format import EPISODE_KEYS, SEED_KEY, load_episode, save_episode
+from worldmodel.files import FolderLock, check_output_folder, remove_stale_temporaries
 
 __all__ = [
     "EPISODE_KEYS",
     "MAX_SEED",
+    "RECORDING_FILE",
     "SEED_KEY",
     "EpisodeRecorder",
     "encode_action",
     "load_episode",
     "record_episodes",
-    "save_episode",
-    "validate_episode",
+    "save_next_episode",
 ]
 
-EPISODE_KEYS = ("image", "action", "reward", "is_first", "is_last", "is_terminal")
-SEED_KEY = "log_seed"
-"""Per-step copy of the episode's reset seed (-1: reset without one)."""
 MAX_SEED = 2**32 - 1
 """Largest base ``seed`` of :func:`record_episodes`."""
+RECORDING_FILE = "recording.json"
+"""The settings a folder's episodes were recorded with (:func:`record_episodes`)."""
+# what `save_episode` of earlier versions left when killed: `.{name}.npz.{pid}.tmp`
+_OLD_TEMPORARY = re.compile(r"^\..+\.npz\.\d+\.tmp$")
 
 
 # ---------------------------------------------------------------------- actions
@@ -121,42 +124,43 @@ def encode_action(space: gym.Space, action: Any) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- files
-def validate_episode(episode: Mapping[str, np.ndarray]) -> int:
-    """Check an episode a recorder is about to write; return its number of steps ``T``.
+def _check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
+    """Compare ``settings`` with those stored in ``out_dir`` (a folder being continued) and
+    store their union; ValueError naming each setting that differs."""
+    import json
 
-    On top of the reader's checks (:func:`worldmodel.data.episodes.validate_episode`), a
-    recorder must store the layout exactly: the dtypes the reader would otherwise convert
-    to, no keys beyond the layout but ``log_*`` ones (with one entry per step), and
-    ``is_last`` at the final step.
+    from worldmodel.files import atomic_write_text
 
-    Raises:
-        ValueError: naming the key and what was expected and found.
-    """
-    from worldmodel.data.episodes import validate_episode as check_readable
-
-    readable = check_readable(episode)
-    n = readable["image"].shape[0]
-    extra = [k for k in episode if k not in EPISODE_KEYS and not k.startswith("log_")]
-    if extra:
-        raise ValueError(f"episode has unknown keys {extra}; extra keys must start with 'log_'")
-    for key in EPISODE_KEYS:
-        stored, wanted = np.asarray(episode[key]), readable[key]
-        if stored.dtype != wanted.dtype or stored.shape != wanted.shape:
-            raise ValueError(f"'{key}' must be stored as {wanted.dtype} {wanted.shape}, "
-                             f"got {stored.dtype} {stored.shape}")
-    for key in episode:
-        if key.startswith("log_") and (np.ndim(episode[key]) < 1 or len(episode[key]) != n):
-            raise ValueError(f"'{key}' must have {n} entries, got shape {np.shape(episode[key])}")
-    if not readable["is_last"][-1]:
-        raise ValueError("'is_last' must be True at the last step")
-    return n - 1
+    file = out_dir / RECORDING_FILE
+    stored: dict[str, Any] = {}
+    if file.is_file():
+        try:
+            stored = json.loads(file.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{file}: not readable JSON ({err}); it records the settings of the "
+                             f"episodes in {out_dir}: repair or remove it") from None
+        if not isinstance(stored, dict):
+            raise ValueError(f"{file}: expected a JSON object of recording settings")
+    differ = [f"{key} {stored[key]!r} (now {settings[key]!r})" for key in settings
+              if key in stored and stored[key] != settings[key]]
+    if differ:
+        raise ValueError(f"{out_dir} holds episodes recorded with other settings: {', '.join(differ)}; "
+                         f"continue it with the same settings ({file}) or record into a new directory")
+    if stored != {**stored, **settings}:
+        atomic_write_text(file, json.dumps({**stored, **settings}, indent=1) + "\n")
 
 
-def load_episode(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Load and validate one episode file (the data layer's reader; never unpickles)."""
-    from worldmodel.data.episodes import load_episode as read
-
-    return read(path)
+def _remove_temporaries(out_dir: Path) -> None:
+    """Remove what killed writers left in ``out_dir`` (call it holding the folder's lock)."""
+    stale = remove_stale_temporaries(out_dir)
+    for entry in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:
+        if _OLD_TEMPORARY.match(entry.name) and entry.is_file():
+            entry.unlink(missing_ok=True)
+            stale.append(entry)
+    if stale:
+        warnings.warn(f"removed {len(stale)} temporaries left by interrupted recordings: "
+                      f"{', '.join(p.name for p in stale[:3])}{' ...' if len(stale) > 3 else ''}",
+                      stacklevel=3)
 
 
 def _episode_files(out_dir: Path, prefix: str) -> dict[Path, int]:
@@ -179,15 +183,17 @@ def _next_free_index(out_dir: Path, prefix: str) -> int:
 def _stored_seed(path: Path) -> int | None:
     """The reset seed stored in an episode file; None for an episode recorded before seeds
     were stored; -1 if it was reset without a seed or is not a readable episode at all
-    (neither constrains new seeds; the data loader reports unreadable files)."""
-    from worldmodel.data.video_io import READ_ERRORS, open_npz
+    (neither constrains new seeds; an unreadable file gets a warning naming it)."""
+    from worldmodel.npz import READ_ERRORS, open_npz
 
     try:
         with open_npz(path, "episode .npz file") as archive:
             if SEED_KEY not in archive.files:
                 return None if set(EPISODE_KEYS) <= set(archive.files) else -1
             seeds = archive[SEED_KEY]
-    except READ_ERRORS:
+    except READ_ERRORS as err:
+        warnings.warn(f"{path}: not a readable episode file ({' '.join(str(err).split())}); it is left "
+                      "as it is, but training on this folder will refuse it: delete or move it", stacklevel=4)
         return -1
     if seeds.ndim != 1 or seeds.size == 0 or seeds.dtype.kind not in "iu":
         return -1
@@ -225,16 +231,18 @@ def _free_seeds(out_dir: Path, prefix: str, start: int, count: int) -> list[int]
     return seeds
 
 
-def save_episode(
+def save_next_episode(
     episode: Mapping[str, np.ndarray], out_dir: str | os.PathLike[str], prefix: str = "episode"
 ) -> Path:
     """Write ``episode`` atomically as ``out_dir/{prefix}_{index:06d}_{T}.npz``; return the path.
 
-    The index is the next free one; an existing file is never replaced.
+    The episode must be stored exactly in the layout (``validate_episode(exact=True)`` of
+    :mod:`worldmodel.episode_format`). The index is the next free one; an existing
+    file is never replaced.
     """
-    from worldmodel.data.episodes import save_episode as write
+    from worldmodel.episode_format import validate_episode
 
-    length = validate_episode(episode)
+    length = len(validate_episode(episode, exact=True)["image"]) - 1
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     index = _next_free_index(out, prefix)
@@ -242,7 +250,7 @@ def save_episode(
     while final.exists():  # a file with another length but this index is fine; this is not
         index += 1
         final = out / f"{prefix}_{index:06d}_{length}.npz"
-    return write(final, episode)  # atomic: temporary name, then rename
+    return save_episode(final, episode, exact=True)  # atomic: temporary name, then rename
 
 
 # ---------------------------------------------------------------------- the wrapper
@@ -251,7 +259,7 @@ class EpisodeRecorder(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     Stepping the wrapper collects observations, actions, rewards and flags; when an
     episode ends (``terminated or truncated``) it is written with
-    :func:`save_episode` and its path is put in ``info["episode_path"]`` and
+    :func:`save_next_episode` and its path is put in ``info["episode_path"]`` and
     appended to :attr:`episode_paths`. An episode cut short by ``reset()`` or
     ``close()`` is dropped with a warning.
 
@@ -340,7 +348,7 @@ class EpisodeRecorder(gym.Wrapper, gym.utils.RecordConstructorArgs):
         for key in self.info_keys:
             buf[f"log_{key}"].append(self._info_value(info, key, t))
         if terminated or truncated:
-            path = save_episode(self._episode(), self.out_dir, self.prefix)
+            path = save_next_episode(self._episode(), self.out_dir, self.prefix)
             self.episode_paths.append(path)
             self._buffer = None
             info = {**info, "episode_path": str(path)}
@@ -413,6 +421,7 @@ def record_episodes(
     *,
     algo: str | None = None,
     trust_pickle: bool = False,
+    settings: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Run ``episodes`` episodes of ``policy`` in ``env`` and write each to ``out_dir``.
 
@@ -435,19 +444,43 @@ def record_episodes(
         progress: show a tqdm progress bar.
         info_keys: info entries stored as ``log_{key}``.
         algo, trust_pickle: for ``"sb3:PATH"``, see :func:`envs.policies.load_sb3_policy`.
+        settings: how the env was made (``dlh record`` passes env id, size, grayscale, action
+            repeat), JSON values. Stored in ``out_dir/recording.json`` together with the image
+            shape and action size, and compared when a later run continues the folder.
 
     Returns:
         The paths of the written files, in order.
 
+    One process records into a folder at a time (a second gets
+    :class:`worldmodel.files.FolderInUse` naming the first); temporaries left by a killed
+    recording are removed first, and an unreadable episode file gets a warning naming it.
+
     Raises:
-        ValueError: bad arguments, or ``out_dir`` holds episodes recorded without a stored
-            seed (a new directory is needed then).
+        ValueError: bad arguments; ``out_dir`` holds episodes recorded without a stored
+            seed (a new directory is needed then), or recorded with other settings (each
+            difference named).
     """
     episodes = check_int(episodes, "episodes", 1)
     if seed is not None:
         seed = check_int(seed, "seed", 0, MAX_SEED, hint="or None")
+    check_output_folder(out_dir)
     recorder = EpisodeRecorder(env, out_dir, info_keys=info_keys)
-    seeds = None if seed is None else _free_seeds(Path(out_dir), recorder.prefix, int(seed), int(episodes))
+    with FolderLock(out_dir, "recording episodes into it"):
+        return _record(recorder, policy, episodes, Path(out_dir), seed, progress, settings, algo,
+                       trust_pickle)
+
+
+def _record(recorder: EpisodeRecorder, policy: Policy | str, episodes: int, out_dir: Path, seed: int | None,
+            progress: bool, settings: Mapping[str, Any] | None, algo: str | None, trust_pickle: bool
+            ) -> list[Path]:
+    """`record_episodes` once it holds the lock of `out_dir`."""
+    env = recorder.env
+    _remove_temporaries(out_dir)
+    shape = recorder.observation_space.shape
+    derived = {"image_shape": list(shape) if len(shape) == 3 else [*shape, 1],
+               "action_size": action_size(env.action_space)}
+    _check_settings(out_dir, {**dict(settings or {}), **derived})
+    seeds = None if seed is None else _free_seeds(out_dir, recorder.prefix, int(seed), int(episodes))
     act = make_policy(policy, env, seed if seeds is None else seeds[0], algo=algo, trust_pickle=trust_pickle)
     paths: list[Path] = []
     with tqdm(total=int(episodes), unit="ep", desc="record", disable=not progress) as bar:

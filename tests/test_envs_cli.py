@@ -45,7 +45,7 @@ def test_module_end_to_end(tmp_path: Path) -> None:
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "wrote 2 episodes (10 steps)" in result.stdout
-    files = sorted(out.iterdir())
+    files = sorted(out.glob("*.npz"))
     assert [f.name for f in files] == ["episode_000000_5.npz", "episode_000001_5.npz"]
     episode = load_episode(files[0])
     assert episode["image"].shape == (6, 32, 32, 3)
@@ -73,7 +73,7 @@ def test_direct_call_pendulum_grayscale(tmp_path: Path, capsys) -> None:
         ]
     )
     assert code == 0
-    (path,) = tmp_path.iterdir()
+    (path,) = tmp_path.glob("*.npz")
     episode = load_episode(path)
     assert episode["image"].shape == (7, 32, 32, 1)
     assert episode["action"].shape == (7, 1)
@@ -104,7 +104,7 @@ def test_same_seed_same_files(tmp_path: Path) -> None:
             )
             == 0
         )
-    a, b = (load_episode(next((tmp_path / n).iterdir())) for n in ("a", "b"))
+    a, b = (load_episode(next((tmp_path / n).glob("*.npz"))) for n in ("a", "b"))
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
 

@@ -20,9 +20,9 @@ from envs.recorder import (
     encode_action,
     load_episode,
     record_episodes,
-    save_episode,
-    validate_episode,
+    save_next_episode,
 )
+from worldmodel.episode_format import validate_episode
 
 
 class FakeImageEnv(gym.Env):
@@ -95,7 +95,8 @@ def test_round_trip_point_target(tmp_path: Path) -> None:
         info_keys=["switched", "agent_pos"],
     )
     assert [p.name for p in paths] == [f"episode_{i:06d}_12.npz" for i in range(3)]
-    assert sorted(tmp_path.iterdir()) == paths  # nothing else, no temporary files
+    # nothing else but the folder's lock and settings, no temporary files
+    assert sorted(tmp_path.iterdir()) == sorted([*paths, tmp_path / ".lock", tmp_path / "recording.json"])
     for i, path in enumerate(paths):
         with np.load(path, allow_pickle=False) as data:
             episode = {key: data[key] for key in data.files}
@@ -286,14 +287,14 @@ def good_episode(length: int = 2) -> dict[str, np.ndarray]:
 )
 def test_validate_episode_errors(change, match) -> None:
     episode = good_episode()
-    assert validate_episode(episode) == 2
+    assert len(validate_episode(episode, exact=True)["image"]) == 3
     change(episode)
     with pytest.raises(ValueError, match=match):
-        validate_episode(episode)
+        validate_episode(episode, exact=True)
 
 
 def test_save_and_load_episode(tmp_path: Path) -> None:
-    path = save_episode(good_episode(4), tmp_path / "new", prefix="run")
+    path = save_next_episode(good_episode(4), tmp_path / "new", prefix="run")
     assert path.name == "run_000000_4.npz"
     episode = load_episode(path)
     for key, value in good_episode(4).items():
@@ -383,7 +384,7 @@ def test_sb3_policy_on_flattened_observations(tmp_path: Path) -> None:
 
 def test_no_temporary_files_after_many_writes(tmp_path: Path) -> None:
     record_episodes(FakeImageEnv(terminate_at=1), "random", 5, tmp_path, progress=False)
-    names = os.listdir(tmp_path)
+    names = set(os.listdir(tmp_path)) - {".lock", "recording.json"}  # the folder's lock and settings
     assert len(names) == 5 and all(n.endswith(".npz") and not n.startswith(".") for n in names)
 
 
@@ -396,11 +397,15 @@ def test_files_load_with_the_training_data_loader(tmp_path: Path) -> None:
     np.testing.assert_array_equal(episode["is_last"], load_episode(paths[0])["is_last"])
 
 
-def test_the_recorder_and_the_data_layer_agree_on_the_file_layout():
-    """envs.recorder keeps its own copies of the key names (it does not import torch or the
-    data package at import time); they must be the data layer's."""
+def test_the_recorder_and_the_data_layer_share_one_episode_format():
+    """One module defines the file layout (worldmodel.episode_format, light enough for envs to
+    import without torch); the recorder and the data layer use it rather than copies."""
     import envs.recorder as recorder
     import worldmodel.data.episodes as data_episodes
+    import worldmodel.episode_format as episode_format
 
-    assert recorder.EPISODE_KEYS == data_episodes.EPISODE_KEYS
-    assert recorder.SEED_KEY == data_episodes.SEED_KEY
+    for name in ("EPISODE_KEYS", "SEED_KEY", "load_episode"):
+        assert getattr(recorder, name) is getattr(episode_format, name)
+    for name in ("EPISODE_KEYS", "SEED_KEY", "load_episode", "save_episode", "validate_episode"):
+        assert getattr(data_episodes, name) is getattr(episode_format, name)
+    assert recorder.save_episode is episode_format.save_episode  # the folder writer is save_next_episode

@@ -24,7 +24,7 @@ import envs  # noqa: E402
 from envs.cli import MAX_SIZE, main  # noqa: E402
 from envs.pixels import make_pixel_env  # noqa: E402
 from envs.policies import SB3_ALGORITHMS, load_sb3_policy, make_policy  # noqa: E402
-from envs.recorder import EpisodeRecorder, load_episode, record_episodes, save_episode  # noqa: E402
+from envs.recorder import EpisodeRecorder, load_episode, record_episodes, save_next_episode  # noqa: E402
 from worldmodel.data import DataConfig, build_source  # noqa: E402
 from worldmodel.data.episodes import split_episode_files  # noqa: E402
 
@@ -243,7 +243,7 @@ def test_folder_without_stored_seeds_is_refused(tmp_path: Path) -> None:
     paths = record_episodes(point_target(), "random", 1, tmp_path, seed=0, progress=False)
     legacy = {k: v for k, v in load_episode(paths[0]).items() if k != "log_seed"}
     paths[0].unlink()
-    save_episode(legacy, tmp_path)  # as recorded before seeds were stored
+    save_next_episode(legacy, tmp_path)  # as recorded before seeds were stored
     with pytest.raises(ValueError, match="1 episode file.*without a stored seed.*new directory"):
         record_episodes(point_target(), "random", 1, tmp_path, seed=0, progress=False)
     assert len(record_episodes(point_target(), "random", 1, tmp_path, seed=None, progress=False)) == 1
@@ -292,5 +292,5 @@ def test_numeric_flags_are_bounded(tmp_path: Path, capsys, flag: str, value: str
 
 @pytest.mark.parametrize("seed", [-1, 2**40, 1.5, True])
 def test_record_episodes_checks_seed(tmp_path: Path, seed) -> None:
-    with pytest.raises(ValueError, match=r"seed must be None or an int in \[0, 4294967295\]"):
+    with pytest.raises(ValueError, match=r"seed: expected an int in \[0, 4294967295\] \(or None\)"):
         record_episodes(point_target(), "random", 1, tmp_path, seed=seed, progress=False)

@@ -302,3 +302,91 @@ def test_non_finite_weights_are_never_checkpointed_nor_saved(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"NaN or inf.*last good checkpoint is .*step_00000002"):
         trainer.finish()
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------- issue 18
+HOLD_LOCK = """
+import sys, time
+from worldmodel.files import FolderLock
+FolderLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_process_on_a_run_is_refused_naming_the_holder_and_a_killed_one_leaves_no_lock(
+        four_steps, tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    from worldmodel.files import FolderInUse
+
+    run = _copy(four_steps, tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FolderInUse, match=rf"{run}: in use by another process \(PID {holder.pid}\)"):
+            Trainer(_cfg(run, "steps=6", "checkpoint_every=2"), resume=True, progress=False)
+        assert main([*_args(run, *QUIET, "steps=6", "checkpoint_every=2"), "--resume"]) == 1
+        assert f"PID {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.send_signal(signal.SIGKILL)  # as a killed run: the kernel drops its lock
+        holder.wait()
+    trainer = Trainer(_cfg(run, "steps=6", "checkpoint_every=2"), resume=True, progress=False)
+    assert trainer.step == 4
+    trainer.fit()
+    assert _rows(run) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_atomic_writes_respect_the_umask(tmp_path, umask, file_mode, dir_mode):
+    import os
+    import stat
+
+    from worldmodel.files import atomic_directory, atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        written = atomic_write_text(tmp_path / "a.json", "{}")
+        folder = atomic_directory(tmp_path / "step_1", lambda tmp: (tmp / "x").write_text("y"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(written.stat().st_mode) == file_mode
+    assert stat.S_IMODE(folder.stat().st_mode) == dir_mode
+
+
+def test_a_trainer_json_step_that_differs_from_its_folder_falls_back(four_steps, tmp_path):
+    run = _copy(four_steps, tmp_path)
+    info_file = run / "checkpoints" / "step_00000004" / "trainer.json"
+    info = json.loads(info_file.read_text())
+    info_file.write_text(json.dumps({**info, "step": 3}))
+    with pytest.warns(UserWarning, match=r"trainer\.json: its step 3 differs from its folder's name "
+                                         r"step_00000004.*falling back"):
+        trainer = Trainer(_cfg(run, "steps=6", "checkpoint_every=2"), resume=True, progress=False)
+    assert trainer.step == 2
+
+
+def test_a_non_finite_optimizer_state_falls_back_and_is_never_called_good(four_steps, tmp_path):
+    run = _copy(four_steps, tmp_path)
+    bad = run / "checkpoints" / "step_00000004" / "optimizer.pt"
+    state = torch.load(bad, weights_only=True)
+    first = next(iter(state["optimizer"]["state"].values()))
+    first["exp_avg_sq"].fill_(float("nan"))
+    torch.save(state, bad)
+    with pytest.warns(UserWarning, match=rf"{bad}: NaN or inf in optimizer\['state'\].*exp_avg_sq.*falling back"):
+        trainer = Trainer(_cfg(run, "steps=6", "checkpoint_every=2"), resume=True, progress=False)
+    assert trainer.step == 2
+    assert latest_checkpoint(run).name == "step_00000002"
+
+
+def test_more_threads_than_cpus_are_lowered_with_a_warning(monkeypatch):
+    from worldmodel.training import threads
+
+    monkeypatch.setattr(threads, "_available_cpus", lambda: 2)
+    before = torch.get_num_threads()
+    try:
+        with pytest.warns(UserWarning, match=r"threads=1000 is more than the 2 CPU\(s\)"):
+            assert threads.configure_threads(1000) == (2, "threads=1000 lowered to the 2 CPU(s) available")
+    finally:
+        torch.set_num_threads(before)

@@ -1,13 +1,19 @@
 """Atomic file writes: write to a temporary name in the target's folder, then rename.
 
-Temporaries are hidden (`.{name}.XXXX.tmp…`) next to their target. A process killed mid-write
-leaves one behind; `remove_stale_temporaries` clears them when a run starts. An OSError raised
-while writing names the target file (a full disk's ENOSPC carries no file name of its own).
+Temporaries are hidden (`.{name}.XXXX.tmp…`) next to their target; the result gets the
+permissions of a plain `open()` under the umask (0644 / 0755 with umask 022), not tempfile's
+private 0600 / 0700. A process killed mid-write leaves one behind;
+`remove_stale_temporaries` clears them when a run starts. An OSError raised while writing
+names the target file (a full disk's ENOSPC carries no file name of its own).
+
+`FolderLock` keeps a second process from writing into a folder (a run, a recording) that
+one is already writing to; the kernel drops it when its holder dies, even by SIGKILL.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -36,6 +42,20 @@ def naming(path: str | os.PathLike[str], *unhelpful: str) -> Iterator[None]:
         raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path)) from exc
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc/self/status)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but only on odd systems)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)` then atomically rename tmp_path to `path`; returns `path`.
 
@@ -48,6 +68,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
         # keep the extension: writers that pick a format from it (OpenCV, Pillow) need it
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide the file from the group
     try:
         with naming(path, tmp):
             write(tmp)
@@ -69,6 +90,7 @@ def atomic_directory(path: str | os.PathLike[str], fill: Callable[[Path], None])
     with naming(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700, likewise
     try:
         with naming(path, str(tmp)):
             fill(tmp)
@@ -112,5 +134,98 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+def check_output_folder(path: str | os.PathLike[str]) -> Path:
+    """`path` as a Path, unless it exists and is not a folder: then the ValueError every command
+    gives for an `--out` that names a file (`dlh train`, `eval`, `rollout`, `analyze`, `record`)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output folder {path} is a file, not a folder: choose another --out "
+                         "(a folder, created if missing)")
+    return path
+
+
+class FolderInUse(OSError):
+    """Another process holds the `FolderLock` of a folder; the message names its PID."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+class FolderLock:
+    """An exclusive lock on `folder` (its hidden file `.lock`), for one writing process.
+
+    The lock is `flock` on an open file: the kernel releases it when the holder exits in any
+    way (SIGKILL included), so a killed run never leaves a folder locked. The holder's PID
+    is written into the file for the message another process gets. Within one process the
+    lock is shared (taking it again only counts), so that a program may hold several
+    writers of one folder (a trainer and its caller). Without `fcntl` (Windows) it does
+    nothing.
+
+    Raises (from `acquire`):
+        FolderInUse: another process holds the lock (message: the folder, the PID, `what`).
+    """
+
+    NAME = ".lock"
+    _held: dict[str, list] = {}  # real path -> [fd, count] of the locks this process holds
+
+    def __init__(self, folder: str | os.PathLike[str], what: str = "writing to it") -> None:
+        self.folder = Path(folder)
+        self.what = what
+        self._key: str | None = None
+
+    def acquire(self) -> FolderLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        if self._key is not None:
+            return self
+        with naming(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(self.folder)
+        held = FolderLock._held.get(key)
+        if held is not None:
+            held[1] += 1
+            self._key = key
+            return self
+        path = self.folder / self.NAME
+        with naming(path):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc
+            raise FolderInUse(
+                errno.EBUSY,
+                f"in use by another process (PID {holder}) {self.what}; wait for it to end or "
+                f"stop it (kill {holder}), or choose another folder",
+                str(self.folder),
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        FolderLock._held[key] = [fd, 1]
+        self._key = key
+        return self
+
+    def release(self) -> None:
+        if self._key is None:
+            return
+        held = FolderLock._held[self._key]
+        held[1] -= 1
+        if held[1] == 0:
+            os.close(held[0])  # closing the file releases the flock
+            del FolderLock._held[self._key]
+        self._key = None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 __all__ = ["one_line", "atomic_write", "atomic_write_text", "atomic_directory", "naming", "is_temporary",
-           "remove_stale_temporaries"]
+           "remove_stale_temporaries", "current_umask", "FolderLock", "FolderInUse", "check_output_folder"]

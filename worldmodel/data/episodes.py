@@ -1,17 +1,8 @@
-"""Episodes recorded from Gymnasium environments, in the layout Dreamer-family code uses.
+"""Episodes recorded from Gymnasium environments, in the layout Dreamer-family code uses
+(the file format: `worldmodel.episode_format`, whose functions this module re-exports).
 
-One compressed ``.npz`` per episode; for steps t = 0..T (length L = T + 1):
-
-* ``image``: (L, H, W, C) uint8 observation at step t;
-* ``action``: (L, A) float, the action that led to step t (zeros at t = 0);
-* ``reward``: (L,) float, the reward received on arriving at step t (0 at t = 0);
-* ``is_first``, ``is_last``, ``is_terminal``: (L,) bool (Gymnasium's ``terminated``
-  is ``is_terminal``; ``terminated or truncated`` is ``is_last``).
-
-Keys starting with ``log_`` (and any other extra key) are kept but never trained on;
-``log_seed`` (L,) int, written by ``envs.recorder``, is the seed of the episode's reset.
-Files are written atomically and read with ``allow_pickle=False``. Sampled windows
-lie inside one episode; episodes shorter than ``seq_len`` are skipped.
+Sampled windows lie inside one episode; episodes shorter than ``seq_len`` are skipped (with
+one warning that counts them).
 
 Without train/ and test/ sub-folders the last ``test_fraction`` of the episodes (by sorted
 file name) form the test split. Copies of one episode — files with the same arrays, or
@@ -28,7 +19,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import os
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,14 +40,19 @@ from worldmodel.data.base import (
     split_files,
     videos_to_frames,
 )
+from worldmodel.episode_format import (
+    EPISODE_KEYS,
+    SEED_KEY,
+    load_episode,
+    save_episode,
+    validate_episode,
+)
 from worldmodel.data.options import check_float, set_field
-from worldmodel.data.video_io import READ_ERRORS, open_npz, read_many
+from worldmodel.data.video_io import READ_ERRORS, read_many
 
 if TYPE_CHECKING:
     from worldmodel.data.config import DataConfig
 
-EPISODE_KEYS = ("image", "action", "reward", "is_first", "is_last", "is_terminal")
-_FLAG_KEYS = ("is_first", "is_last", "is_terminal")
 _HOW = (
     "episodes needs a folder of episode .npz files (image, action, reward, is_first, is_last, "
     "is_terminal), e.g. recorded from a Gymnasium environment with "
@@ -80,94 +76,6 @@ class EpisodeOptions:
         set_field(self, "test_fraction", check_float("test_fraction", self.test_fraction, 0, 1))
 
 
-def _flags(name: str, value: np.ndarray, origin: str) -> np.ndarray:
-    if value.dtype == np.bool_:
-        return value
-    if np.issubdtype(value.dtype, np.number) and np.isin(value, (0, 1)).all():
-        return value.astype(bool)
-    raise ValueError(f"{origin}: {name!r} must be bool (or 0/1), got {value.dtype}")
-
-
-def validate_episode(ep: Mapping[str, Any], origin: str = "episode") -> dict[str, np.ndarray]:
-    """Check an episode's keys, dtypes and lengths; return a normalised copy.
-
-    The copy has ``image`` (L, H, W, C) uint8, ``action`` (L, A) float32, ``reward`` (L,)
-    float32 and bool flags; extra keys are kept unchanged. Raises ValueError (prefixed
-    with ``origin``) naming the first problem found.
-    """
-    if not isinstance(ep, Mapping):
-        raise ValueError(f"{origin}: an episode must be a mapping of arrays, got "
-                         f"{type(ep).__name__}")
-    missing = [k for k in EPISODE_KEYS if k not in ep]
-    if missing:
-        raise ValueError(f"{origin}: episode is missing key(s) {missing}; required: "
-                         f"{list(EPISODE_KEYS)}")
-    out = {k: np.asarray(v) for k, v in ep.items()}
-    image = out["image"]
-    if image.dtype != np.uint8:
-        raise ValueError(f"{origin}: 'image' must be uint8, got {image.dtype}")
-    if image.ndim == 3:
-        image = image[..., None]
-    if image.ndim != 4 or image.shape[-1] not in (1, 3) or image.shape[0] == 0:
-        raise ValueError(f"{origin}: 'image' must be (L, H, W, C) with C in 1, 3 and L >= 1, "
-                         f"got {image.shape}")
-    out["image"] = image
-    length = image.shape[0]
-    expected = {"action": 2, "reward": 1, "is_first": 1, "is_last": 1, "is_terminal": 1}
-    for key, ndim in expected.items():
-        value = out[key]
-        if value.ndim != ndim or value.shape[0] != length:
-            want = f"({length}, A)" if ndim == 2 else f"({length},)"
-            raise ValueError(f"{origin}: {key!r} must have shape {want} to match 'image' "
-                             f"with {length} steps, got {value.shape}")
-    for key in ("action", "reward"):
-        value = out[key]
-        if value.dtype == np.bool_ or not np.issubdtype(value.dtype, np.number):
-            raise ValueError(f"{origin}: {key!r} must be numeric, got {value.dtype}")
-        if not np.isfinite(value).all():
-            raise ValueError(f"{origin}: {key!r} contains NaN or infinity")
-        out[key] = value.astype(np.float32)
-    if out["action"].shape[1] == 0:
-        raise ValueError(f"{origin}: 'action' has no components (shape {out['action'].shape}); "
-                         "one-hot encode discrete actions")
-    for key in _FLAG_KEYS:
-        out[key] = _flags(key, out[key], origin)
-    if not out["is_first"][0]:
-        raise ValueError(f"{origin}: 'is_first' must be True at step 0")
-    return out
-
-
-def load_episode(path: str | Path) -> dict[str, np.ndarray]:
-    """Read and validate one episode ``.npz`` (never unpickles); ValueError names the file."""
-    path = Path(path)
-    archive = open_npz(path, "episode .npz file")
-    try:
-        with archive:
-            ep = {key: archive[key] for key in archive.files}
-    except READ_ERRORS as err:
-        raise ValueError(f"{path}: corrupt episode .npz file ({err})") from err
-    return validate_episode(ep, str(path))
-
-
-def save_episode(path: str | Path, ep: Mapping[str, Any]) -> Path:
-    """Validate and write an episode as compressed ``.npz``, atomically (temp file + rename)."""
-    path = Path(path)
-    data = validate_episode(ep, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-SEED_KEY = "log_seed"  # written by envs.recorder (SEED_KEY there): the reset seed per step
 
 
 def _identity(path: Path) -> tuple[tuple[Any, ...], int | None]:
@@ -240,6 +148,7 @@ class EpisodeSource(SequenceSource):
         self.channels = channels
         self.action_dim = 0 if action_dim is None else int(action_dim)
         self._action_dim_known = action_dim is not None
+        self._action_dim_from = f"the source's (action_dim={action_dim})"
         self.split = split
         self.capacity = capacity
         self.episodes: list[dict[str, np.ndarray]] = []
@@ -263,8 +172,8 @@ class EpisodeSource(SequenceSource):
         if split is not None and sub is None:
             files = split_episode_files(files, split, test_fraction)
         source = cls(image_size, channels, action_dim, split or "train", capacity)
-        for ep in read_many(load_episode, files):
-            source.add_episode(ep, validate=False)
+        for file, ep in zip(files, read_many(load_episode, files)):
+            source.add_episode(ep, validate=False, origin=str(file))
         return source
 
     @property
@@ -275,15 +184,17 @@ class EpisodeSource(SequenceSource):
     def num_steps(self) -> int:
         return int(sum(self.lengths))
 
-    def add_episode(self, ep: Mapping[str, Any], validate: bool = True) -> None:
-        """Append one episode (see the module docstring for its layout)."""
-        data = validate_episode(ep) if validate else dict(ep)
+    def add_episode(self, ep: Mapping[str, Any], validate: bool = True, origin: str = "episode") -> None:
+        """Append one episode (see the module docstring for its layout); `origin` (its file)
+        names it in errors."""
+        data = validate_episode(ep, origin) if validate else dict(ep)
         action_dim = data["action"].shape[1]
         if not self._action_dim_known:
             self.action_dim, self._action_dim_known = action_dim, True
+            self._action_dim_from = f"those of {origin}"
         elif action_dim != self.action_dim:
-            raise ValueError(f"episode has action dimension {action_dim}, the source "
-                             f"{self.action_dim}")
+            raise ValueError(f"{origin}: its actions have size {action_dim}, but {self._action_dim_from} "
+                             f"have size {self.action_dim}: all episodes of a data set need one action size")
         self.episodes.append({
             "image": prepare_video(data["image"], self.image_size, self.channels, "episode"),
             "action": data["action"],
@@ -328,4 +239,12 @@ def build(cfg: DataConfig, options: EpisodeOptions, split: str) -> EpisodeSource
     if max(source.lengths) < cfg.seq_len:
         raise ValueError(f"episodes ({split}) at {cfg.path!r}: no episode has at least "
                          f"data.seq_len={cfg.seq_len} steps; the longest has {max(source.lengths)}")
+    short = sum(length < cfg.seq_len for length in source.lengths)
+    if short:
+        warnings.warn(f"episodes ({split}) at {cfg.path!r}: {short} of {len(source.lengths)} episodes are "
+                      f"shorter than data.seq_len={cfg.seq_len} steps and are never sampled", stacklevel=3)
     return source
+
+
+__all__ = ["EPISODE_KEYS", "SEED_KEY", "EpisodeOptions", "EpisodeSource", "build", "load_episode",
+           "save_episode", "split_episode_files", "validate_episode"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import zipfile
-import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,10 +18,11 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
+from worldmodel.npz import READ_ERRORS, check_npy_header, open_npz
+
 T = TypeVar("T")
 VIDEO_SUFFIXES = (".npy", ".npz", ".mp4", ".avi")
 NPZ_KEYS = ("video", "image")
-READ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
 
 
 def _cv2_open(path: Path) -> cv2.VideoCapture:
@@ -76,18 +76,6 @@ def _npz_key(path: Path, names: list[str]) -> str:
                      f"array), found {sorted(names)}")
 
 
-def open_npz(path: Path, kind: str = ".npz file") -> np.lib.npyio.NpzFile:
-    """Open an ``.npz`` archive without unpickling; ValueError naming the file (and `kind`)
-    when it is unreadable or holds a single ``.npy`` array."""
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except READ_ERRORS as err:
-        raise ValueError(f"{path}: not a readable {kind} ({err})") from err
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: not an .npz archive (holds a single .npy array)")
-    return archive
-
-
 def read_npz_video(path: str | Path) -> np.ndarray:
     """The video array of an ``.npz`` file (key ``video``, ``image``, or its only array)."""
     path = Path(path)
@@ -100,9 +88,12 @@ def read_npz_video(path: str | Path) -> np.ndarray:
 
 
 def read_npy_video(path: str | Path, mmap: bool = False) -> np.ndarray:
-    """The array of an ``.npy`` file (memory-mapped if ``mmap``)."""
+    """The array of an ``.npy`` file (memory-mapped if ``mmap``); its header is checked against
+    the file's size first."""
     path = Path(path)
     try:
+        with open(path, "rb") as handle:
+            check_npy_header(handle, os.fstat(handle.fileno()).st_size, str(path))
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except READ_ERRORS as err:
         raise ValueError(f"{path}: not a readable .npy file ({err})") from err

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..files import check_output_folder
 from ..metrics import SSIM_VARIANTS
 from ..video import comparison_grid, image_grid, plot_curves, save_png, write_gif, write_mp4
 from .analysis import (
@@ -98,7 +99,7 @@ def _setup(args: argparse.Namespace, command: str) -> tuple[Resolved, Path]:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     resolved = resolve(args.checkpoint, args.config, args.set, args.device)
     default = (resolved.run_dir or resolved.model_file.parent) / command
-    out = Path(args.out) if args.out else default
+    out = check_output_folder(args.out) if args.out else default
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     return resolved, out

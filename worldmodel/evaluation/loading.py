@@ -2,7 +2,7 @@
 
 `--checkpoint` may name a model file (`*.safetensors`), a checkpoint folder
 (`run/checkpoints/step_*/`) or a run folder (`run/`: its `model.safetensors`, else its latest
-checkpoint). The data section comes from `--config` when given, else from the run's
+checkpoint, falling back to the one before when it is corrupt, as `--resume` does). The data section comes from `--config` when given, else from the run's
 `config.yaml`, else from the checkpoint's `trainer.json`, else Moving Ball at the model's size;
 `--set data.key=value` overrides apply on top.
 """
@@ -10,6 +10,7 @@ checkpoint). The data section comes from `--config` when given, else from the ru
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,9 @@ from ..arguments import check_int
 from ..checkpoint import load
 from ..config import from_dict
 from ..data import Batch, DataConfig, SequenceSource, build_source
+from ..files import one_line
 from ..model import DLH
-from ..training.checkpoints import latest_checkpoint
+from ..training.checkpoints import checkpoint_candidates
 from ..training.config import apply_overrides
 from ..validation import check_memory
 
@@ -53,15 +55,25 @@ def _run_dir_of(model_file: Path) -> Path | None:
 
 def resolve_model_file(checkpoint: str | Path) -> tuple[Path, Path | None]:
     """(model file, run folder or None) of a `--checkpoint` argument; FileNotFoundError if none."""
+    files, run_dir = model_file_candidates(checkpoint)
+    return files[0], run_dir
+
+
+def model_file_candidates(checkpoint: str | Path) -> tuple[list[Path], Path | None]:
+    """The model files a `--checkpoint` argument may mean, best first, and the run folder.
+
+    One file, except for a run folder without `model.safetensors`: its complete checkpoints,
+    newest first, to fall back along as training does (`checkpoint_candidates`).
+    """
     path = Path(checkpoint)
     if path.is_file():
-        return path, _run_dir_of(path)
+        return [path], _run_dir_of(path)
     if path.is_dir():
         if (path / MODEL_FILE).is_file():
-            return path / MODEL_FILE, _run_dir_of(path / MODEL_FILE) or path
-        latest = latest_checkpoint(path)
-        if latest is not None:
-            return latest / MODEL_FILE, path
+            return [path / MODEL_FILE], _run_dir_of(path / MODEL_FILE) or path
+        candidates = checkpoint_candidates(path)
+        if candidates:
+            return [c / MODEL_FILE for c in candidates], path
         raise FileNotFoundError(
             f"--checkpoint {path}: no {MODEL_FILE} and no checkpoints/step_*/ in this folder "
             "(pass a model file, a checkpoint folder or a training run folder)"
@@ -107,9 +119,9 @@ def resolve(
     device: str = "cpu",
 ) -> Resolved:
     """Load the model of `checkpoint` on `device` and its data config (see module docstring)."""
-    model_file, run_dir = resolve_model_file(checkpoint)
+    files, run_dir = model_file_candidates(checkpoint)
     device = _device(device)
-    model = load(model_file, map_location=device)
+    model, model_file = _load_first_readable(files, device)
     model.eval()
     tree, origin = _config_tree(config, model_file, run_dir)
     for item in overrides or []:
@@ -126,6 +138,22 @@ def resolve(
             f"({model.config.image_size}, {model.config.channels})"
         )
     return Resolved(model, model_file, run_dir, data, origin)
+
+
+def _load_first_readable(files: list[Path], device: torch.device) -> tuple[DLH, Path]:
+    """The first of `files` that loads; a corrupt one (truncated, ...) is skipped with a warning
+    naming it, as `--resume` skips a corrupt checkpoint. ValueError naming all if none loads."""
+    problems = []
+    for file in files:
+        try:
+            return load(file, map_location=device), file
+        except (ValueError, FileNotFoundError) as exc:
+            if len(files) == 1:
+                raise
+            problems.append(one_line(exc))
+            if file is not files[-1]:
+                warnings.warn(f"{one_line(exc)}; falling back to the checkpoint before it", stacklevel=3)
+    raise ValueError("no readable checkpoint: " + "; ".join(problems))
 
 
 def _device(name: str) -> torch.device:
@@ -173,4 +201,5 @@ def eval_sequences(
         ) from exc
 
 
-__all__ = ["Resolved", "resolve", "resolve_model_file", "evaluation_source", "eval_sequences"]
+__all__ = ["Resolved", "resolve", "resolve_model_file", "model_file_candidates", "evaluation_source",
+           "eval_sequences"]

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import errno
 import json
+import math
+import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from ..config import DLHConfig
 from ..files import atomic_directory, atomic_write_text, naming, one_line
 
 LATEST = "latest"
+STEP_NAME = re.compile(r"step_(\d+)")  # a checkpoint folder's name: its step, zero-padded
 CORRUPT_PREFIX = "corrupt_"
 
 
@@ -102,21 +106,55 @@ def non_finite_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer 
 
 
 def checkpoint_candidates(run_dir: str | Path) -> list[Path]:
-    """The complete checkpoints of a run, newest step first."""
+    """The complete checkpoints of a run, newest first: the one `latest` names, then the others
+    by step, newest first (a reader falls back along this list when one is corrupt)."""
     root = checkpoint_dir(run_dir)
-    return [p for p in sorted(root.glob("step_*"), reverse=True) if (p / "trainer.json").is_file()]
+    complete = [p for p in sorted(root.glob("step_*"), reverse=True)
+                if STEP_NAME.fullmatch(p.name) and (p / "trainer.json").is_file()]
+    pointed = _pointed_to(root)
+    return [pointed] + [p for p in complete if p != pointed] if pointed is not None else complete
+
+
+def _pointed_to(root: Path) -> Path | None:
+    """The checkpoint `root/latest` names, if it names a complete one inside `root`.
+
+    The pointer holds a folder name (`step_00001000`); anything else — a path leading out of
+    the run (`../../other/checkpoints/step_5`), a name that is not a checkpoint's — is
+    ignored with a warning, so a run never reports another run's model as its own.
+    """
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    try:
+        name = pointer.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not STEP_NAME.fullmatch(name):
+        warnings.warn(f"{pointer} names {name[:200]!r}, not a checkpoint folder of this run "
+                      "(step_NNNNNNNN): ignored, the newest complete checkpoint is used", stacklevel=3)
+        return None
+    path = root / name
+    return path if (path / "trainer.json").is_file() else None
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
-    root = checkpoint_dir(run_dir)
-    pointer = root / LATEST
-    if pointer.is_file():
-        path = root / pointer.read_text().strip()
-        if path.name.startswith("step_") and (path / "trainer.json").is_file():
-            return path
-    complete = checkpoint_candidates(run_dir)
-    return complete[0] if complete else None
+    """The newest complete checkpoint of a run (the one `checkpoints/latest` names), or None."""
+    candidates = checkpoint_candidates(run_dir)
+    return candidates[0] if candidates else None
+
+
+def _non_finite_entries(value: Any, where: str) -> list[str]:
+    """Where a nested optimizer state holds a NaN or ±inf (tensor or number)."""
+    if isinstance(value, dict):
+        return [bad for key, v in value.items() for bad in _non_finite_entries(v, f"{where}[{key!r}]")]
+    if isinstance(value, (list, tuple)):
+        return [bad for i, v in enumerate(value) for bad in _non_finite_entries(v, f"{where}[{i}]")]
+    if torch.is_tensor(value):
+        finite = not value.is_floating_point() or bool(torch.isfinite(value).all())
+        return [] if finite else [where]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [where]
+    return []
 
 
 def read_checkpoint(path: str | Path) -> CheckpointContents:
@@ -130,6 +168,10 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
     step = info.get("step") if isinstance(info, dict) else None
     if not is_int(step):
         raise CorruptCheckpoint(f"{info_file}: expected a mapping with an integer 'step'")
+    named = STEP_NAME.fullmatch(path.name)
+    if named and int(named.group(1)) != step:
+        raise CorruptCheckpoint(f"{info_file}: its step {step} differs from its folder's name "
+                                f"{path.name}: the file was changed or copied from another checkpoint")
     try:
         model_config, weights = read_model_file(path / "model.safetensors")
     except (ValueError, FileNotFoundError) as exc:  # the message names the file
@@ -145,6 +187,10 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
         ) from exc
     if not isinstance(state, dict) or not isinstance(state.get("optimizer"), dict):
         raise CorruptCheckpoint(f"{optimizer_file}: expected {{'optimizer': state_dict}}")
+    bad = _non_finite_entries(state["optimizer"], "optimizer")
+    if bad:  # the writer never stores these (non_finite_tensors): the file was changed since
+        raise CorruptCheckpoint(f"{optimizer_file}: NaN or inf in {', '.join(bad[:3])}"
+                                f"{' ...' if len(bad) > 3 else ''}")
     return CheckpointContents(path, model_config, weights, state["optimizer"], info)
 
 

@@ -62,13 +62,20 @@ def _available_cpus() -> int:
 def configure_threads(threads: int | None) -> tuple[int, str]:
     """Set torch's intra-op threads; returns (threads, why) for the run's log.
 
-    `threads` > 0: exactly that many. None: torch's default (one per core this process may
-    use), lowered to the CPUs that other processes leave free (at least 1).
+    `threads` > 0: that many, but no more than the CPUs this process may use (more threads
+    than CPUs only wait on each other: a warning says so and the CPU count is used). None:
+    torch's default (one per core this process may use), lowered to the CPUs that other
+    processes leave free (at least 1).
     """
+    cpus = _available_cpus()
     if threads is not None:
+        if threads > cpus:
+            warnings.warn(f"threads={threads} is more than the {cpus} CPU(s) this process may use; "
+                          f"using {cpus} threads (more would only wait on each other)", stacklevel=3)
+            torch.set_num_threads(cpus)
+            return cpus, f"threads={threads} lowered to the {cpus} CPU(s) available"
         torch.set_num_threads(threads)
         return threads, "as configured"
-    cpus = _available_cpus()
     default = min(torch.get_num_threads(), cpus)
     busy = busy_cpus()
     if busy is None:

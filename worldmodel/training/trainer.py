@@ -12,6 +12,7 @@ import json
 import math
 import time
 import warnings
+import weakref
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..data import Batch, SequenceSource, build_source
 from ..data.base import batch_at
-from ..files import atomic_write_text, naming, remove_stale_temporaries
+from ..files import FolderLock, atomic_write_text, check_output_folder, naming, remove_stale_temporaries
 from ..model import DLH
 from ..video import write_gif
 from . import distributed
@@ -53,6 +54,17 @@ def _last_good(run_dir: Path) -> str:
     if ckpt is None:
         return "There is no good checkpoint (none was written with finite weights)"
     return f"The last good checkpoint is {ckpt} (--resume continues from it)"
+
+
+def _check_action_size(source: SequenceSource, cfg: TrainConfig) -> None:
+    """ValueError at the start, naming the data and the setting, when the data's actions do not
+    have the model's size (else the first training step fails on a batch's shape)."""
+    size = getattr(source, "action_dim", 0)
+    if size != cfg.model.action_dim:
+        data = f"data.path={cfg.data.path!r}" if cfg.data.path is not None else f"data.name={cfg.data.name!r}"
+        has = f"actions of size {size}" if size else "no actions"
+        raise ValueError(f"the data ({data}) has {has}, but model.action_dim={cfg.model.action_dim}: "
+                         f"set model.action_dim={size} (--set model.action_dim={size})")
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
@@ -133,7 +145,10 @@ class Trainer:
     A run resumed at `steps` whose summary.json records that step is finished: `fit()` trains nothing
     and returns the stored summary with `"already_finished": True`. Without `resume`, a
     run folder holding checkpoints or logged metrics is an error (pass resume, or choose
-    another out_dir). Temporaries left by interrupted writes are removed at the start.
+    another out_dir). Temporaries left by interrupted writes are removed at the start. One
+    process at a time trains a run: the run folder is locked (`files.FolderLock`), and a second
+    Trainer on it in another process gets `FolderInUse` naming the first one's PID; the lock
+    dies with its process, so a killed run resumes without any clean-up.
 
     Args:
         cfg: the run's configuration.
@@ -156,9 +171,7 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.run_dir = run_dir = Path(cfg.out_dir)
-        if run_dir.exists() and not run_dir.is_dir():
-            raise ValueError(f"out_dir {run_dir} is a file, not a folder: choose another out_dir "
-                             "(--out DIR or --set out_dir=DIR)")
+        check_output_folder(run_dir)
         self.runtime = runtime = distributed.setup(cfg.device)
         if runtime.device.type == "cpu" or cfg.threads:
             self.threads, self.threads_reason = configure_threads(cfg.threads)
@@ -182,7 +195,10 @@ class Trainer:
                                           betas=(0.9, cfg.optim.beta2))
         self.step = 0
         self.finished = False
-        if runtime.is_main:
+        self.lock = None
+        if runtime.is_main:  # one process writes a run: a second is refused, naming the first's PID
+            self.lock = FolderLock(run_dir, "training this run").acquire()
+            weakref.finalize(self, self.lock.release)
             stale = [p for folder in (run_dir, checkpoint_dir(run_dir), run_dir / "media")
                      for p in remove_stale_temporaries(folder)]
             if stale:
@@ -207,6 +223,7 @@ class Trainer:
                 find_unused_parameters=True,  # static levels leave networks out of some steps
             )
         self.source = source if source is not None else build_source(cfg.data, "train")
+        _check_action_size(self.source, cfg)
         self.monitor = Monitor(run_dir, enabled=runtime.is_main, purge_step=self.step if resume else None)
         self.media_batch, self.media_context = None, cfg.rollout_context
         if runtime.is_main:
@@ -530,12 +547,16 @@ class Trainer:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=1))
         self.monitor.close()
         distributed.teardown(self.runtime)
+        if self.lock is not None:
+            self.lock.release()
         return summary
 
     def fit(self) -> dict[str, Any]:
         """Train up to `cfg.steps` and finish; a finished run returns its stored summary."""
         if self.finished:
             distributed.teardown(self.runtime)
+            if self.lock is not None:
+                self.lock.release()
             if not self.runtime.is_main:
                 return {}
             return {**self._stored_summary(), "already_finished": True}

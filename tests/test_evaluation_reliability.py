@@ -1,0 +1,79 @@
+"""Issue 18 for the evaluation commands: a `latest` pointer leading out of the run, a truncated
+latest checkpoint, horizons that cannot fit in memory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tiny_config, tiny_model
+from worldmodel.cli import main
+from worldmodel.data import DataConfig
+from worldmodel.evaluation.loading import resolve
+from worldmodel.training.config import TrainConfig, dump_config
+
+
+def make_run(run: Path, steps: tuple[int, ...], seed: int = 0) -> Path:
+    """A run folder with config.yaml and checkpoints at `steps` (no final model file)."""
+    cfg = TrainConfig(model=tiny_config(), out_dir=str(run),
+                      data=DataConfig(name="moving_ball", image_size=16, channels=1, seq_len=10,
+                                      batch_size=2))
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_config(cfg))
+    for step in steps:
+        folder = run / "checkpoints" / f"step_{step:08d}"
+        folder.mkdir(parents=True)
+        tiny_model(seed=seed + step).save(folder / "model.safetensors")
+        (folder / "trainer.json").write_text(json.dumps({"step": step, "config": cfg.to_dict()}))
+    (run / "checkpoints" / "latest").write_text(f"step_{max(steps):08d}")
+    return run
+
+
+def test_a_latest_pointer_leading_out_of_the_run_is_ignored(tmp_path):
+    run = make_run(tmp_path / "run", (2, 4))
+    elsewhere = make_run(tmp_path / "elsewhere", (5,), seed=100)
+    (run / "checkpoints" / "latest").write_text("../../elsewhere/checkpoints/step_00000005")
+    with pytest.warns(UserWarning, match=r"latest names '\.\./\.\./elsewhere.*not a checkpoint folder of this run"):
+        resolved = resolve(run)
+    assert resolved.model_file == run / "checkpoints" / "step_00000004" / "model.safetensors"
+    assert elsewhere not in resolved.model_file.parents
+
+
+def test_eval_falls_back_from_a_truncated_latest_checkpoint(tmp_path, capsys):
+    run = make_run(tmp_path / "run", (2, 4))
+    bad = run / "checkpoints" / "step_00000004" / "model.safetensors"
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.warns(UserWarning, match=rf"{bad}: .*falling back to the checkpoint before it"):
+        resolved = resolve(run)
+    assert resolved.model_file == run / "checkpoints" / "step_00000002" / "model.safetensors"
+    out = tmp_path / "rollout"
+    with pytest.warns(UserWarning, match="falling back"):
+        assert main(["rollout", "--checkpoint", str(run), "--context", "2", "--horizon", "2",
+                     "--sequences", "1", "--out", str(out), "--device", "cpu"]) == 0
+    assert json.loads((out / "rollout.json").read_text())["checkpoint"] == str(
+        run / "checkpoints" / "step_00000002" / "model.safetensors")
+
+
+def test_no_readable_checkpoint_names_each_file(tmp_path, capsys):
+    run = make_run(tmp_path / "run", (2, 4))
+    for step in (2, 4):
+        (run / "checkpoints" / f"step_{step:08d}" / "model.safetensors").write_bytes(b"junk")
+    with pytest.warns(UserWarning):
+        assert main(["eval", "--checkpoint", str(run), "--context", "2", "--horizon", "2",
+                     "--samples", "1", "--sequences", "1", "--device", "cpu"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no readable checkpoint" in line and "step_00000002" in line and "step_00000004" in line
+
+
+def test_eval_refuses_a_horizon_that_cannot_fit_in_memory(tmp_path, capsys, monkeypatch):
+    import worldmodel.validation as validation
+
+    run = make_run(tmp_path / "run", (2,))
+    monkeypatch.setattr(validation, "available_memory", lambda device: 2**30)
+    code = main(["eval", "--checkpoint", str(run), "--context", "10", "--horizon", "100000",
+                 "--samples", "2", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "100010 frames (context + horizon) needs about" in err and "GiB" in err

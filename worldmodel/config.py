@@ -20,6 +20,8 @@ from .arguments import check_int, is_int
 
 T = TypeVar("T")
 
+CONV_NORMS = ("none", "layer")  # worldmodel.networks builds them
+CONV_ACTS = ("elu", "silu")
 TIMESCALES = ("dynamic", "clockwork", "every_step")
 ASSIGNMENTS = ("hard", "vade")
 DECISIONS = ("kl", "map")
@@ -88,6 +90,10 @@ class DLHConfig:
             so it can learn when the next change is due (a hazard over the time since the
             last change). See docs/model.md.
         conv_depth: channels of the first conv layer; layers use depth * (1, 2, 4, 8).
+        conv_norm: normalisation after each hidden layer of the conv towers: "none" or
+            "layer" (per sample over channels and positions, with a learned per-channel
+            gain and bias, as DreamerV3's towers). See docs/results.md (learning early).
+        conv_act: the towers' activation: "elu" (App. A) or "silu".
         min_std: floor added to every Gaussian standard deviation.
         obs_std: the fixed standard deviation of the Gaussian frame likelihood.
         timescale: "dynamic" (DLH), "clockwork" (CW-VAE schedule) or "every_step".
@@ -145,6 +151,8 @@ class DLHConfig:
     factor_hidden: tuple[int, ...] = (200,)
     prior_factor: str = "feedforward"
     conv_depth: int = 48
+    conv_norm: str = "none"
+    conv_act: str = "elu"
     min_std: float = 0.01
     obs_std: float = 1.0
     timescale: str = "dynamic"
@@ -178,7 +186,8 @@ class DLHConfig:
         if self.channels not in (1, 3):
             raise ValueError(f"DLHConfig.channels must be 1 or 3, got {self.channels!r}")
         choices = {"timescale": TIMESCALES, "assignment": ASSIGNMENTS, "boundary": BOUNDARIES,
-                   "decision": DECISIONS, "prior_factor": PRIOR_FACTORS}
+                   "decision": DECISIONS, "prior_factor": PRIOR_FACTORS,
+                   "conv_norm": CONV_NORMS, "conv_act": CONV_ACTS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DLHConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -42,8 +42,9 @@ class DLH(nn.Module):
         if not isinstance(config, DLHConfig):
             raise ValueError(f"DLH expects a DLHConfig, got {type(config).__name__}")
         self.config = cfg = config
-        self.encoder = ConvEncoder(cfg.channels, cfg.image_size, cfg.conv_depth, cfg.x_dim)
-        self.decoder = ConvDecoder(cfg.channels, cfg.image_size, cfg.conv_depth, cfg.c_dim)
+        towers = {"norm": cfg.conv_norm, "act": cfg.conv_act}
+        self.encoder = ConvEncoder(cfg.channels, cfg.image_size, cfg.conv_depth, cfg.x_dim, **towers)
+        self.decoder = ConvDecoder(cfg.channels, cfg.image_size, cfg.conv_depth, cfg.c_dim, **towers)
         self.hierarchy = Hierarchy(cfg)
         self.reward_head = MLP(cfg.feature_dim, cfg.head_hidden, 1) if cfg.reward_head else None
         self.continue_head = MLP(cfg.feature_dim, cfg.head_hidden, 1) if cfg.continue_head else None

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .config import CONV_ACTS, CONV_NORMS
 
 
 class MLP(nn.Sequential):
@@ -39,15 +40,31 @@ class MLP(nn.Sequential):
         return x
 
 
+
+
+def _conv_block(norm: str, act: str, width: int) -> list[nn.Module]:
+    """What follows a hidden conv layer: the normalisation (if any), then the activation.
+
+    "layer" normalises each sample over its channels and positions (GroupNorm with one group,
+    learned per-channel gain and bias), as DreamerV3's towers normalise every layer.
+    """
+    if norm not in CONV_NORMS or act not in CONV_ACTS:
+        raise ValueError(f"conv norm must be one of {CONV_NORMS} and act one of {CONV_ACTS}, "
+                         f"got {norm!r}, {act!r}")
+    block: list[nn.Module] = [nn.GroupNorm(1, width)] if norm == "layer" else []
+    return block + [nn.ELU() if act == "elu" else nn.SiLU()]
+
+
 class ConvEncoder(nn.Module):
     """Frames (N, C, H, W) in [0, 1] -> features x^1 (N, out_dim)."""
 
-    def __init__(self, channels: int, image_size: int, depth: int, out_dim: int) -> None:
+    def __init__(self, channels: int, image_size: int, depth: int, out_dim: int,
+                 norm: str = "none", act: str = "elu") -> None:
         super().__init__()
         widths = [channels] + [depth * m for m in (1, 2, 4, 8)]
         layers: list[nn.Module] = []
         for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.ELU()]
+            layers += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), *_conv_block(norm, act, cout)]
         self.convs = nn.Sequential(*layers)
         side = image_size // 16
         self.fc = nn.Linear(widths[-1] * side * side, out_dim)
@@ -60,23 +77,25 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """Top-down context c^0 (N, in_dim) -> Gaussian means of frames (N, C, H, W)."""
 
-    def __init__(self, channels: int, image_size: int, depth: int, in_dim: int) -> None:
+    def __init__(self, channels: int, image_size: int, depth: int, in_dim: int,
+                 norm: str = "none", act: str = "elu") -> None:
         super().__init__()
         self.side = image_size // 16
         self.width = depth * 8
         self.fc = nn.Linear(in_dim, self.width * self.side * self.side)
+        self.fc_out = nn.Sequential(*_conv_block(norm, act, self.width))
         widths = [depth * m for m in (8, 4, 2, 1)] + [channels]
         layers: list[nn.Module] = []
         for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
             layers.append(nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1))
             if i < 3:
-                layers.append(nn.ELU())
+                layers += _conv_block(norm, act, cout)
         self.deconvs = nn.Sequential(*layers)
 
     def forward(self, context: Tensor) -> Tensor:
-        h = torch.nn.functional.elu(self.fc(context))
-        h = h.view(-1, self.width, self.side, self.side)  # (N, 8·depth, H/16, W/16)
-        return self.deconvs(h) + 0.5
+        h = self.fc(context).view(-1, self.width, self.side, self.side)
+        h = self.fc_out(h)
+        return self.deconvs(h) + 0.5  # from (N, 8·depth, H/16, W/16)
 
 
 __all__ = ["MLP", "ConvEncoder", "ConvDecoder"]

@@ -21,6 +21,7 @@ import gymnasium as gym
 
 from envs.policies import SB3_ALGORITHMS
 from envs.recorder import MAX_SEED
+from worldmodel.files import one_line
 
 __all__ = ["add_record_parser", "run_record", "main"]
 
@@ -155,7 +156,7 @@ def run_record(args: argparse.Namespace) -> int:
             max_episode_steps=args.max_steps,
         )
     except (ValueError, gym.error.Error, ModuleNotFoundError) as err:
-        print(f"dlh record: error: cannot make env {args.env!r}: {err}", file=sys.stderr)
+        print(f"dlh record: error: cannot make env {args.env!r}: {one_line(err)}", file=sys.stderr)
         return 2
     try:
         paths = record_episodes(
@@ -172,7 +173,7 @@ def run_record(args: argparse.Namespace) -> int:
                       "action_repeat": args.action_repeat},
         )
     except ValueError as err:
-        print(f"dlh record: error: {err}", file=sys.stderr)
+        print(f"dlh record: error: {one_line(err)}", file=sys.stderr)
         return 2
     finally:
         env.close()

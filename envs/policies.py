@@ -38,6 +38,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from worldmodel.files import one_line
+
 __all__ = ["SB3_ALGORITHMS", "Policy", "load_sb3_policy", "make_policy"]
 
 SB3_ALGORITHMS = ("PPO", "SAC", "TD3", "A2C", "DDPG", "DQN")
@@ -46,6 +48,7 @@ Policy = Callable[[Any], Any]
 """``obs -> action`` for a single (non-vectorised) environment."""
 
 _DATA_LIMIT = 64 * 2**20  # bytes of the JSON ``data`` entry; SB3 writes a few kB
+_WEIGHTS_LIMIT = 256 * 2**20  # bytes of ``policy.pth``; an Atari CNN policy is ~7 MB
 _TRAINING_ONLY_KWARGS = ("optimizer_class", "optimizer_kwargs")  # no effect on actions
 _TRUST_HINT = "load only a file you trust with trust_pickle=True (dlh record --trust-pickle)"
 
@@ -109,6 +112,20 @@ def _read_bound(space: _StoredSpace, name: str) -> np.ndarray | None:
     return None
 
 
+def _read_capped(archive: zipfile.ZipFile, name: str, limit: int, where: str) -> bytes:
+    """An entry of the zip, refused when its declared or its actual size is over `limit` (a
+    zip bomb declares little and unpacks to gigabytes: reading stops at the limit)."""
+    too_big = ValueError(f"{where}: its {name!r} entry unpacks to over {limit >> 20} MiB: not a "
+                         "Stable-Baselines3 model of a plausible size (refused before reading it all)")
+    if archive.getinfo(name).file_size > limit:
+        raise too_big
+    with archive.open(name) as entry:
+        content = entry.read(limit + 1)
+    if len(content) > limit:
+        raise too_big
+    return content
+
+
 def _read_zip(file: Path, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The JSON ``data`` and the ``policy.pth`` state dict of an SB3 zip, without unpickling."""
     import torch
@@ -119,13 +136,11 @@ def _read_zip(file: Path, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
             for member in ("data", "policy.pth"):
                 if member not in names:
                     raise ValueError(f"{where}: not a Stable-Baselines3 model zip (no {member!r} entry)")
-            if archive.getinfo("data").file_size > _DATA_LIMIT:
-                raise ValueError(f"{where}: its 'data' entry is over {_DATA_LIMIT >> 20} MiB")
-            data = json.loads(archive.read("data"))
-            weights = archive.read("policy.pth")
+            data = json.loads(_read_capped(archive, "data", _DATA_LIMIT, where))
+            weights = _read_capped(archive, "policy.pth", _WEIGHTS_LIMIT, where)
     except (OSError, EOFError, NotImplementedError, RuntimeError, UnicodeDecodeError,
             json.JSONDecodeError, zipfile.BadZipFile, zlib.error) as err:
-        raise ValueError(f"{where}: not a readable Stable-Baselines3 model zip ({err})") from err
+        raise ValueError(f"{where}: not a readable Stable-Baselines3 model zip ({one_line(err)})") from err
     if not isinstance(data, dict):
         raise ValueError(f"{where}: the 'data' entry is not a JSON object")
     try:
@@ -133,7 +148,8 @@ def _read_zip(file: Path, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
             warnings.simplefilter("ignore")  # e.g. about the pickle protocol of a refused file
             state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure means: not plain weights
-        raise ValueError(f"{where}: 'policy.pth' is not a plain state dict of tensors ({err})") from err
+        problem = one_line(err)[:1000]
+        raise ValueError(f"{where}: 'policy.pth' is not a plain state dict of tensors ({problem})") from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{where}: 'policy.pth' is not a state dict of tensors")
     return data, state
@@ -160,6 +176,9 @@ def _policy_name(algo_class: type, data: dict[str, Any], obs_space: gym.Space, w
                 f"{algo_class.__name__}'s policies ({', '.join(aliases)}): check algo; a custom "
                 f"policy class cannot be rebuilt without unpickling: {_TRUST_HINT}"
             )
+    if stored is not None:  # present, but only the pickle says which class it is
+        raise ValueError(f"{where}: the policy class is stored only as a pickle; pass --trust-pickle "
+                         "(trust_pickle=True) for files you trust")
     if isinstance(obs_space, spaces.Dict):
         return "MultiInputPolicy"
     return "CnnPolicy" if is_image_space(obs_space) else "MlpPolicy"
@@ -185,6 +204,41 @@ def _stored_class(text: Any, key: str, where: str) -> type:
         f"{where}: policy_kwargs[{key!r}] is {text!r}; without unpickling only torch.nn "
         f"activations and SB3's own feature extractors can be rebuilt: {_TRUST_HINT}"
     )
+
+
+def _ints(value: Any, floats: bool = False) -> list[float]:
+    """Every int (not bool; with `floats`, every number) inside a JSON value."""
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _ints(v, floats)]
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _ints(v, floats)]
+    kinds = (int, float) if floats else int
+    return [value] if isinstance(value, kinds) and not isinstance(value, bool) else []
+
+
+def _check_sizes(kwargs: dict[str, Any], state: dict[str, Any], where: str) -> None:
+    """Refuse, before the network is built, ``policy_kwargs`` that ask for more than the stored
+    weights hold: a layer wider than any stored tensor's dimension, or an MLP (``net_arch``)
+    with more weights than ``policy.pth`` has in all (such a network could never load them, and
+    building it could take gigabytes)."""
+    import math
+
+    largest = max((max(t.shape, default=1) for t in state.values()), default=0)
+    stored = sum(t.numel() for t in state.values())
+    for key, value in kwargs.items():
+        widths = _ints(value, floats=key == "net_arch")  # 1e6 in net_arch is a width too
+        if any(n > largest for n in widths):
+            raise ValueError(
+                f"{where}: policy_kwargs[{key!r}] asks for {max(widths)} units, but no tensor in "
+                f"'policy.pth' has a dimension over {largest}: the settings do not match the stored "
+                "weights (refused before building the network)")
+        if key == "net_arch" and not isinstance(value, (int, float, str)):
+            layers = value.values() if isinstance(value, dict) else [value]
+            needed = sum(math.prod(pair) for arch in layers for pair in zip(_ints(arch), _ints(arch)[1:]))
+            if needed > stored:
+                raise ValueError(f"{where}: policy_kwargs['net_arch'] {value!r} needs {needed:,} weights, "
+                                 f"more than the {stored:,} stored in 'policy.pth': the settings do not "
+                                 "match the stored weights (refused before building the network)")
 
 
 def _policy_kwargs(data: dict[str, Any], where: str) -> dict[str, Any]:
@@ -264,6 +318,7 @@ def _load_safely(sb3: Any, file: Path, algo: str, env: gym.Env, where: str) -> t
     )
     name = _policy_name(algo_class, data, obs_space, where)
     kwargs = _policy_kwargs(data, where)
+    _check_sizes(kwargs, state, where)
     if issubclass(algo_class, OnPolicyAlgorithm):
         use_sde = data.get("use_sde", False)
         if not isinstance(use_sde, bool):
@@ -276,7 +331,7 @@ def _load_safely(sb3: Any, file: Path, algo: str, env: gym.Env, where: str) -> t
             policy.load_state_dict(state)
     except Exception as err:  # noqa: BLE001 - the JSON kwargs may break the constructor anywhere
         raise ValueError(f"{where}: cannot rebuild its {algo} {name} for this env "
-                         f"(is it a {algo} model?): {err}"[:2000]) from err
+                         f"(is it a {algo} model?): {one_line(err)}"[:2000]) from err
     policy.set_training_mode(False)
     return policy, reshape
 
@@ -292,9 +347,9 @@ def _load_pickled(sb3: Any, file: Path, names: tuple[str, ...], env: gym.Env, wh
                 model = getattr(sb3, name).load(file, device="cpu")
                 break
             except Exception as err:  # noqa: BLE001 - try the next algorithm
-                errors.append(f"{name}: {type(err).__name__}: {err}"[:200])
+                errors.append(f"{name}: {type(err).__name__}: {one_line(err)}"[:200])
     if model is None:
-        raise ValueError(f"could not load {where} as any of {', '.join(names)}:\n  " + "\n  ".join(errors))
+        raise ValueError(f"could not load {where} as any of {', '.join(names)}: " + "; ".join(errors))
     env_obs, model_obs = env.observation_space, model.observation_space
     env_act, model_act = env.action_space, model.action_space
     if type(env_act) is not type(model_act) or env_act.shape != model_act.shape:

@@ -116,7 +116,7 @@ def test_windows_never_cross_an_episode_end() -> None:
 
 def test_add_episode_checks_action_dim_and_capacity() -> None:
     source = EpisodeSource(image_size=4, channels=1, action_dim=2, capacity=25)
-    with pytest.raises(ValueError, match=r"episode: its actions have size 3, but the source.s \(action_dim=2\) have size 2"):
+    with pytest.raises(ValueError, match=r"actions have size 3, but the source.s \(action_dim=2\)"):
         source.add_episode(make_episode(1, 5, action_dim=3))
     for i in range(4):
         source.add_episode(make_episode(i, 10))

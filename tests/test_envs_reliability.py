@@ -294,3 +294,168 @@ def test_numeric_flags_are_bounded(tmp_path: Path, capsys, flag: str, value: str
 def test_record_episodes_checks_seed(tmp_path: Path, seed) -> None:
     with pytest.raises(ValueError, match=r"seed: expected an int in \[0, 4294967295\] \(or None\)"):
         record_episodes(point_target(), "random", 1, tmp_path, seed=seed, progress=False)
+
+
+# ---------------------------------------------------------------------- issue 18: records that mix
+def record_argv(out: Path, *extra: str) -> list[str]:
+    return ["record", "--env", envs.POINT_TARGET_ID, "--episodes", "1", "--size", "8", "--max-steps", "3",
+            "--out", str(out), "--no-progress", *extra]
+
+
+def test_a_continuation_with_other_settings_is_refused_naming_each(tmp_path: Path, capsys) -> None:
+    assert main(record_argv(tmp_path)) == 0
+    stored = json.loads((tmp_path / "recording.json").read_text())
+    assert stored["size"] == 8 and stored["image_shape"] == [8, 8, 3] and stored["grayscale"] is False
+    capsys.readouterr()
+    assert main(record_argv(tmp_path, "--size", "16", "--grayscale", "--action-repeat", "2")) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "size 8 (now 16)" in err and "grayscale False (now True)" in err
+    assert "action_repeat 1 (now 2)" in err and "image_shape [8, 8, 3] (now [16, 16, 1])" in err
+    assert main(record_argv(tmp_path, "--env", "Pendulum-v1")) == 2
+    assert "env 'worldmodel/PointTarget-v0' (now 'Pendulum-v1')" in capsys.readouterr().err
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    assert main(record_argv(tmp_path)) == 0 and len(list(tmp_path.glob("*.npz"))) == 2
+
+
+def test_continuing_warns_about_a_corrupt_episode_and_removes_stale_temporaries(tmp_path: Path) -> None:
+    record_episodes(point_target(), "random", 1, tmp_path, seed=0, progress=False)
+    corrupt = tmp_path / "episode_000001_5.npz"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+    stale = [tmp_path / ".episode_000002_5.npz.4242.tmp",  # a kill under earlier versions
+             tmp_path / ".episode_000002_5.ab12cd34.tmp.npz"]  # a kill inside atomic_write
+    for path in stale:
+        path.write_bytes(b"half")
+    with pytest.warns(UserWarning) as caught:
+        record_episodes(point_target(), "random", 1, tmp_path, seed=0, progress=False)
+    messages = [str(w.message) for w in caught]
+    assert any(m.startswith(f"{corrupt}: not a readable episode file") for m in messages), messages
+    assert any("removed 2 temporaries left by interrupted recordings" in m for m in messages), messages
+    assert not any(p.exists() for p in stale)
+
+
+def test_a_second_recording_into_a_folder_is_refused_naming_the_first(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from worldmodel.files import FolderInUse
+
+    hold = ("import sys, time; from worldmodel.files import FolderLock; FolderLock(sys.argv[1]).acquire(); "
+            "print('locked', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FolderInUse, match=rf"in use by another process \(PID {holder.pid}\)"):
+            record_episodes(point_target(), "random", 1, tmp_path, seed=0, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert len(record_episodes(point_target(), "random", 1, tmp_path, seed=0, progress=False)) == 1
+
+
+@pytest.mark.parametrize("command", ["record", "eval", "train"])
+def test_out_naming_a_file_is_one_message_and_exit_code_everywhere(tmp_path: Path, capsys, command) -> None:
+    from worldmodel.cli import main as dlh
+
+    target = tmp_path / "a_file"
+    target.write_text("x")
+    argv = {"record": record_argv(target),
+            "eval": ["eval", "--checkpoint", str(tmp_path / "nothing"), "--context", "1", "--horizon", "1",
+                     "--out", str(target)],
+            "train": ["train", "--out", str(target), "--no-progress"]}[command]
+    if command == "eval":  # a model to evaluate
+        from tests.conftest import tiny_model
+
+        tiny_model().save(tmp_path / "model.safetensors")
+        argv[2] = str(tmp_path / "model.safetensors")
+    assert dlh(argv) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == f"dlh {command}: error: output folder {target} is a file, not a folder: choose another " \
+                   "--out (a folder, created if missing)"
+
+
+def test_record_takes_numpy_integers(tmp_path: Path) -> None:
+    env = make_pixel_env(envs.POINT_TARGET_ID, size=np.int64(8), action_repeat=np.int64(1),
+                         max_episode_steps=np.int64(3))
+    paths = record_episodes(env, "random", np.int64(2), tmp_path, seed=np.uint32(5), progress=False)
+    assert [seed_of(p) for p in paths] == [5, 6]
+
+
+# ---------------------------------------------------------------------- issue 18: SB3 files that allocate
+def rewrite_zip(source: Path, target: Path, *, data=None, entries: dict | None = None) -> Path:
+    """A copy of an SB3 zip with its JSON `data` changed by `data(dict)` and entries replaced."""
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zout:
+        stored = json.loads(zin.read("data"))
+        if data is not None:
+            data(stored)
+        for name in zin.namelist():
+            content = json.dumps(stored) if name == "data" else zin.read(name)
+            zout.writestr(name, (entries or {}).get(name, content))
+    return target
+
+
+def test_a_policy_pth_zip_bomb_is_refused_by_its_size(tmp_path: Path, monkeypatch) -> None:
+    import envs.policies as policies
+
+    save_model(tmp_path / "ppo.zip", "PPO", "Pendulum-v1")
+    monkeypatch.setattr(policies, "_WEIGHTS_LIMIT", 2**20)  # 1 MiB here, 256 MiB for real
+    bomb = rewrite_zip(tmp_path / "ppo.zip", tmp_path / "bomb.zip", entries={"policy.pth": bytes(8 * 2**20)})
+    assert bomb.stat().st_size < 100_000  # 8 MiB of zeros packs into a few kB
+    with pytest.raises(ValueError, match=r"bomb\.zip'?: its 'policy\.pth' entry unpacks to over 1 MiB"):
+        load_sb3_policy(bomb, gym.make("Pendulum-v1"), algo="PPO")
+
+    # a directory that understates the entry's size: zipfile stops reading at the stated size, so
+    # the entry fails its CRC instead of unpacking to 8 MiB (the actual-size cap is the backstop)
+    def understate(archive_path: Path) -> None:
+        raw = bytearray(archive_path.read_bytes())
+        index = raw.rfind(b"policy.pth")  # the central directory's record of the entry
+        header = index - 46
+        raw[header + 24:header + 28] = (1000).to_bytes(4, "little")  # uncompressed size
+        archive_path.write_bytes(bytes(raw))
+
+    understate(bomb)
+    with pytest.raises(ValueError, match=r"entry unpacks to over 1 MiB|Bad CRC-32 for file 'policy\.pth'"):
+        load_sb3_policy(bomb, gym.make("Pendulum-v1"), algo="PPO")
+
+
+@pytest.mark.parametrize("net_arch, match", [
+    ([60000, 60000], r"policy_kwargs\['net_arch'\] asks for 60000 units, but no tensor"),
+    ({"pi": [1e6, 1e6], "vf": [4]}, r"policy_kwargs\['net_arch'\] asks for 1000000\.0 units"),
+    ([4] * 28, r"policy_kwargs\['net_arch'\] .* needs 432 weights, more than the \d+ stored"),
+])
+def test_policy_sizes_beyond_the_stored_weights_are_refused_before_building(tmp_path, monkeypatch, net_arch,
+                                                                          match) -> None:
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    save_model(tmp_path / "ppo.zip", "PPO", "Pendulum-v1", policy_kwargs={"net_arch": [4]})
+    crafted = rewrite_zip(tmp_path / "ppo.zip", tmp_path / "big.zip",
+                          data=lambda d: d["policy_kwargs"].update(net_arch=net_arch))
+
+    def never(self, *args, **kwargs):
+        raise AssertionError("the network was built")
+
+    monkeypatch.setattr(ActorCriticPolicy, "__init__", never)
+    with pytest.raises(ValueError, match=match):
+        load_sb3_policy(crafted, gym.make("Pendulum-v1"), algo="PPO")
+
+
+def test_a_policy_class_stored_only_as_a_pickle_is_refused(tmp_path: Path, capsys) -> None:
+    save_pixel_model(tmp_path / "ppo.zip")
+    only_pickled = rewrite_zip(
+        tmp_path / "ppo.zip", tmp_path / "pickled_class.zip",
+        data=lambda d: d.update(policy_class={k: v for k, v in d["policy_class"].items()
+                                              if k in (":type:", ":serialized:")}))
+    with pytest.raises(ValueError, match="the policy class is stored only as a pickle; pass --trust-pickle"):
+        load_sb3_policy(only_pickled, point_target(), algo="PPO")
+
+
+def test_torch_refusals_of_pickled_weights_are_one_line(tmp_path: Path, capsys) -> None:
+    save_pixel_model(tmp_path / "ppo.zip")
+    pickled = rewrite_zip(tmp_path / "ppo.zip", tmp_path / "pickled.zip",
+                          entries={"policy.pth": pickle.dumps(Touch(tmp_path / "pwned"))})
+    argv = ["record", "--env", envs.POINT_TARGET_ID, "--policy", f"sb3:{pickled}", "--algo", "PPO",
+            "--episodes", "1", "--size", "8", "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "'policy.pth' is not a plain state dict" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "pwned").exists()

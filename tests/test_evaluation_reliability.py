@@ -35,7 +35,8 @@ def test_a_latest_pointer_leading_out_of_the_run_is_ignored(tmp_path):
     run = make_run(tmp_path / "run", (2, 4))
     elsewhere = make_run(tmp_path / "elsewhere", (5,), seed=100)
     (run / "checkpoints" / "latest").write_text("../../elsewhere/checkpoints/step_00000005")
-    with pytest.warns(UserWarning, match=r"latest names '\.\./\.\./elsewhere.*not a checkpoint folder of this run"):
+    ignored = r"latest names '\.\./\.\./elsewhere.*not a checkpoint folder of this run"
+    with pytest.warns(UserWarning, match=ignored):
         resolved = resolve(run)
     assert resolved.model_file == run / "checkpoints" / "step_00000004" / "model.safetensors"
     assert elsewhere not in resolved.model_file.parents

@@ -374,7 +374,8 @@ def test_a_non_finite_optimizer_state_falls_back_and_is_never_called_good(four_s
     first = next(iter(state["optimizer"]["state"].values()))
     first["exp_avg_sq"].fill_(float("nan"))
     torch.save(state, bad)
-    with pytest.warns(UserWarning, match=rf"{bad}: NaN or inf in optimizer\['state'\].*exp_avg_sq.*falling back"):
+    named = r"NaN or inf in optimizer\['state'\].*exp_avg_sq.*falling back"
+    with pytest.warns(UserWarning, match=rf"{bad}: {named}"):
         trainer = Trainer(_cfg(run, "steps=6", "checkpoint_every=2"), resume=True, progress=False)
     assert trainer.step == 2
     assert latest_checkpoint(run).name == "step_00000002"

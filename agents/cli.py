@@ -203,8 +203,8 @@ def run_agent_eval(args: argparse.Namespace) -> int:
               f"{report['reward_r2_imagined']:.3f} imagined {planner.horizon} steps ahead "
               f"(MAE {report['reward_mae_filtered']:.3f} / {report['reward_mae_imagined']:.3f})")
     if args.json:
-        from worldmodel.evaluation.analysis import json_text
         from worldmodel.files import atomic_write_text
+        from worldmodel.reports import json_text
 
         report = {**report, "env": args.env, "planner": args.planner, "checkpoint": str(path)}
         atomic_write_text(args.json, json_text(report))
@@ -213,8 +213,8 @@ def run_agent_eval(args: argparse.Namespace) -> int:
 
 
 def run_agent_ppo(args: argparse.Namespace) -> int:
-    from worldmodel.evaluation.analysis import json_text
     from worldmodel.files import atomic_write_text
+    from worldmodel.reports import json_text
 
     try:
         from .ppo import evaluate_ppo, train_ppo_pixels

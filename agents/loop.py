@@ -34,8 +34,8 @@ from envs.pixels import make_pixel_env
 from envs.recorder import EpisodeRecorder, load_episode
 from worldmodel.arguments import check_int
 from worldmodel.data.episodes import EpisodeSource
-from worldmodel.evaluation.analysis import json_text
 from worldmodel.files import atomic_write_text
+from worldmodel.reports import json_text
 from worldmodel.training import TrainConfig, Trainer, load_config
 
 from .mpc import LatentMPCAgent

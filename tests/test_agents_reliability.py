@@ -61,7 +61,7 @@ def test_agent_eval_json_writes_null_for_non_finite_values(tmp_path: Path, monke
 
 
 def test_json_text_writes_null_for_nan_and_infinity() -> None:
-    from worldmodel.evaluation.analysis import json_text  # what agent-eval/agent-ppo/the loop write
+    from worldmodel.reports import json_text  # what agent-eval/agent-ppo/the loop write
 
     assert strict_json(json_text({"a": [math.nan, 1.5], "b": {"c": math.inf}})) == {
         "a": [None, 1.5], "b": {"c": None}}

@@ -392,6 +392,15 @@ def test_numpy_integers_are_accepted_wherever_ints_are_taken():
     traj = model.imagine(state, np.int64(3))
     assert traj.features.shape[:2] == (2, 3)
     assert tiny_config(levels=np.int64(2)).levels == 2 and type(tiny_config(levels=np.int64(2)).levels) is int
+    assert state.index(np.int64(1)).batch_size == 1  # keeps the batch axis, as an int does
+    from worldmodel.data import DataConfig, build_source
+    from worldmodel.evaluation.loading import eval_sequences
+    from worldmodel.evaluation.protocol import evaluate
+
+    source = build_source(DataConfig(name="moving_ball", image_size=16, channels=1, seq_len=6), "test")
+    batch, _ = eval_sequences(source, np.int64(2), np.int32(6), np.int64(0))
+    result = evaluate(model, batch.frames, np.int64(3), np.int64(3), np.int64(2))
+    assert result.best.shape[:2] == (2, 3)
     with pytest.raises(ValueError, match="horizon: expected a positive int, got True"):
         model.imagine(state, True)
     with pytest.raises(ValueError, match="horizon: expected a positive int"):

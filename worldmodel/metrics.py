@@ -36,6 +36,7 @@ results are returned in the input's dtype.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Literal
 
@@ -113,7 +114,8 @@ def _check_pair(pred: Tensor, target: Tensor, min_dims: int, what: str) -> None:
 
 
 def _check_data_range(data_range: float) -> None:
-    if not (isinstance(data_range, (int, float)) and data_range > 0 and math.isfinite(data_range)):
+    number = isinstance(data_range, numbers.Real) and not isinstance(data_range, bool)  # NumPy scalars too
+    if not (number and data_range > 0 and math.isfinite(data_range)):
         raise ValueError(f"data_range must be a positive finite number, got {data_range!r}")
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from .arguments import is_int
+
 
 @dataclass
 class HierarchicalState:
@@ -62,8 +64,8 @@ class HierarchicalState:
 
     def index(self, rows: Tensor | slice | int) -> HierarchicalState:
         """The rows `rows` of the batch (keeps the batch axis for an int)."""
-        if isinstance(rows, int):
-            rows = slice(rows, rows + 1)
+        if is_int(rows):  # a NumPy integer too (indexing with it would drop the batch axis)
+            rows = slice(int(rows), int(rows) + 1)
         return self.map(lambda v: v[rows])
 
     def repeat_interleave(self, k: int) -> HierarchicalState:

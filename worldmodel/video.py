@@ -18,6 +18,7 @@ standalone Agg canvas and never touches pyplot's global backend.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -280,7 +281,8 @@ def _check_frames(frames: object, what: str) -> np.ndarray:
 
 
 def _check_fps(fps: float) -> float:
-    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+    number = isinstance(fps, numbers.Real) and not isinstance(fps, bool)  # NumPy scalars too
+    if not (number and math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     return float(fps)
 

@@ -40,6 +40,8 @@ from worldmodel.data.base import (
     split_files,
     videos_to_frames,
 )
+from worldmodel.data.options import check_float, set_field
+from worldmodel.data.video_io import READ_ERRORS, read_many
 from worldmodel.episode_format import (
     EPISODE_KEYS,
     SEED_KEY,
@@ -47,8 +49,6 @@ from worldmodel.episode_format import (
     save_episode,
     validate_episode,
 )
-from worldmodel.data.options import check_float, set_field
-from worldmodel.data.video_io import READ_ERRORS, read_many
 
 if TYPE_CHECKING:
     from worldmodel.data.config import DataConfig

@@ -16,8 +16,6 @@ Levels are 1-based in names and reports ("level2" is the paper's L2), 0-based in
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -30,6 +28,7 @@ from torch import Tensor
 from ..arguments import check_int
 from ..files import atomic_write
 from ..model import DLH
+from ..reports import json_safe, json_text  # noqa: F401 - moved to worldmodel.reports; kept importable here
 from ..state import HierarchicalState, ObserveOutput
 
 
@@ -358,22 +357,6 @@ def hierarchy_report(
     report = summarize(sequence_measures(out, truth_changes, change_prior=dynamic))
     report["steps"] = int(frames.shape[1])
     return report, out
-
-
-def json_safe(value: Any) -> Any:
-    """Replace NaN/inf floats by None, recursively (JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def json_text(value: Any) -> str:
-    """`value` as indented JSON with NaN and infinities written as null (strict JSON)."""
-    return json.dumps(json_safe(value), indent=1, allow_nan=False)
 
 
 __all__ = [

@@ -22,10 +22,10 @@ import torch
 
 from ..files import check_output_folder
 from ..metrics import SSIM_VARIANTS
+from ..reports import json_text
 from ..video import comparison_grid, image_grid, plot_curves, save_png, write_gif, write_mp4
 from .analysis import (
     change_map_figure,
-    json_text,
     level_samples,
     sampling_groups,
     sequence_measures,

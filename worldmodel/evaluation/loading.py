@@ -2,9 +2,10 @@
 
 `--checkpoint` may name a model file (`*.safetensors`), a checkpoint folder
 (`run/checkpoints/step_*/`) or a run folder (`run/`: its `model.safetensors`, else its latest
-checkpoint, falling back to the one before when it is corrupt, as `--resume` does). The data section comes from `--config` when given, else from the run's
-`config.yaml`, else from the checkpoint's `trainer.json`, else Moving Ball at the model's size;
-`--set data.key=value` overrides apply on top.
+checkpoint, falling back to the one before when it is corrupt, as `--resume` does). The data
+section comes from `--config` when given, else from the run's `config.yaml`, else from the
+checkpoint's `trainer.json`, else Moving Ball at the model's size; `--set data.key=value`
+overrides apply on top.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import math
 import numpy as np
 import torch
 
+from ..arguments import check_int
 from ..data import SequenceSource
 from ..model import DLH
 from .loading import eval_sequences
@@ -59,8 +60,7 @@ def level_probes(
     Returns:
         {"level{n}_position_r2", "level{n}_colour_r2"} for n = 1..N, or None.
     """
-    if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 2:
-        raise ValueError(f"sequences: expected an int >= 2 (half to fit, half to score), got {sequences!r}")
+    sequences = check_int(sequences, "sequences", 2, hint="half to fit, half to score")
     if not reads_objects(source):
         return None
     batch, _ = eval_sequences(source, sequences, length, seed, "probe length")

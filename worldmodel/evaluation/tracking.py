@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..arguments import check_int
 from ..data import ObjectReadout, SequenceSource
 from ..model import DLH
 from .loading import eval_sequences
@@ -38,12 +39,6 @@ DEFAULT_AT = (1, 5, 10, 20, 30)
 # Most predicted frames (rollouts x horizon) decoded at once: sequences are split into chunks
 # below it (the chunking is fixed by the arguments, so results do not depend on the device).
 FRAME_BUDGET = 16384
-
-
-def _positive(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return int(value)
 
 
 def centroid_errors(truth: ObjectReadout, pred: ObjectReadout, diagonal: float) -> np.ndarray:
@@ -135,11 +130,11 @@ def tracking_scores(
         {"centroid_px_at{k}": px, "centroid_px_mean": px, "colour_kept": fraction,
         "visible": fraction} as floats (NaN where nothing could be scored), or None.
     """
-    context = _positive("context", context)
-    horizon = _positive("horizon", horizon)
-    samples = _positive("samples", samples)
-    sequences = _positive("sequences", sequences)
-    at = tuple(_positive("at", k) for k in at)
+    context = check_int(context, "context", 1)
+    horizon = check_int(horizon, "horizon", 1)
+    samples = check_int(samples, "samples", 1)
+    sequences = check_int(sequences, "sequences", 1)
+    at = tuple(check_int(k, "at", 1) for k in at)
     if any(k > horizon for k in at):
         raise ValueError(f"at: offsets {at} must lie in 1..horizon={horizon}")
     if not reads_objects(source):

@@ -22,7 +22,14 @@ from tqdm.auto import tqdm
 
 from ..data import Batch, SequenceSource, build_source
 from ..data.base import batch_at
-from ..files import FolderLock, atomic_write_text, check_output_folder, naming, remove_stale_temporaries
+from ..files import (
+    FolderLock,
+    atomic_write_text,
+    check_output_folder,
+    naming,
+    one_line,
+    remove_stale_temporaries,
+)
 from ..model import DLH
 from ..video import write_gif
 from . import distributed
@@ -113,7 +120,8 @@ def _media_batch(cfg: TrainConfig):
     """Fixed evaluation windows for logged videos (test split when it exists)."""
     try:
         source = build_source(cfg.data, "test")
-    except ValueError:
+    except ValueError as err:
+        print(f"media: no test split ({one_line(err)}); logged videos use training windows", flush=True)
         source = build_source(cfg.data, "train")
     length = cfg.rollout_context + cfg.rollout_horizon
     try:
@@ -121,6 +129,9 @@ def _media_batch(cfg: TrainConfig):
     except ValueError:  # data with short videos (e.g. 20-frame Moving MNIST): use what fits
         length = cfg.data.seq_len
         context = max(1, min(cfg.rollout_context, length // 2))
+        print(f"media: videos shorter than rollout_context + rollout_horizon = "
+              f"{cfg.rollout_context + cfg.rollout_horizon}; logged rollouts use {length} frames, "
+              f"{context} of context", flush=True)
         return source.eval_batch(cfg.media_sequences, length, seed=cfg.seed), context
 
 
@@ -241,7 +252,8 @@ class Trainer:
         if runtime.is_main and cfg.event_every and cfg.model.levels >= 2:
             try:
                 probe_source = build_source(cfg.data, "test")
-            except ValueError:
+            except ValueError as err:
+                print(f"event probe: no test split ({one_line(err)}); it reads training data", flush=True)
                 probe_source = self.source
             self.event_probe = EventProbe.build(probe_source, cfg.event_sequences, cfg.event_length, cfg.seed)
         self.track_source: SequenceSource | None = None

@@ -24,7 +24,7 @@ CONV_NORMS = ("none", "layer")  # worldmodel.networks builds them
 CONV_ACTS = ("elu", "silu")
 TIMESCALES = ("dynamic", "clockwork", "every_step")
 ASSIGNMENTS = ("hard", "vade")
-DECISIONS = ("kl", "map")
+DECISIONS = ("kl", "map", "tolerant", "relative")
 BOUNDARIES = ("reinfer", "copy", "anchor")
 PRIOR_FACTORS = ("feedforward", "recurrent")
 
@@ -106,7 +106,18 @@ class DLHConfig:
             the nearer component wins) or "map" (the learned prior odds join the rule:
             change iff KL_change − log p(e=1) < KL_static − log p(e=0), the MAP
             assignment of the mixture).
+            "tolerant" and "relative" (worldmodel/decisions.py) keep eq. 4's comparison and
+            add the level's running statistics: the static prior widened by its drift for
+            the decision only, or a surprise test on log KL_static; hard assignment only.
         decision_margin: nats the change component must win by (0: the paper).
+        decision_tolerance: "tolerant": the static std is widened in quadrature by this many
+            drift scales (the running RMS of the posterior's distance from the static prior
+            over static stretches).
+        decision_gamma: "relative": a change also needs log KL_static this many running
+            standard deviations above its running mean.
+        decision_warmup: training updates (filtering steps) of the running statistics during
+            which the running rules use eq. 4 alone.
+        decision_rate: the running statistics' exponential averaging rate per update.
         kl_balance: α of KL balancing (DreamerV2): the state KL's gradient trains the
             prior with weight 2α and the posterior with 2(1 − α) (0.5: the plain KL). The
             loss value is unchanged.
@@ -161,6 +172,10 @@ class DLHConfig:
     upper_min_std: float | None = None
     decision: str = "kl"
     decision_margin: float = 0.0
+    decision_tolerance: float = 2.0
+    decision_gamma: float = 2.0
+    decision_warmup: int = 0
+    decision_rate: float = 0.01
     kl_balance: float = 0.5
     static_prior_grad: bool = True
     free_nats: float = 0.0
@@ -193,7 +208,14 @@ class DLHConfig:
                 raise ValueError(f"DLHConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("min_std", "obs_std"):
             _check_number(name, getattr(self, name), above=0.0)
-        for name in ("decision_margin", "free_nats", "reward_scale", "continue_scale"):
+        check_int(self.decision_warmup, "DLHConfig.decision_warmup", 0)
+        _check_number("decision_rate", self.decision_rate, above=0.0, at_most=1.0)
+        _check_number("decision_gamma", self.decision_gamma)
+        if self.decision in ("tolerant", "relative") and self.assignment != "hard":
+            raise ValueError(f"DLHConfig.decision={self.decision!r} needs assignment='hard', "
+                             f"got {self.assignment!r}")
+        for name in ("decision_margin", "decision_tolerance", "free_nats", "reward_scale",
+                     "continue_scale"):
             _check_number(name, getattr(self, name), at_least=0.0)
         _check_number("kl_balance", self.kl_balance, at_least=0.0, at_most=1.0)
         if self.upper_min_std is not None:

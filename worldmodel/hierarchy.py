@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import decisions
 from .config import DLHConfig
 from .distributions import Gaussian, bernoulli_nll, kl_bernoulli, kl_gaussian
 from .fastpath import STEP_MODES, Route, Rows, change_step, compile_route, step_route
@@ -371,10 +372,18 @@ class Hierarchy(nn.Module):
         with torch.no_grad():
             q = level.infer(x, context) if fresh is None else Gaussian(fresh.mean.detach(),
                                                                        fresh.std.detach())
-            weight = change_posterior(q, level.predict(d, context), static, logit, cfg.assignment,
-                                      cfg.decision, cfg.decision_margin)
+            change_prior = level.predict(d, context)
+            if level.decision_stats is None:
+                weight = change_posterior(q, change_prior, static, logit, cfg.assignment,
+                                          cfg.decision, cfg.decision_margin)
+            else:  # a rule that reads the level's running statistics (decisions.py)
+                weight = decisions.decide(cfg.decision, q, change_prior, static, level.decision_stats,
+                                          cfg.decision_tolerance, cfg.decision_gamma,
+                                          cfg.decision_warmup, cfg.decision_margin)
             weight = torch.where(first, torch.ones_like(weight), weight)
         e = candidate & (weight > 0.5)
+        if level.decision_stats is not None and self.training:
+            decisions.update(level.decision_stats, q, static, candidate & ~first, e, cfg.decision_rate)
         boundary = candidate & ~e  # level K: the first static level
         anchor = None
         if fresh is not None and bool(boundary.any()):

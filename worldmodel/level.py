@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import DLHConfig
+from .decisions import RUNNING_RULES, initial_stats
 from .distributions import Gaussian, gaussian_from_params
 from .networks import MLP
 
@@ -49,6 +50,12 @@ class Level(nn.Module):
         recurrent = index > 1 and cfg.prior_factor == "recurrent"
         self.factor_cell = nn.GRUCell(cfg.d_dim, cfg.d_dim) if recurrent else None
         self.factor_size = cfg.d_dim if recurrent else 0  # width of the factor's state h^n
+        # running statistics of the decision rules `tolerant`/`relative` (worldmodel/decisions.py)
+        self.decision_stats: Tensor | None
+        if index > 1 and cfg.decision in RUNNING_RULES:
+            self.register_buffer("decision_stats", initial_stats(cfg.s_dim))
+        else:
+            self.decision_stats = None
         if cfg.init_std is not None:
             for head in (self.posterior, self.prior):
                 last = head._linears[-1]

@@ -1,0 +1,127 @@
+"""The running decision rules (worldmodel/decisions.py) against hand-made KL sequences."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from worldmodel import DLH, DLHConfig, load
+from worldmodel.decisions import decide, initial_stats, update, warm
+from worldmodel.distributions import Gaussian, kl_gaussian
+
+S = 8
+
+
+def gaussian(mean: torch.Tensor, std: float) -> Gaussian:
+    return Gaussian(mean, torch.full_like(mean, std))
+
+
+def paper(q: Gaussian, change: Gaussian, static: Gaussian) -> torch.Tensor:
+    return kl_gaussian(q, static) > kl_gaussian(q, change)
+
+
+def run_sequence(rule: str, offsets: list[float], drift=lambda k: 0.05, updates: int = 300) -> tuple[list, list]:
+    """A level whose candidate posterior (std 0.02) drifts around its static prior by
+    `drift(k)` per dimension at update k (noise), against a broad change prior (std 1): after
+    `updates` training updates, the rule's and eq. 4's decisions for a posterior at each offset."""
+    gen = torch.Generator().manual_seed(0)
+    stats = initial_stats(S)
+    static, change = gaussian(torch.zeros(16, S), 0.02), gaussian(torch.zeros(16, S), 1.0)
+    for k in range(updates):  # a static stretch: the posterior drifts
+        q = gaussian(drift(k) * torch.randn(16, S, generator=gen), 0.02)
+        e = decide(rule, q, change, static, stats, 2.0, 2.0, 0) > 0.5
+        update(stats, q, static, torch.ones(16, dtype=torch.bool), e, 0.05)
+    static, change = gaussian(torch.zeros(1, S), 0.02), gaussian(torch.zeros(1, S), 1.0)
+    ours, eq4 = [], []
+    for off in offsets:
+        q = gaussian(torch.full((1, S), off), 0.02)
+        ours.append(bool(decide(rule, q, change, static, stats, 2.0, 2.0, 0)[0] > 0.5))
+        eq4.append(bool(paper(q, change, static)[0]))
+    return ours, eq4
+
+
+@pytest.mark.parametrize("rule", ["tolerant", "relative"])
+def test_drift_is_static_and_a_jump_is_a_change(rule):
+    # an offset of 0.07 per dimension against std 0.02 costs 49 nats of static KL, more than
+    # the ≈ 27 nats to the broad change prior: eq. 4 calls it a change; it is this level's usual
+    # drift. A jump of 1.0 costs ≈ 10,000 nats.
+    ours, eq4 = run_sequence(rule, [0.07, 0.075, 1.0])
+    assert eq4 == [True, True, True]
+    assert ours == [False, False, True]
+
+
+@pytest.mark.parametrize("rule", ["tolerant", "relative"])
+def test_a_slow_ramp_of_drift_moves_the_threshold_with_it(rule):
+    # the drift grows from 0.02 to 0.12 per dimension over 600 updates: the threshold follows,
+    # so an offset at the drift of the end (0.15: ≈ 225 nats of static KL) is static, a jump of
+    # 2.0 is not
+    ours, eq4 = run_sequence(rule, [0.12, 0.15, 2.0], drift=lambda k: 0.02 + 0.1 * k / 600, updates=600)
+    assert eq4 == [True, True, True]
+    assert ours == [False, False, True]
+    early, _ = run_sequence(rule, [0.15, 0.2, 2.0], drift=lambda k: 0.02, updates=600)
+    assert early == [True, True, True]  # learned on small drift, the same offsets are changes
+
+
+@pytest.mark.parametrize("rule", ["tolerant", "relative"])
+def test_an_empty_level_never_changes_and_stays_finite(rule):
+    stats = initial_stats(S)
+    static = gaussian(torch.zeros(4, S), 0.5)
+    change = gaussian(torch.ones(4, S), 0.5)
+    for _ in range(50):  # the posterior is the static prior: KL 0 (a level that holds nothing)
+        e = decide(rule, static, change, static, stats, 2.0, 2.0, 0) > 0.5
+        assert not e.any()
+        update(stats, static, static, torch.ones(4, dtype=torch.bool), e, 0.05)
+    assert torch.isfinite(stats).all()
+
+
+def test_the_warm_up_is_eq4():
+    stats = initial_stats(S)
+    q = gaussian(torch.full((3, S), 0.05), 0.02)
+    static, change = gaussian(torch.zeros(3, S), 0.02), gaussian(torch.zeros(3, S), 1.0)
+    for k in range(3):
+        assert not warm(stats, 3)
+        e = decide("relative", q, change, static, stats, 2.0, 50.0, 3) > 0.5
+        assert torch.equal(e, paper(q, change, static))
+        update(stats, q, static, torch.ones(3, dtype=torch.bool), e, 0.1)
+    assert warm(stats, 3)
+    assert not (decide("relative", q, change, static, stats, 2.0, 50.0, 3) > 0.5).any()
+
+
+def test_rows_not_decided_do_not_move_the_statistics():
+    stats = initial_stats(S)
+    q = gaussian(torch.full((2, S), 0.3), 0.02)
+    update(stats, q, gaussian(torch.zeros(2, S), 0.02), torch.zeros(2, dtype=torch.bool),
+           torch.zeros(2, dtype=torch.bool), 0.1)
+    assert torch.equal(stats, initial_stats(S))
+
+
+def small(rule: str, **kw) -> DLHConfig:
+    return DLHConfig(levels=2, image_size=16, channels=1, x_dim=16, c_dim=16, d_dim=16, s_dim=4,
+                     enc_hidden=(16,), dec_hidden=(16,), state_hidden=(16,), factor_hidden=(16,),
+                     conv_depth=4, obs_std=0.1, decision=rule, **kw)
+
+
+@pytest.mark.parametrize("rule", ["tolerant", "relative"])
+def test_statistics_move_in_training_only_and_are_saved(rule, tmp_path):
+    torch.manual_seed(0)
+    model = DLH(small(rule))
+    frames = torch.rand(2, 6, 1, 16, 16)
+    before = model.hierarchy.levels[1].decision_stats.clone()
+    model.eval()
+    model.observe(frames)
+    model.loss(frames)
+    assert torch.equal(model.hierarchy.levels[1].decision_stats, before)
+    model.train()
+    model.loss(frames)
+    after = model.hierarchy.levels[1].decision_stats.clone()
+    assert after[0] == 5  # one update per filtering step after the first
+    model.save(tmp_path / "m.safetensors")
+    assert torch.equal(load(tmp_path / "m.safetensors").hierarchy.levels[1].decision_stats, after)
+
+
+def test_the_papers_rule_keeps_no_statistics_and_running_rules_need_hard_assignment():
+    assert DLH(small("kl")).hierarchy.levels[1].decision_stats is None
+    with pytest.raises(ValueError, match="assignment='hard'"):
+        small("relative", assignment="vade")
+    with pytest.raises(ValueError, match="decision_rate"):
+        small("relative", decision_rate=0.0)

@@ -22,6 +22,7 @@ T = TypeVar("T")
 
 CONV_NORMS = ("none", "layer")  # worldmodel.networks builds them
 CONV_ACTS = ("elu", "silu")
+INITS = ("torch", "xavier")
 TIMESCALES = ("dynamic", "clockwork", "every_step")
 ASSIGNMENTS = ("hard", "vade")
 DECISIONS = ("kl", "map", "tolerant", "relative")
@@ -94,6 +95,10 @@ class DLHConfig:
             "layer" (per sample over channels and positions, with a learned per-channel
             gain and bias, as DreamerV3's towers). See docs/results.md (learning early).
         conv_act: the towers' activation: "elu" (App. A) or "silu".
+        init: the initialisation of every linear and conv layer: "torch" (PyTorch's default,
+            weight variance 1/(3·fan_in): each layer shrinks a signal ≈ 3× in variance) or
+            "xavier" (Glorot-uniform weights, zero biases: the scale kept through the deep
+            path pixels → x → q(s) → s → f_dec → c^0 → pixels). GRU cells keep PyTorch's.
         min_std: floor added to every Gaussian standard deviation.
         obs_std: the fixed standard deviation of the Gaussian frame likelihood.
         timescale: "dynamic" (DLH), "clockwork" (CW-VAE schedule) or "every_step".
@@ -164,6 +169,7 @@ class DLHConfig:
     conv_depth: int = 48
     conv_norm: str = "none"
     conv_act: str = "elu"
+    init: str = "torch"
     min_std: float = 0.01
     obs_std: float = 1.0
     timescale: str = "dynamic"
@@ -202,7 +208,7 @@ class DLHConfig:
             raise ValueError(f"DLHConfig.channels must be 1 or 3, got {self.channels!r}")
         choices = {"timescale": TIMESCALES, "assignment": ASSIGNMENTS, "boundary": BOUNDARIES,
                    "decision": DECISIONS, "prior_factor": PRIOR_FACTORS,
-                   "conv_norm": CONV_NORMS, "conv_act": CONV_ACTS}
+                   "conv_norm": CONV_NORMS, "conv_act": CONV_ACTS, "init": INITS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DLHConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .config import DLHConfig
 from .decisions import RUNNING_RULES, initial_stats
 from .distributions import Gaussian, gaussian_from_params
-from .networks import MLP
+from .networks import MLP, initialize
 
 
 def full_precision(x: Tensor) -> contextlib.AbstractContextManager:
@@ -56,13 +56,19 @@ class Level(nn.Module):
             self.register_buffer("decision_stats", initial_stats(cfg.s_dim))
         else:
             self.decision_stats = None
-        if cfg.init_std is not None:
-            for head in (self.posterior, self.prior):
-                last = head._linears[-1]
-                with torch.no_grad():  # std = softplus(raw) + min_std = init_std at raw = bias
-                    target = torch.tensor(cfg.init_std - self.min_std)
-                    last.bias[cfg.s_dim:] = target + torch.log(-torch.expm1(-target))
-                    last.weight[cfg.s_dim:] *= 0.1
+        initialize(self, cfg.init)
+        self.start_heads(cfg)
+
+    def start_heads(self, cfg: DLHConfig) -> None:
+        """`init_std`: the Gaussian heads output this std at initialisation (None: as drawn)."""
+        if cfg.init_std is None:
+            return
+        for head in (self.posterior, self.prior):
+            last = head._linears[-1]
+            with torch.no_grad():  # std = softplus(raw) + min_std = init_std at raw = bias
+                target = torch.tensor(cfg.init_std - self.min_std)
+                last.bias[cfg.s_dim:] = target + torch.log(-torch.expm1(-target))
+                last.weight[cfg.s_dim:] *= 0.1
 
     def infer(self, x: Tensor, context: Tensor) -> Gaussian:
         """q(s^n | x^n, c^n): x (B, X), context (B, C) -> Gaussian over (B, S).

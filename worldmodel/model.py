@@ -26,7 +26,7 @@ from .config import DLHConfig, model_file_metadata
 from .files import atomic_write
 from .hierarchy import Hierarchy
 from .losses import continue_nll, elbo_terms, reward_nll
-from .networks import MLP, ConvDecoder, ConvEncoder
+from .networks import MLP, ConvDecoder, ConvEncoder, initialize
 from .state import HierarchicalState, ObserveOutput, Trajectory
 
 Policy = Callable[[HierarchicalState], Tensor]
@@ -48,6 +48,9 @@ class DLH(nn.Module):
         self.hierarchy = Hierarchy(cfg)
         self.reward_head = MLP(cfg.feature_dim, cfg.head_hidden, 1) if cfg.reward_head else None
         self.continue_head = MLP(cfg.feature_dim, cfg.head_hidden, 1) if cfg.continue_head else None
+        for module in (self.encoder, self.decoder, self.reward_head, self.continue_head):
+            if module is not None:
+                initialize(module, cfg.init)  # the levels initialise their own networks
 
     # ------------------------------------------------------------------ state
     @property

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import CONV_ACTS, CONV_NORMS
+from .config import CONV_ACTS, CONV_NORMS, INITS
 
 
 class MLP(nn.Sequential):
@@ -98,4 +98,23 @@ class ConvDecoder(nn.Module):
         return self.deconvs(h) + 0.5  # from (N, 8·depth, H/16, W/16)
 
 
-__all__ = ["MLP", "ConvEncoder", "ConvDecoder"]
+def initialize(module: nn.Module, scheme: str) -> None:
+    """Re-initialise every linear and (transposed) conv layer inside `module`, in place.
+
+    "torch" keeps PyTorch's default (kaiming-uniform with a = √5: weight variance 1/(3·fan_in),
+    so each layer shrinks its input's variance about 3×, before the activation); "xavier" draws
+    weights Glorot-uniform (variance 2/(fan_in + fan_out), Keras' and the Dreamers' default)
+    and zeroes biases, so a signal keeps its scale through a deep stack. GRU cells keep theirs.
+    """
+    if scheme not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {scheme!r}")
+    if scheme == "torch":
+        return
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
+__all__ = ["MLP", "ConvEncoder", "ConvDecoder", "initialize"]

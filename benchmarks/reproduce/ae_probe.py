@@ -30,7 +30,7 @@ from torch import nn
 
 from worldmodel.data.base import videos_to_frames
 from worldmodel.data.moving_ball import DEFAULT_PALETTE, MovingBallOptions, generate_moving_ball
-from worldmodel.networks import ConvDecoder, ConvEncoder
+from worldmodel.networks import MLP, ConvDecoder, ConvEncoder, initialize
 
 
 @dataclasses.dataclass
@@ -43,6 +43,10 @@ class Settings:
     norm: str = "none"         # the conv towers' normalisation (networks.CONV_NORMS)
     act: str = "elu"
     bottleneck: int = 128
+    init: str = "torch"        # networks.initialize: "torch" (PyTorch's default) or "xavier"
+    latent: int = 0            # > 0: the DLH's latent path between the towers: an MLP to a
+    latent_hidden: int = 64    # Gaussian of this size (hidden `latent_hidden`, twice), a sample
+    noise: float = 0.7         # with this std at init (softplus head), an MLP [128] back
     sequences: int = 16        # windows per batch ...
     frames: int = 40           # ... and frames taken from each
     size: int = 32
@@ -54,8 +58,10 @@ def batch(rng: np.random.Generator, s: Settings) -> torch.Tensor:
 
 
 def score(model: nn.Module, frames: torch.Tensor) -> tuple[float, float]:
+    model.eval()
     with torch.no_grad():
         recon = model(frames)
+    model.train()
     ball = (frames > 0.02).any(1)  # (N, H, W): background is black
     mse = float(((recon - frames) ** 2).sum(1)[ball].mean())
     weight = ball.float().unsqueeze(1)
@@ -70,11 +76,39 @@ def score(model: nn.Module, frames: torch.Tensor) -> tuple[float, float]:
     return mse, kept
 
 
+class LatentPath(nn.Module):
+    """x -> MLP -> Gaussian (mean, softplus std + 0.01) -> sample -> MLP -> c, as a DLH level."""
+
+    def __init__(self, s: Settings) -> None:
+        super().__init__()
+        self.head = MLP(s.bottleneck, [s.latent_hidden, s.latent_hidden], 2 * s.latent)
+        self.back = MLP(s.latent, [128], s.bottleneck)
+        self.settings = s
+        self.start_noise()
+
+    def start_noise(self) -> None:
+        s = self.settings
+        with torch.no_grad():  # std = softplus(bias) + 0.01 = noise at init
+            target = torch.tensor(max(s.noise - 0.01, 1e-3))
+            self.head._linears[-1].bias[s.latent:] = target + torch.log(-torch.expm1(-target))
+            self.head._linears[-1].weight[s.latent:] *= 0.1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, raw = self.head(x).chunk(2, -1)
+        std = torch.nn.functional.softplus(raw) + 0.01
+        sample = mean + std * torch.randn_like(std) if self.training else mean
+        return self.back(sample)
+
+
 def run(s: Settings, seed: int, steps: int, every: int) -> list[dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = nn.Sequential(ConvEncoder(3, s.size, s.depth, s.bottleneck, s.norm, s.act),
+    middle = [LatentPath(s)] if s.latent else []
+    model = nn.Sequential(ConvEncoder(3, s.size, s.depth, s.bottleneck, s.norm, s.act), *middle,
                           ConvDecoder(3, s.size, s.depth, s.bottleneck, s.norm, s.act))
+    initialize(model, s.init)
+    for path in middle:  # the std head's start, after the init
+        path.start_noise()
     opt = torch.optim.Adam(model.parameters(), lr=s.lr, eps=s.eps)
     test = batch(np.random.default_rng(10_000 + seed), dataclasses.replace(s, sequences=64, frames=4))
     curve = []

@@ -315,26 +315,27 @@ def test_trainer_logs_tracking_and_probes(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="with the recipe of configs/moving_ball_cpu.yaml as of issue 16 "
-                   "the decoder draws no ball before ≈1,300 steps (docs/results.md); the recipe "
-                   "study of issue 16 sets BOUND_AT1 and the step count this run must reach")
 def test_a_short_quick_start_run_learns_to_track_the_ball(tmp_path):
-    """240 steps of the quick-start config (configs/moving_ball_cpu.yaml, seed 0, 1 thread,
-    ≈ 2-3 min): one frame after the context the open-loop prediction shows the ball within
-    BOUND_AT1 px of the truth (median over 32 fresh test sequences, context 10, best of 10 —
-    the standard protocol; a lost ball scores the 45-px diagonal) on most frames, and the
-    trainer logged the same scores while training."""
+    """400 steps of the quick-start config with `model.init: xavier` (seed 0, 1 thread, ≈ 3-4
+    min): one frame after the context the open-loop prediction shows the ball within 2
+    px of the truth (median over 32 fresh test sequences, context 10, best of 10 — the standard
+    protocol; a lost ball scores the 45-px diagonal), a ball is visible on more than 45 % of the
+    predicted frames, and the trainer logged the same scores while training. Measured
+    (docs/results.md, "learning early"; `dlh eval`'s protocol on the 400-step checkpoints of the
+    same config): 0.80 px at +1 and a ball on 65 % of predicted frames (seed 1: 0.72 px, 65 %);
+    with PyTorch's default init (`init: torch`, the quick start's default) the decoder still
+    drew no ball at +1 at step 400 (45.3 px; a ball on 28 % of predicted frames)."""
     from worldmodel import load
     from worldmodel.data import build_source
     from worldmodel.training import Trainer, load_config
 
-    bound_at1 = 8.0  # px
+    bound_at1 = 2.0  # px
     out = tmp_path / "run"
     cfg = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "moving_ball_cpu.yaml"),
-                      [f"out_dir={out}", "steps=240", "threads=1", "media_every=0", "event_every=0",
-                       "checkpoint_every=240", "track_every=120"])
+                      [f"out_dir={out}", "steps=400", "threads=1", "media_every=0", "event_every=0",
+                       "checkpoint_every=400", "track_every=200", "model.init=xavier"])
     summary = Trainer(cfg, progress=False).fit()
     assert "track/centroid_px_at10" in summary["final_metrics"]
     scores = tracking_scores(load(out / "model.safetensors"), build_source(cfg.data, "test"))
-    assert scores["visible"] > 0.5, scores
+    assert scores["visible"] > 0.45, scores
     assert scores["centroid_px_at1"] < bound_at1, scores

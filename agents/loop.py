@@ -174,8 +174,8 @@ def run_planet_loop(
         raise ValueError(f"data.seq_len={cfg.data.seq_len} is longer than the shortest episode "
                          f"({shortest} frames): lower data.seq_len or raise max_episode_steps")
 
-    media_length = min(cfg.rollout_context + cfg.rollout_horizon, shortest)
-    media_batch = source.eval_batch(cfg.media_sequences, media_length, seed=seed)
+    media_length = min(cfg.logging.rollout_context + cfg.logging.rollout_horizon, shortest)
+    media_batch = source.eval_batch(cfg.logging.media_sequences, media_length, seed=seed)
     trainer = Trainer(cfg, progress=progress, source=source, media_batch=media_batch)
     agent = LatentMPCAgent(trainer.model, planner, space, exploration_noise, seed=seed)
     returns, lengths, plan_ms = [], [], []

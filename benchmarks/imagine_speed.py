@@ -135,7 +135,7 @@ def pin_change_prob(model: DLH, prob: float) -> None:
 
 
 def same_weights(model: DLH, timescale: str) -> DLH:
-    other = DLH(model.config.replace(timescale=timescale))
+    other = DLH(model.config.replace(inference=model.config.inference.replace(timescale=timescale)))
     other.load_state_dict(model.state_dict())
     other.hierarchy.step_mode = model.hierarchy.step_mode
     return other.eval()

@@ -89,7 +89,7 @@ def main() -> None:
         raise SystemExit("planning needs a model with actions (action_dim > 0) and a reward head")
     models = {}
     for mode in ("dynamic", "every_step"):
-        models[mode] = DLH(cfg.replace(timescale=mode)).eval()
+        models[mode] = DLH(cfg.replace(inference=cfg.inference.replace(timescale=mode))).eval()
         models[mode].load_state_dict(source.state_dict())  # the same weights
     torch.manual_seed(args.seed)
     state = filtered_state(models["dynamic"], args.context, args.seed)

@@ -18,9 +18,9 @@ import torch
 import envs
 from agents import CEMPlanner, evaluate_agent, run_planet_loop
 from agents.loop import make_env
-from worldmodel import DLHConfig, load
+from worldmodel import DLHConfig, LossConfig, load
 from worldmodel.data import DataConfig
-from worldmodel.training import OptimConfig, TrainConfig
+from worldmodel.training import LoggingConfig, OptimConfig, TrainConfig
 
 
 def main() -> None:
@@ -40,12 +40,13 @@ def main() -> None:
     model = DLHConfig(levels=2, image_size=32, channels=3, action_dim=2, reward_head=True, x_dim=128,
                       c_dim=128, d_dim=128, s_dim=16, enc_hidden=(128,), dec_hidden=(128,),
                       state_hidden=(64, 64), factor_hidden=(64,), head_hidden=(128, 128), conv_depth=16,
-                      obs_std=0.05)
+                      loss=LossConfig(obs_std=0.05))
     cfg = TrainConfig(model=model, data=DataConfig(name="episodes", image_size=32, channels=3, seq_len=32,
                                                    batch_size=16),
                       optim=OptimConfig(lr=1e-3, beta_warmup=500), out_dir=args.out, device="cpu",
-                      threads=args.threads, log_every=10, media_every=0, checkpoint_every=1000,
-                      rollout_context=8, rollout_horizon=16)
+                      threads=args.threads,
+                      logging=LoggingConfig(log_every=10, media_every=0, checkpoint_every=1000,
+                                            rollout_context=8, rollout_horizon=16))
     planner = {"horizon": 8, "candidates": 200, "iterations": 5, "top_k": 20}
     summary = run_planet_loop(cfg, envs.POINT_TARGET_ID, args.iterations, args.seed_episodes,
                               args.train_steps, planner="cem", planner_kwargs=planner,

@@ -12,15 +12,27 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 torch.set_num_threads(1)  # tiny models: more threads only spin on a busy machine
 
 from worldmodel import DLH, DLHConfig  # noqa: E402
+from worldmodel.config import MOVED_KEYS  # noqa: E402
 
 
 def tiny_config(**overrides) -> DLHConfig:
+    """A tiny DLHConfig; the keys of a section may be given by their own name, as a YAML file of
+    the flat layout gives them (`tiny_config(boundary="copy", obs_std=0.1)` sets
+    `inference.boundary` and `loss.obs_std`), and go through the sections' own constructors."""
     base = dict(
         levels=3, image_size=16, channels=1, x_dim=32, c_dim=32, d_dim=32, s_dim=8,
         enc_hidden=(32,), dec_hidden=(32,), state_hidden=(16,), factor_hidden=(16,),
         head_hidden=(16,), conv_depth=4,
     )
     base.update(overrides)
+    default = DLHConfig()
+    sections: dict = {"inference": {}, "loss": {}}
+    for old, new in MOVED_KEYS["DLHConfig"].items():
+        if old in base:
+            section, key = new.split(".")
+            sections[section][key] = base.pop(old)
+    for name, changes in sections.items():
+        base[name] = base.get(name, getattr(default, name)).replace(**changes)
     return DLHConfig(**base)
 
 

@@ -17,7 +17,7 @@ from envs.recorder import load_episode
 from tests.conftest import tiny_config
 from worldmodel import load
 from worldmodel.data import DataConfig
-from worldmodel.training import TrainConfig
+from worldmodel.training import LoggingConfig, TrainConfig
 from worldmodel.training.checkpoints import latest_checkpoint
 
 PLANNER = {"horizon": 3, "candidates": 16, "iterations": 2, "top_k": 4}
@@ -28,8 +28,9 @@ def train_config(out_dir, **model) -> TrainConfig:
     return TrainConfig(
         model=m, data=DataConfig(name="episodes", path=str(out_dir / "episodes"), image_size=16, channels=3,
                                  seq_len=6, batch_size=3),
-        steps=1, out_dir=str(out_dir), device="cpu", threads=1, log_every=1, media_every=0,
-        checkpoint_every=100, rollout_context=3, rollout_horizon=3, media_sequences=2,
+        steps=1, out_dir=str(out_dir), device="cpu", threads=1,
+        logging=LoggingConfig(log_every=1, media_every=0, checkpoint_every=100, rollout_context=3,
+                              rollout_horizon=3, media_sequences=2),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worldmodel import DLH, DLHConfig, load
+from worldmodel import DLH, DLHConfig, InferenceConfig, LossConfig, load
 from worldmodel.decisions import decide, initial_stats, update, warm
 from worldmodel.distributions import Gaussian, kl_gaussian
 
@@ -20,7 +20,8 @@ def paper(q: Gaussian, change: Gaussian, static: Gaussian) -> torch.Tensor:
     return kl_gaussian(q, static) > kl_gaussian(q, change)
 
 
-def run_sequence(rule: str, offsets: list[float], drift=lambda k: 0.05, updates: int = 300) -> tuple[list, list]:
+def run_sequence(rule: str, offsets: list[float], drift=lambda k: 0.05,
+                 updates: int = 300) -> tuple[list, list]:
     """A level whose candidate posterior (std 0.02) drifts around its static prior by
     `drift(k)` per dimension at update k (noise), against a broad change prior (std 1): after
     `updates` training updates, the rule's and eq. 4's decisions for a posterior at each offset."""
@@ -78,7 +79,7 @@ def test_the_warm_up_is_eq4():
     stats = initial_stats(S)
     q = gaussian(torch.full((3, S), 0.05), 0.02)
     static, change = gaussian(torch.zeros(3, S), 0.02), gaussian(torch.zeros(3, S), 1.0)
-    for k in range(3):
+    for _ in range(3):
         assert not warm(stats, 3)
         e = decide("relative", q, change, static, stats, 2.0, 50.0, 3) > 0.5
         assert torch.equal(e, paper(q, change, static))
@@ -98,7 +99,8 @@ def test_rows_not_decided_do_not_move_the_statistics():
 def small(rule: str, **kw) -> DLHConfig:
     return DLHConfig(levels=2, image_size=16, channels=1, x_dim=16, c_dim=16, d_dim=16, s_dim=4,
                      enc_hidden=(16,), dec_hidden=(16,), state_hidden=(16,), factor_hidden=(16,),
-                     conv_depth=4, obs_std=0.1, decision=rule, **kw)
+                     conv_depth=4, loss=LossConfig(obs_std=0.1),
+                     inference=InferenceConfig(decision=rule, **kw))
 
 
 @pytest.mark.parametrize("rule", ["tolerant", "relative"])

@@ -84,7 +84,7 @@ def test_a_config_with_absurdly_many_levels_fails_without_building_it(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "version,match", [("2", r"format version '2'.*\['1'\]"), (None, r"no format version.*\['1'\]")]
+    "version,match", [("3", r"format version '3'.*\['1', '2'\]"), (None, r"no format version.*\['1', '2'\]")]
 )
 def test_unknown_or_missing_format_version_is_an_error(tmp_path, version, match):
     tensors, metadata = tiny_weights()

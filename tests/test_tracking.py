@@ -305,8 +305,8 @@ def test_trainer_logs_tracking_and_probes(tmp_path):
     changed = load_config(None, [*TINY, f"out_dir={out}", "steps=4", "log_every=2", "media_every=0",
                                  "event_every=0", "track_every=0", "track_sequences=5",
                                  "track_samples=1"])
-    assert set(resume_changes(cfg.to_dict(), changed)) == {"track_every", "track_sequences",
-                                                           "track_samples"}
+    assert set(resume_changes(cfg.to_dict(), changed)) == {"probes.track_every", "probes.track_sequences",
+                                                           "probes.track_samples"}
     off = tmp_path / "off"
     cfg = load_config(None, [*TINY, f"out_dir={off}", "steps=2", "log_every=1", "media_every=0",
                              "event_every=0", "track_every=0"])

@@ -107,7 +107,7 @@ def test_resume_changes_sorts_settings_into_free_on_request_and_fixed():
     with pytest.raises(ValueError, match=r"optim\.lr 0\.0005 -> 0\.05 \(pass --set optim\.lr=0\.05"):
         resume_changes(old, new)
     changes = resume_changes(old, new, requested=["optim.lr"])
-    assert changes == {"steps": (10, 20), "log_every": (50, 7), "optim.lr": (0.0005, 0.05)}
+    assert changes == {"steps": (10, 20), "logging.log_every": (50, 7), "optim.lr": (0.0005, 0.05)}
     assert resume_changes(old, new, requested=["optim"])["optim.lr"] == (0.0005, 0.05)
     for fixed, shown in [("seed=3", "seed 0 -> 3"), ("data.batch_size=2", "data.batch_size 4 -> 2"),
                          ("model.s_dim=4", "model.s_dim 8 -> 4"),

@@ -105,19 +105,22 @@ def test_bad_config(overrides, match):
     "overrides,match",
     [
         ({"action_dim": True}, r"DLHConfig\.action_dim: expected a non-negative int, got True"),
-        ({"clockwork_k": 2.0}, r"DLHConfig\.clockwork_k: expected an int >= 2, got 2\.0"),
+        ({"clockwork_k": 2.0}, r"DLHConfig\.inference\.clockwork_k: expected an int >= 2, got 2\.0"),
         ({"action_levels": (True,)}, r"DLHConfig\.action_levels must be a list of 1-based levels in 1\.\.3"),
         ({"action_levels": 1}, r"DLHConfig\.action_levels must be a list"),
         ({"enc_hidden": (32, False)}, r"DLHConfig\.enc_hidden must be a list of positive ints"),
         ({"head_hidden": "16"}, r"DLHConfig\.head_hidden must be a list of positive ints"),
         ({"min_std": float("inf")}, r"DLHConfig\.min_std must be a finite number > 0, got inf"),
         ({"min_std": "0.1"}, r"DLHConfig\.min_std must be a finite number > 0, got '0\.1'"),
-        ({"obs_std": True}, r"DLHConfig\.obs_std must be a finite number > 0, got True"),
-        ({"decision_margin": float("inf")}, r"DLHConfig\.decision_margin must be a finite number >= 0"),
-        ({"free_nats": float("inf")}, r"DLHConfig\.free_nats must be a finite number >= 0, got inf"),
-        ({"reward_scale": float("inf")}, r"DLHConfig\.reward_scale must be a finite number >= 0, got inf"),
-        ({"continue_scale": True}, r"DLHConfig\.continue_scale must be a finite number >= 0, got True"),
-        ({"kl_balance": True}, r"DLHConfig\.kl_balance must be a finite number >= 0 and <= 1, got True"),
+        ({"obs_std": True}, r"DLHConfig\.loss\.obs_std must be a finite number > 0, got True"),
+        ({"decision_margin": float("inf")},
+         r"DLHConfig\.inference\.decision_margin must be a finite number >= 0"),
+        ({"free_nats": float("inf")}, r"DLHConfig\.loss\.free_nats must be a finite number >= 0, got inf"),
+        ({"reward_scale": float("inf")},
+         r"DLHConfig\.loss\.reward_scale must be a finite number >= 0, got inf"),
+        ({"continue_scale": True}, r"DLHConfig\.loss\.continue_scale must be a finite number >= 0, got True"),
+        ({"kl_balance": True},
+         r"DLHConfig\.loss\.kl_balance must be a finite number >= 0 and <= 1, got True"),
         ({"upper_min_std": float("inf")}, r"DLHConfig\.upper_min_std must be a finite number > 0 or null"),
         ({"init_std": float("nan")}, r"DLHConfig\.init_std must be a finite number > 0 or null, got nan"),
         ({"reward_head": 1}, r"DLHConfig\.reward_head must be true or false, got 1"),
@@ -132,7 +135,7 @@ def test_config_rejects_bools_non_finite_and_wrong_types(overrides, match):
 def test_config_keeps_accepting_good_values():
     cfg = tiny_config(action_dim=2, action_levels=[1, 2], obs_std=1, upper_min_std=0.05, init_std=0.3,
                       reward_head=True, kl_balance=0.8, free_nats=1.0)
-    assert cfg.action_levels == (1, 2) and cfg.enc_hidden == (32,) and cfg.obs_std == 1
+    assert cfg.action_levels == (1, 2) and cfg.enc_hidden == (32,) and cfg.loss.obs_std == 1
 
 
 @pytest.mark.parametrize("odd", [2, 0.5, -1])

@@ -12,15 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .checkpoint import load
-    from .config import DLHConfig
+    from .config import DLHConfig, InferenceConfig, LossConfig
     from .model import DLH
     from .state import HierarchicalState, ObserveOutput, Trajectory
 
-_PUBLIC = {"DLH": ".model", "DLHConfig": ".config", "load": ".checkpoint", "HierarchicalState": ".state",
-           "ObserveOutput": ".state", "Trajectory": ".state"}
+_PUBLIC = {"DLH": ".model", "DLHConfig": ".config", "InferenceConfig": ".config", "LossConfig": ".config",
+           "load": ".checkpoint", "HierarchicalState": ".state", "ObserveOutput": ".state",
+           "Trajectory": ".state"}
 
 __version__ = "0.1.0"
-__all__ = ["DLH", "DLHConfig", "load", "HierarchicalState", "ObserveOutput", "Trajectory"]
+__all__ = ["DLH", "DLHConfig", "InferenceConfig", "LossConfig", "load", "HierarchicalState", "ObserveOutput",
+           "Trajectory"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,9 +1,18 @@
 """Typed, frozen configuration for the DLH model and strict construction from mappings.
 
-`DLHConfig` holds every architectural choice (App. A / Table 4 sizes are the defaults).
+`DLHConfig` holds the architecture (App. A / Table 4 sizes are the defaults) at its top level
+and two nested sections: `inference` (`InferenceConfig`: how e^n_t is inferred in filtering,
+eq. 4/5) and `loss` (`LossConfig`: the recipe of eq. 8 on top of the paper's ELBO).
+
+    DLHConfig(levels=2, image_size=32, channels=3,
+              inference=InferenceConfig(boundary="copy"), loss=LossConfig(obs_std=0.05))
+
 `from_dict` builds any (nested) frozen dataclass from a plain mapping — as read by
 `yaml.safe_load` — and rejects unknown keys by name, so a typo in a YAML file is an
-error rather than a silently ignored setting.
+error rather than a silently ignored setting. Keys of earlier versions, which kept every
+setting at the top level (`obs_std`, `boundary`, `log_every`, ...), are moved to their
+sections first by the one table `MOVED_KEYS` (YAML files, `--set` items, stored run configs
+and version-1 model files all go through it).
 """
 
 from __future__ import annotations
@@ -35,10 +44,10 @@ def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_int(config: Any, name: str, minimum: int) -> None:
-    """A DLHConfig int field: an int (not a bool; a NumPy integer is stored as an int) >= minimum,
-    else a ValueError naming it."""
-    object.__setattr__(config, name, check_int(getattr(config, name), f"DLHConfig.{name}", minimum))
+def _check_int(config: Any, name: str, minimum: int, owner: str = "DLHConfig") -> None:
+    """An int field of `config` (called `owner` in messages): an int (not a bool; a NumPy integer
+    is stored as an int) >= minimum, else a ValueError naming it."""
+    object.__setattr__(config, name, check_int(getattr(config, name), f"{owner}.{name}", minimum))
 
 
 def _check_number(
@@ -50,7 +59,8 @@ def _check_number(
     at_most: float | None = None,
     or_null: bool = False,
 ) -> None:
-    """A DLHConfig float field: a finite real number (not a bool) in range, else a ValueError."""
+    """A DLHConfig float field (`name` dotted below DLHConfig, e.g. "loss.obs_std"): a finite real
+    number (not a bool) in range, else a ValueError."""
     bounds = [f"> {above:g}" if above is not None else "", f">= {at_least:g}" if at_least is not None else "",
               f"<= {at_most:g}" if at_most is not None else ""]
     what = " and ".join(b for b in bounds if b) + (" or null" if or_null else "")
@@ -70,8 +80,121 @@ def _check_ints(name: str, value: Any, maximum: int | None = None) -> tuple[int,
 
 
 @dataclass(frozen=True)
+class InferenceConfig:
+    """How filtering infers e^n_t (eq. 4/5) and what the first static level does: `model.inference`.
+
+    Attributes:
+        timescale: "dynamic" (DLH), "clockwork" (CW-VAE schedule) or "every_step".
+        clockwork_k: the clockwork base k: level n updates when t mod k^(n-1) = 0.
+        assignment: "hard" (eq. 4, the paper's default) or "vade" (soft q(e), eq. 34).
+        boundary: what the first static level K does in filtering (DESIGN §2 step 4):
+            "reinfer" (DESIGN's reading; the default, so that `DLHConfig()` is the paper's
+            model) — a fresh posterior, sampled and decoded, whose KL goes to the static prior
+            (eq. 9); "copy" (what every shipped config that states it uses) — level K keeps its
+            previous sample and top-down output exactly, like every level above it (and as in
+            imagination), so its state KL is 0 at static steps. Under "reinfer" a static level
+            can pass new information to the frame at every step for a small KL, which
+            imagination never reproduces; under "copy" a sample drawn at a change must serve the
+            whole static stretch, which rewards features that persist. "anchor" (experimental:
+            failed in the timescales study, docs/results.md; kept for the studies) — K keeps its
+            sample as under "copy", and its fresh posterior, which reaches no frame, is still
+            pulled toward the static prior by eq. 9's KL. See docs/model.md.
+        decision: how the hard rule (eq. 4) weighs the two components: "kl" (the paper:
+            the nearer component wins) or "map" (the learned prior odds join the rule:
+            change iff KL_change − log p(e=1) < KL_static − log p(e=0), the MAP
+            assignment of the mixture).
+            "tolerant" and "relative" (worldmodel/decisions.py) keep eq. 4's comparison and
+            add the level's running statistics: the static prior widened by its drift for
+            the decision only, or a surprise test on log KL_static; hard assignment only.
+        decision_margin: nats the change component must win by (0: the paper). Experimental
+            when trained with: a margin set for training silenced level 2 (docs/results.md);
+            applied after training it is a measurement (benchmarks/reproduce/decision_bench.py).
+        decision_tolerance: "tolerant": the static std is widened in quadrature by this many
+            drift scales (the running RMS of the posterior's distance from the static prior
+            over static stretches).
+        decision_gamma: "relative": a change also needs log KL_static this many running
+            standard deviations above its running mean.
+        decision_warmup: training updates (filtering steps) of the running statistics during
+            which the running rules use eq. 4 alone.
+        decision_rate: the running statistics' exponential averaging rate per update.
+    """
+
+    timescale: str = "dynamic"
+    clockwork_k: int = 6
+    assignment: str = "hard"
+    boundary: str = "reinfer"
+    decision: str = "kl"
+    decision_margin: float = 0.0
+    decision_tolerance: float = 2.0
+    decision_gamma: float = 2.0
+    decision_warmup: int = 0
+    decision_rate: float = 0.01
+
+    def __post_init__(self) -> None:
+        _check_int(self, "clockwork_k", 2, "DLHConfig.inference")
+        _check_int(self, "decision_warmup", 0, "DLHConfig.inference")
+        choices = {"timescale": TIMESCALES, "assignment": ASSIGNMENTS, "boundary": BOUNDARIES,
+                   "decision": DECISIONS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"DLHConfig.inference.{name} must be one of {allowed}, "
+                                 f"got {getattr(self, name)!r}")
+        _check_number("inference.decision_rate", self.decision_rate, above=0.0, at_most=1.0)
+        _check_number("inference.decision_gamma", self.decision_gamma)
+        for name in ("decision_margin", "decision_tolerance"):
+            _check_number(f"inference.{name}", getattr(self, name), at_least=0.0)
+        if self.decision in ("tolerant", "relative") and self.assignment != "hard":
+            raise ValueError(f"DLHConfig.inference.decision={self.decision!r} needs assignment='hard', "
+                             f"got {self.assignment!r}")
+
+    def replace(self, **changes: Any) -> InferenceConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The training objective on top of the paper's ELBO (eq. 8): `model.loss`.
+
+    The defaults are the paper's ELBO with a unit-std frame likelihood and unit-weight heads.
+
+    Attributes:
+        obs_std: the fixed standard deviation of the Gaussian frame likelihood (App. A.1:
+            "optimised separately for each dataset"; configs use 0.05–0.1).
+        kl_balance: α of KL balancing (DreamerV2): the state KL's gradient trains the
+            prior with weight 2α and the posterior with 2(1 − α) (0.5: the plain KL). The
+            loss value is unchanged.
+        static_prior_grad: whether the static prior (the previous posterior) receives
+            gradient from eq. 9's static KL (True: the paper's ELBO as written).
+        free_nats: free bits of the state KL (DreamerV3): at each step the loss uses
+            max(free_nats, Σ_n KL^n), so below this many nats the KL is not pushed down —
+            a guard against early posterior collapse (0: the paper's ELBO).
+        reward_scale, continue_scale: weights of the heads' losses against the ELBO (whose
+            reconstruction term sums over pixels and can drown a unit-weight reward loss).
+    """
+
+    obs_std: float = 1.0
+    kl_balance: float = 0.5
+    static_prior_grad: bool = True
+    free_nats: float = 0.0
+    reward_scale: float = 1.0
+    continue_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_number("loss.obs_std", self.obs_std, above=0.0)
+        _check_number("loss.kl_balance", self.kl_balance, at_least=0.0, at_most=1.0)
+        for name in ("free_nats", "reward_scale", "continue_scale"):
+            _check_number(f"loss.{name}", getattr(self, name), at_least=0.0)
+        if not isinstance(self.static_prior_grad, bool):
+            raise ValueError(f"DLHConfig.loss.static_prior_grad must be true or false, "
+                             f"got {self.static_prior_grad!r}")
+
+    def replace(self, **changes: Any) -> LossConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
 class DLHConfig:
-    """Architecture of a Dynamic Latent Hierarchy.
+    """A Dynamic Latent Hierarchy: its architecture, with the inference rule and the loss nested.
 
     Attributes:
         levels: number of latent levels N (1 gives a flat sequential VAE).
@@ -99,57 +222,19 @@ class DLHConfig:
             weight variance 1/(3·fan_in): each layer shrinks a signal ≈ 3× in variance) or
             "xavier" (Glorot-uniform weights, zero biases: the scale kept through the deep
             path pixels → x → q(s) → s → f_dec → c^0 → pixels). GRU cells keep PyTorch's.
-        min_std: floor added to every Gaussian standard deviation.
-        obs_std: the fixed standard deviation of the Gaussian frame likelihood.
-        timescale: "dynamic" (DLH), "clockwork" (CW-VAE schedule) or "every_step".
-        clockwork_k: the clockwork base k: level n updates when t mod k^(n-1) = 0.
-        assignment: "hard" (eq. 4, the paper's default) or "vade" (soft q(e), eq. 34).
-        upper_min_std: the std floor of the levels n >= 2 (None: `min_std`). The static
-            prior is the previous posterior, so this floor sets how far a static level's
-            posterior may drift before eq. 4 calls it a change.
-        decision: how the hard rule (eq. 4) weighs the two components: "kl" (the paper:
-            the nearer component wins) or "map" (the learned prior odds join the rule:
-            change iff KL_change − log p(e=1) < KL_static − log p(e=0), the MAP
-            assignment of the mixture).
-            "tolerant" and "relative" (worldmodel/decisions.py) keep eq. 4's comparison and
-            add the level's running statistics: the static prior widened by its drift for
-            the decision only, or a surprise test on log KL_static; hard assignment only.
-        decision_margin: nats the change component must win by (0: the paper).
-        decision_tolerance: "tolerant": the static std is widened in quadrature by this many
-            drift scales (the running RMS of the posterior's distance from the static prior
-            over static stretches).
-        decision_gamma: "relative": a change also needs log KL_static this many running
-            standard deviations above its running mean.
-        decision_warmup: training updates (filtering steps) of the running statistics during
-            which the running rules use eq. 4 alone.
-        decision_rate: the running statistics' exponential averaging rate per update.
-        kl_balance: α of KL balancing (DreamerV2): the state KL's gradient trains the
-            prior with weight 2α and the posterior with 2(1 − α) (0.5: the plain KL). The
-            loss value is unchanged.
-        boundary: what the first static level K does in filtering (DESIGN §2 step 4):
-            "reinfer" (DESIGN's reading) — a fresh posterior, sampled and decoded, whose KL
-            goes to the static prior (eq. 9); "copy" — level K keeps its previous sample and
-            top-down output exactly, like every level above it (and as in imagination), so its
-            state KL is 0 at static steps. Under "reinfer" a static level can pass new
-            information to the frame at every step for a small KL, which imagination never
-            reproduces; under "copy" a sample drawn at a change must serve the whole static
-            stretch, which rewards features that persist; "anchor" — K keeps its sample as
-            under "copy", and its fresh posterior, which reaches no frame, is still pulled
-            toward the static prior by eq. 9's KL (so the posterior learns to stay put over a
-            static stretch). See docs/model.md.
         init_std: the std the Gaussian heads (posteriors and change priors) output at
             initialisation (None: PyTorch's default init, softplus(≈0) ≈ 0.7). A sample that
             is mostly noise teaches the decoder to ignore the latents (early posterior
             collapse on small objects); a smaller start lets the decoder use them at once.
-        free_nats: free bits of the state KL (DreamerV3): at each step the loss uses
-            max(free_nats, Σ_n KL^n), so below this many nats the KL is not pushed down —
-            a guard against early posterior collapse (0: the paper's ELBO).
-        static_prior_grad: whether the static prior (the previous posterior) receives
-            gradient from eq. 9's static KL (True: the paper's ELBO as written).
+        min_std: floor added to every Gaussian standard deviation.
+        upper_min_std: the std floor of the levels n >= 2 (None: `min_std`). The static
+            prior is the previous posterior, so this floor sets how far a static level's
+            posterior may drift before eq. 4 calls it a change.
         reward_head, continue_head: add heads on `features(state)` trained with the loss.
         head_hidden: hidden sizes of the reward and continue heads.
-        reward_scale, continue_scale: weights of the heads' losses against the ELBO (whose
-            reconstruction term sums over pixels and can drown a unit-weight reward loss).
+        inference: the inference rule (`InferenceConfig`: timescale, assignment, boundary,
+            decision rule).
+        loss: the loss recipe (`LossConfig`: obs_std, KL options, head weights).
     """
 
     levels: int = 3
@@ -170,34 +255,19 @@ class DLHConfig:
     conv_norm: str = "none"
     conv_act: str = "elu"
     init: str = "torch"
-    min_std: float = 0.01
-    obs_std: float = 1.0
-    timescale: str = "dynamic"
-    clockwork_k: int = 6
-    assignment: str = "hard"
-    upper_min_std: float | None = None
-    decision: str = "kl"
-    decision_margin: float = 0.0
-    decision_tolerance: float = 2.0
-    decision_gamma: float = 2.0
-    decision_warmup: int = 0
-    decision_rate: float = 0.01
-    kl_balance: float = 0.5
-    static_prior_grad: bool = True
-    free_nats: float = 0.0
     init_std: float | None = None
-    boundary: str = "reinfer"
+    min_std: float = 0.01
+    upper_min_std: float | None = None
     reward_head: bool = False
     continue_head: bool = False
     head_hidden: tuple[int, ...] = (200, 200)
-    reward_scale: float = 1.0
-    continue_scale: float = 1.0
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
         for name in ("levels", "x_dim", "c_dim", "d_dim", "s_dim", "conv_depth"):
             _check_int(self, name, 1)
         _check_int(self, "action_dim", 0)
-        _check_int(self, "clockwork_k", 2)
         _check_int(self, "image_size", 16)
         if self.image_size % 16:
             raise ValueError(
@@ -206,24 +276,18 @@ class DLHConfig:
         _check_int(self, "channels", 1)
         if self.channels not in (1, 3):
             raise ValueError(f"DLHConfig.channels must be 1 or 3, got {self.channels!r}")
-        choices = {"timescale": TIMESCALES, "assignment": ASSIGNMENTS, "boundary": BOUNDARIES,
-                   "decision": DECISIONS, "prior_factor": PRIOR_FACTORS,
-                   "conv_norm": CONV_NORMS, "conv_act": CONV_ACTS, "init": INITS}
+        choices = {"prior_factor": PRIOR_FACTORS, "conv_norm": CONV_NORMS, "conv_act": CONV_ACTS,
+                   "init": INITS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DLHConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("min_std", "obs_std"):
-            _check_number(name, getattr(self, name), above=0.0)
-        check_int(self.decision_warmup, "DLHConfig.decision_warmup", 0)
-        _check_number("decision_rate", self.decision_rate, above=0.0, at_most=1.0)
-        _check_number("decision_gamma", self.decision_gamma)
-        if self.decision in ("tolerant", "relative") and self.assignment != "hard":
-            raise ValueError(f"DLHConfig.decision={self.decision!r} needs assignment='hard', "
-                             f"got {self.assignment!r}")
-        for name in ("decision_margin", "decision_tolerance", "free_nats", "reward_scale",
-                     "continue_scale"):
-            _check_number(name, getattr(self, name), at_least=0.0)
-        _check_number("kl_balance", self.kl_balance, at_least=0.0, at_most=1.0)
+        for name, section in (("inference", InferenceConfig), ("loss", LossConfig)):
+            if not isinstance(getattr(self, name), section):
+                raise ValueError(
+                    f"DLHConfig.{name} must be a {section.__name__} (e.g. {name}={section.__name__}(...); "
+                    f"from_dict(DLHConfig, ...) reads mappings), got {type(getattr(self, name)).__name__}"
+                )
+        _check_number("min_std", self.min_std, above=0.0)
         if self.upper_min_std is not None:
             _check_number("upper_min_std", self.upper_min_std, above=0.0, or_null=True)
         if self.init_std is not None:
@@ -232,7 +296,7 @@ class DLHConfig:
                 raise ValueError(
                     f"DLHConfig.init_std must exceed every level's min_std, got {self.init_std!r}"
                 )
-        for name in ("static_prior_grad", "reward_head", "continue_head"):
+        for name in ("reward_head", "continue_head"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"DLHConfig.{name} must be true or false, got {getattr(self, name)!r}")
         levels = _check_ints("action_levels", self.action_levels, self.levels)
@@ -252,17 +316,114 @@ class DLHConfig:
         return self.levels * (self.s_dim + self.d_dim)
 
     def replace(self, **changes: Any) -> DLHConfig:
+        """A copy with `changes`; a section changes as a whole, e.g.
+        `cfg.replace(inference=cfg.inference.replace(timescale="clockwork"))`."""
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
 
+# ---------------------------------------------------------------------------- old keys
+#: Where the keys of earlier versions live now, per config class: {class name: {old key: "section.key"}}.
+#: Until model file version 2 every setting of DLHConfig and TrainConfig sat at the top level.
+#: `from_dict` (hence YAML files, stored run configs and version-1 model files) moves an old key
+#: to its section; `current_key` renames the dotted keys of `--set` items and `requested`.
+MOVED_KEYS: dict[str, dict[str, str]] = {
+    "DLHConfig": {
+        "timescale": "inference.timescale",
+        "clockwork_k": "inference.clockwork_k",
+        "assignment": "inference.assignment",
+        "boundary": "inference.boundary",
+        "decision": "inference.decision",
+        "decision_margin": "inference.decision_margin",
+        "decision_tolerance": "inference.decision_tolerance",
+        "decision_gamma": "inference.decision_gamma",
+        "decision_warmup": "inference.decision_warmup",
+        "decision_rate": "inference.decision_rate",
+        "obs_std": "loss.obs_std",
+        "kl_balance": "loss.kl_balance",
+        "static_prior_grad": "loss.static_prior_grad",
+        "free_nats": "loss.free_nats",
+        "reward_scale": "loss.reward_scale",
+        "continue_scale": "loss.continue_scale",
+    },
+    "TrainConfig": {  # worldmodel.training.config
+        "log_every": "logging.log_every",
+        "media_every": "logging.media_every",
+        "checkpoint_every": "logging.checkpoint_every",
+        "keep_checkpoints": "logging.keep_checkpoints",
+        "media_sequences": "logging.media_sequences",
+        "rollout_context": "logging.rollout_context",
+        "rollout_horizon": "logging.rollout_horizon",
+        "event_every": "probes.event_every",
+        "event_sequences": "probes.event_sequences",
+        "event_length": "probes.event_length",
+        "track_every": "probes.track_every",
+        "track_sequences": "probes.track_sequences",
+        "track_samples": "probes.track_samples",
+        "collapse_kl": "probes.collapse_kl",
+        "frozen_ratio": "probes.frozen_ratio",
+    },
+}
+
+
+def _sections(cls: type) -> dict[str, type]:
+    """The fields of dataclass `cls` that are dataclasses themselves: {name: type}."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def migrate(cls: type, data: dict[str, Any], where: str | None = None) -> dict[str, Any]:
+    """`data` (a mapping for dataclass `cls`) with the keys of earlier versions moved to their
+    sections (`MOVED_KEYS`), in nested sections too; `data` itself is not modified.
+
+    An old key given beside its new one is taken when both hold the same value; different
+    values are a ValueError naming both.
+    """
+    where = where or cls.__name__
+    data = dict(data)
+    for old, new in MOVED_KEYS.get(cls.__name__, {}).items():
+        if old not in data:
+            continue
+        value = data.pop(old)
+        section, key = new.split(".")
+        node = data.get(section)
+        if node is None:
+            node = {}
+        if not isinstance(node, dict):
+            raise ValueError(f"{where}.{section}: expected a mapping, got {node!r}")
+        if key in node and node[key] != value:
+            raise ValueError(f"{where}: {old} (the old name of {new}) is {value!r} but {new} is "
+                             f"{node[key]!r}; give {new} only")
+        data[section] = {**node, key: value}
+    for name, section_cls in _sections(cls).items():
+        if isinstance(data.get(name), dict):
+            data[name] = migrate(section_cls, data[name], f"{where}.{name}")
+    return data
+
+
+def current_key(cls: type, dotted: str) -> str:
+    """A dotted key of dataclass `cls` (as a `--set` item names it) with the names of earlier
+    versions replaced: `current_key(TrainConfig, "model.obs_std")` is "model.loss.obs_std"."""
+    head, _, rest = dotted.partition(".")
+    moved = MOVED_KEYS.get(cls.__name__, {})
+    if head in moved:
+        return moved[head] + (f".{rest}" if rest else "")
+    sections = _sections(cls) if dataclasses.is_dataclass(cls) else {}
+    if rest and head in sections:
+        return f"{head}.{current_key(sections[head], rest)}"
+    return dotted
+
+
 # A model file (DLH.save) is safetensors whose metadata holds these three strings: the
 # format tag, the format version and the config as JSON (worldmodel.checkpoint reads it).
+# Version 1: the config flat (every DLHConfig field at the top level); version 2: the config
+# nested (`inference`, `loss`). A version-1 config is read through `MOVED_KEYS`; the tensors of
+# both versions are the same.
 MODEL_FILE_FORMAT = "worldmodel.dlh"
-MODEL_FILE_VERSION = "1"
-MODEL_FILE_VERSIONS = ("1",)  # the versions this code reads
+MODEL_FILE_VERSION = "2"
+MODEL_FILE_VERSIONS = ("1", "2")  # the versions this code reads
 
 
 def model_file_metadata(config: DLHConfig) -> dict[str, str]:
@@ -275,7 +436,8 @@ def config_from_metadata(metadata: dict[str, str], where: str) -> DLHConfig:
     """The DLHConfig stored in a model file's metadata; ValueError starting with `where`.
 
     Rejects a file of another kind, a missing or unknown format version (naming the versions
-    this code reads) and a config that is not valid JSON or not a valid DLHConfig.
+    this code reads) and a config that is not valid JSON or not a valid DLHConfig. A version-1
+    config (flat) is migrated to the nested form (`migrate`).
     """
     if metadata.get("format") != MODEL_FILE_FORMAT or "config" not in metadata:
         raise ValueError(f"{where}: not a worldmodel DLH file (metadata keys {sorted(metadata)})")
@@ -292,6 +454,8 @@ def config_from_metadata(metadata: dict[str, str], where: str) -> DLHConfig:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: the stored config must be a JSON object, got {type(data).__name__}")
     try:
+        if version == "1":
+            data = migrate(DLHConfig, data)
         return from_dict(DLHConfig, data)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{where}: the stored config is invalid: {exc}") from exc
@@ -344,15 +508,28 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+def _merged(cls: type, defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`defaults` (a to_dict of dataclass `cls`) updated by `given`; a nested dataclass section
+    given in part keeps the rest of its defaults (a plain dict field is replaced as a whole)."""
+    merged = dict(defaults)
+    sections = _sections(cls)
+    for key, value in given.items():
+        if key in sections and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(sections[key], merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str | None = None) -> T:
     """Build the frozen dataclass `cls` from `data`, rejecting unknown keys by name.
 
     Nested dataclass fields take nested mappings; lists become tuples where the field is a
-    tuple. Raises ValueError naming the offending key (with its dotted path) and the keys
-    that are allowed.
+    tuple. Keys of earlier versions are moved to their sections first (`migrate`). Raises
+    ValueError naming the offending key (with its dotted path) and the keys that are allowed.
     """
     where = where or cls.__name__
-    data = dict(data or {})
+    data = migrate(cls, dict(data or {}), where)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(names))
@@ -363,11 +540,12 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str | None = Non
         if f.name in data and isinstance(data[f.name], dict) and dataclasses.is_dataclass(hints[f.name]):
             if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
                 defaults = to_dict(f.default_factory())  # type: ignore[misc]
-                data[f.name] = {**defaults, **data[f.name]}
+                data[f.name] = _merged(hints[f.name], defaults, data[f.name])
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
 
 
-__all__ = ["DLHConfig", "from_dict", "to_dict", "is_finite_number", "TIMESCALES", "ASSIGNMENTS", "field",
+__all__ = ["DLHConfig", "InferenceConfig", "LossConfig", "from_dict", "to_dict", "migrate", "current_key",
+           "MOVED_KEYS", "is_finite_number", "TIMESCALES", "ASSIGNMENTS", "field",
            "MODEL_FILE_FORMAT", "MODEL_FILE_VERSION", "MODEL_FILE_VERSIONS", "model_file_metadata",
            "config_from_metadata"]

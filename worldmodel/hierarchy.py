@@ -221,7 +221,7 @@ class Hierarchy(nn.Module):
 
     def _clockwork(self, i: int, t: Tensor) -> Tensor:
         """CW-VAE's schedule: level i (0-based) updates when t mod k^i = 0; (B,) bool."""
-        return t % (self.cfg.clockwork_k**i) == 0
+        return t % (self.cfg.inference.clockwork_k**i) == 0
 
     # ----------------------------------------------------------------- the owed transition
     def pay_owed(
@@ -298,7 +298,7 @@ class Hierarchy(nn.Module):
         dec = self._decide(state, xs, action)
         # 2. top-down (eq. 11, 13): the levels that changed and, under boundary "reinfer",
         #    level K (the first static one, DESIGN §2 step 4); levels above K are held
-        ran = dec.evaluated if self.cfg.boundary == "reinfer" else dec.changed
+        ran = dec.evaluated if self.cfg.inference.boundary == "reinfer" else dec.changed
         rows = [Rows(mask) for mask in ran]  # filtering runs dense: masked rows
 
         def posterior(i: int, sel: Rows, context: Tensor) -> tuple:
@@ -330,7 +330,7 @@ class Hierarchy(nn.Module):
 
     def _decide(self, state: HierarchicalState, xs: list[Tensor], action: Tensor | None) -> Decisions:
         """Stage 1 of filtering: e^n_t for every level, bottom-up (eq. 4, 5; schedules)."""
-        cfg, batch = self.cfg, state.batch_size
+        timescale, batch = self.cfg.inference.timescale, state.batch_size
         first = state.t == 0
         ones = torch.ones(batch, dtype=torch.bool, device=first.device)
         nan = torch.full((batch,), float("nan"), device=first.device)
@@ -340,8 +340,8 @@ class Hierarchy(nn.Module):
         dec = Decisions([ones], [ones], [one], [zero], [one.clone()], [None], d, factor)  # e^1 = 1
         for i in range(1, len(d)):
             candidate = dec.changed[i - 1]  # eq. 5: nothing changes above a static level
-            if cfg.timescale != "dynamic":  # a schedule: no decision; a held level runs nothing
-                e = candidate & (ones if cfg.timescale == "every_step" else self._clockwork(i, state.t))
+            if timescale != "dynamic":  # a schedule: no decision; a held level runs nothing
+                e = candidate & (ones if timescale == "every_step" else self._clockwork(i, state.t))
                 d[i] = self.pay_owed(i, state, d[i], e, action)
                 dec.add(e, e, e.float(), torch.zeros(batch, device=first.device), nan, None)
             else:
@@ -363,39 +363,39 @@ class Hierarchy(nn.Module):
         inferred), p(e = 1 | ·) (detached), the prior factor's next state h^n, and boundary
         "anchor"'s static KL of K's fresh posterior (or None).
         """
-        cfg, level = self.cfg, self.levels[i]
+        rule, recipe, level = self.cfg.inference, self.cfg.loss, self.levels[i]
         logit, h_next = level.change_logit(d, h)
         context = self.context(i, state.top_down)  # eq. 25: c^n cached from t-1
         static = Gaussian(state.mean[i], state.std[i])  # eq. 2: p(s^n_t | e = 0) = q(s^n_{t-1})
         # boundary "anchor" trains this candidate posterior: compute it once, with grad
-        fresh = level.infer(x, context) if cfg.boundary == "anchor" else None
+        fresh = level.infer(x, context) if rule.boundary == "anchor" else None
         with torch.no_grad():
             q = level.infer(x, context) if fresh is None else Gaussian(fresh.mean.detach(),
                                                                        fresh.std.detach())
             change_prior = level.predict(d, context)
             if level.decision_stats is None:
-                weight = change_posterior(q, change_prior, static, logit, cfg.assignment,
-                                          cfg.decision, cfg.decision_margin)
+                weight = change_posterior(q, change_prior, static, logit, rule.assignment,
+                                          rule.decision, rule.decision_margin)
             else:  # a rule that reads the level's running statistics (decisions.py)
-                weight = decisions.decide(cfg.decision, q, change_prior, static, level.decision_stats,
-                                          cfg.decision_tolerance, cfg.decision_gamma,
-                                          cfg.decision_warmup, cfg.decision_margin)
+                weight = decisions.decide(rule.decision, q, change_prior, static, level.decision_stats,
+                                          rule.decision_tolerance, rule.decision_gamma,
+                                          rule.decision_warmup, rule.decision_margin)
             weight = torch.where(first, torch.ones_like(weight), weight)
         e = candidate & (weight > 0.5)
         if level.decision_stats is not None and self.training:
-            decisions.update(level.decision_stats, q, static, candidate & ~first, e, cfg.decision_rate)
+            decisions.update(level.decision_stats, q, static, candidate & ~first, e, rule.decision_rate)
         boundary = candidate & ~e  # level K: the first static level
         anchor = None
         if fresh is not None and bool(boundary.any()):
             # K keeps its sample; its fresh posterior (no path to the frame) is pulled toward
             # the static prior by eq. 9's KL: invariance without a leak
-            static_kl = balanced_kl(fresh, static, cfg.kl_balance, cfg.static_prior_grad)
+            static_kl = balanced_kl(fresh, static, recipe.kl_balance, recipe.static_prior_grad)
             anchor = torch.where(boundary, static_kl, torch.zeros_like(static_kl))
         if level.factor_cell is not None:  # ticks where e^n was decided, restarts on a change
             h_next = torch.where(candidate.unsqueeze(1), h_next, h)
             h_next = torch.where(e.unsqueeze(1), torch.zeros_like(h_next), h_next)
         # eq. 8c: KL[q(e) ‖ p(e)]; for a one-hot q(e) it is −log p(e = the inferred value)
-        fkl = bernoulli_nll(logit, e.float()) if cfg.assignment == "hard" else kl_bernoulli(weight, logit)
+        fkl = bernoulli_nll(logit, e.float()) if rule.assignment == "hard" else kl_bernoulli(weight, logit)
         fkl = torch.where(candidate & ~first, fkl, torch.zeros_like(fkl))
         return e, weight, fkl, torch.sigmoid(logit.detach()), h_next, anchor
 
@@ -408,11 +408,11 @@ class Hierarchy(nn.Module):
         q(e = 0) (dynamic levels ≥ 2); KL[q ‖ change prior] alone on level 1 and under a
         schedule.
         """
-        cfg, level = self.cfg, self.levels[i]
-        kl = balanced_kl(q, level.predict(d, context), cfg.kl_balance)
-        if cfg.timescale == "dynamic" and i > 0:
+        recipe, level = self.cfg.loss, self.levels[i]
+        kl = balanced_kl(q, level.predict(d, context), recipe.kl_balance)
+        if self.cfg.inference.timescale == "dynamic" and i > 0:
             static = Gaussian(state.mean[i], state.std[i])
-            kl_static = balanced_kl(q, static, cfg.kl_balance, cfg.static_prior_grad)
+            kl_static = balanced_kl(q, static, recipe.kl_balance, recipe.static_prior_grad)
             kl = weight * kl + (1.0 - weight) * kl_static
         return kl
 
@@ -460,7 +460,7 @@ class Hierarchy(nn.Module):
         schedule, where it changes), d^n once owed transitions are paid, and the prior
         factor's state h^n.
         """
-        cfg, levels = self.cfg, list(self.levels)
+        timescale, levels = self.cfg.inference.timescale, list(self.levels)
         first = state.t == 0
         any_first = bool(first.any())
         d, factor = list(state.d), list(state.factor)
@@ -473,8 +473,8 @@ class Hierarchy(nn.Module):
                 rows.append(below)
                 read.append(below.mask)
                 continue
-            if cfg.timescale != "dynamic":
-                sel = below if cfg.timescale == "every_step" else Rows(
+            if timescale != "dynamic":
+                sel = below if timescale == "every_step" else Rows(
                     below.mask & self._clockwork(i, state.t), gather_below)
                 d[i] = self.pay_owed(i, state, d[i], sel.mask, action, gather_below)
                 read.append(sel.mask)

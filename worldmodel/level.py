@@ -52,7 +52,7 @@ class Level(nn.Module):
         self.factor_size = cfg.d_dim if recurrent else 0  # width of the factor's state h^n
         # running statistics of the decision rules `tolerant`/`relative` (worldmodel/decisions.py)
         self.decision_stats: Tensor | None
-        if index > 1 and cfg.decision in RUNNING_RULES:
+        if index > 1 and cfg.inference.decision in RUNNING_RULES:
             self.register_buffer("decision_stats", initial_stats(cfg.s_dim))
         else:
             self.decision_stats = None

@@ -320,17 +320,18 @@ class DLH(nn.Module):
             raise ValueError("continues given but the model has no continue head: build it with "
                              "DLHConfig(continue_head=True)")
         out = self._filter(frames, actions, is_first, None)[0]
-        terms = elbo_terms(frames, out.recon_mean, self.config.obs_std, out.kl, out.factor_kl)
+        recipe = self.config.loss
+        terms = elbo_terms(frames, out.recon_mean, recipe.obs_std, out.kl, out.factor_kl)
         kl = terms["kl"]
-        if self.config.free_nats > 0:  # free bits: no pressure below the floor (value kept for metrics)
-            kl = torch.clamp(kl, min=self.config.free_nats)
+        if recipe.free_nats > 0:  # free bits: no pressure below the floor (value kept for metrics)
+            kl = torch.clamp(kl, min=recipe.free_nats)
         loss = terms["recon"] + beta * (kl + terms["factor_kl"])
         extra: dict[str, Tensor] = {}
         if rewards is not None:
             extra["reward_nll"] = reward_nll(self.predict_reward(out.features), rewards)
         if continues is not None:
             extra["continue_nll"] = continue_nll(self.continue_head(out.features).squeeze(-1), continues)
-        scales = {"reward_nll": self.config.reward_scale, "continue_nll": self.config.continue_scale}
+        scales = {"reward_nll": recipe.reward_scale, "continue_nll": recipe.continue_scale}
         for key, value in extra.items():
             loss = loss + scales[key] * value
         total = loss.mean()

@@ -42,26 +42,30 @@ def rule_config(base, spec: str):
     """The model config of a rule spec (see the module docstring)."""
     name, _, value = spec.partition(":")
     x = float(value) if value else None
+
+    def rule(**changes):
+        return base.replace(inference=base.inference.replace(**changes))
+
     if name == "paper":
-        return base.replace(decision="kl", decision_margin=0.0)
+        return rule(decision="kl", decision_margin=0.0)
     if name == "margin":
-        return base.replace(decision="kl", decision_margin=x)
+        return rule(decision="kl", decision_margin=x)
     if name == "map":
-        return base.replace(decision="map", decision_margin=0.0)
+        return rule(decision="map", decision_margin=0.0)
     if name == "tolerant":
-        return base.replace(decision="tolerant", decision_tolerance=x, decision_margin=0.0, decision_warmup=0)
+        return rule(decision="tolerant", decision_tolerance=x, decision_margin=0.0, decision_warmup=0)
     if name == "relative":
-        return base.replace(decision="relative", decision_gamma=x, decision_margin=0.0, decision_warmup=0)
+        return rule(decision="relative", decision_gamma=x, decision_margin=0.0, decision_warmup=0)
     raise SystemExit(f"unknown rule {spec!r}; expected paper, margin:M, map, tolerant:C or relative:G")
 
 
 def calibrate(model, cfg, frames, chunk: int = 32) -> None:
-    """Fill the levels' running statistics of rule `cfg.decision` from `frames` (training mode,
+    """Fill the levels' running statistics of rule `cfg.inference.decision` from `frames` (training mode,
     eq. 4 deciding), starting from scratch."""
     hierarchy = model.hierarchy
     for level in list(hierarchy.levels)[1:]:
         level.decision_stats = initial_stats(cfg.s_dim)
-    hierarchy.cfg = cfg.replace(decision_warmup=10**9, decision_rate=0.05)
+    hierarchy.cfg = cfg.replace(inference=cfg.inference.replace(decision_warmup=10**9, decision_rate=0.05))
     model.train()
     try:
         with torch.no_grad():
@@ -120,7 +124,7 @@ def main() -> None:
         for level in list(model.hierarchy.levels)[1:]:
             level.decision_stats = None
         note = ""
-        if cfg.decision in RUNNING_RULES:
+        if cfg.inference.decision in RUNNING_RULES:
             calibrate(model, cfg, calib.frames)
             d = describe(model.hierarchy.levels[1].decision_stats)
             note = (f"  [level 2: median KL_static {d['kl_median']:.1f} nats, log std "

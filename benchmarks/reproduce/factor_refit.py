@@ -94,7 +94,7 @@ def main() -> None:
     started = time.perf_counter()
     r = resolve(args.checkpoint)
     model = r.model
-    if model.config.levels < 2 or model.config.timescale != "dynamic":
+    if model.config.levels < 2 or model.config.inference.timescale != "dynamic":
         raise SystemExit("needs a dynamic model with >= 2 levels")
     train_src = build_source(r.data, "train")
     test_src, _ = evaluation_source(r.data)

@@ -353,7 +353,7 @@ def hierarchy_report(
     device = model.device
     out = model.observe(frames.to(device), None if actions is None else actions.to(device),
                         None if is_first is None else is_first.to(device))
-    dynamic = model.config.timescale == "dynamic"
+    dynamic = model.config.inference.timescale == "dynamic"
     report = summarize(sequence_measures(out, truth_changes, change_prior=dynamic))
     report["steps"] = int(frames.shape[1])
     return report, out

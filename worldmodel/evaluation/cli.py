@@ -279,7 +279,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     source, split = evaluation_source(resolved.data)
     batch, truth_changes = eval_sequences(source, args.sequences, length, args.seed, "--length")
     model = resolved.model
-    dynamic = model.config.timescale == "dynamic"
+    dynamic = model.config.inference.timescale == "dynamic"
     measures: dict[str, list[torch.Tensor]] = {}
     changed_all: list[torch.Tensor] = []
     maps = []
@@ -326,7 +326,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         report["probes"] = {"sequences": args.probe_sequences, "length": args.probe_length, **probes}
     payload = {
         **_provenance(args, resolved, split, started),
-        "levels": model.config.levels, "timescale": model.config.timescale,
+        "levels": model.config.levels, "timescale": model.config.inference.timescale,
         "definitions": {
             "levels_used": "L̄ = (1/T) Σ_t Σ_n e^n_t per sequence, mean ± std over sequences (Table 2)",
             "kl_per_level": "mean over steps of each level's state KL (eq. 9; Table 5)",

@@ -1,6 +1,7 @@
 """Training: configs, the trainer, checkpoints, monitoring, DDP."""
 
-from .config import OptimConfig, TrainConfig, load_config
+from .config import LoggingConfig, OptimConfig, ProbeConfig, TrainConfig, load_config
 from .trainer import Trainer, TrainingDiverged, train
 
-__all__ = ["OptimConfig", "TrainConfig", "load_config", "train", "Trainer", "TrainingDiverged"]
+__all__ = ["OptimConfig", "LoggingConfig", "ProbeConfig", "TrainConfig", "load_config", "train", "Trainer",
+           "TrainingDiverged"]

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from ..arguments import check_int
-from ..config import DLHConfig, from_dict, is_finite_number, to_dict
+from ..config import DLHConfig, current_key, from_dict, is_finite_number, migrate, to_dict
 from ..data import DataConfig
 from ..files import one_line
 
@@ -88,6 +88,78 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    """What a run writes and how often: scalars, videos, checkpoints (`logging` in a config).
+
+    Attributes:
+        log_every: scalars to TensorBoard and metrics.jsonl every this many steps.
+        media_every: reconstruction and rollout videos every this many steps (0: only at the end).
+        checkpoint_every: checkpoint every this many steps (and always at the end).
+        keep_checkpoints: how many recent checkpoints to keep.
+        media_sequences: sequences shown in logged videos.
+        rollout_context, rollout_horizon: frames of context and of open-loop prediction in
+            the logged rollout videos (and in the tracking probe, `probes.track_every`).
+    """
+
+    log_every: int = 50
+    media_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    media_sequences: int = 4
+    rollout_context: int = 10
+    rollout_horizon: int = 40
+
+    def __post_init__(self) -> None:
+        for name in ("log_every", "checkpoint_every", "keep_checkpoints", "media_sequences",
+                     "rollout_context", "rollout_horizon"):
+            object.__setattr__(self, name, check_int(getattr(self, name), f"logging.{name}", 1))
+        object.__setattr__(self, "media_every", check_int(self.media_every, "logging.media_every", 0))
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """What a run measures while it trains, beyond the loss (`probes` in a config).
+
+    Attributes:
+        event_every: every this many steps (and at the end), score each level's change
+            flags against the data's known events (event precision/recall/F1 on
+            `event_sequences` held-out windows of `event_length` frames) — only for data that
+            supplies change flags, such as Moving Ball; 0 disables.
+        track_every: every this many steps (and at the end), the open-loop tracking scores
+            (`track/centroid_px_at{k}`, `track/colour_kept`, ...: best of `track_samples`
+            rollouts of `logging.rollout_horizon` frames from `logging.rollout_context` filtered
+            ones, on `track_sequences` fresh test windows) and the linear level probes
+            (`probe/level{n}_position_r2`, `probe/level{n}_colour_r2`) — only for data that can
+            read its objects off the frames, such as Moving Ball; 0 disables.
+        collapse_kl: after the β warm-up, warn of posterior collapse when every level's
+            state KL is below this (nats per step).
+        frozen_ratio: warn that a level's networks are frozen when its relative update
+            ‖Δθ‖/‖θ‖ is below this fraction of level 1's.
+    """
+
+    event_every: int = 500
+    event_sequences: int = 32
+    event_length: int = 100
+    track_every: int = 250
+    track_sequences: int = 16
+    track_samples: int = 4
+    collapse_kl: float = 2.0
+    frozen_ratio: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("event_every", "track_every"):
+            object.__setattr__(self, name, check_int(getattr(self, name), f"probes.{name}", 0))
+        for name in ("event_sequences", "event_length"):
+            object.__setattr__(self, name, check_int(getattr(self, name), f"probes.{name}", 2))
+        for name in ("track_sequences", "track_samples"):
+            object.__setattr__(self, name, check_int(getattr(self, name), f"probes.{name}", 1))
+        if not (is_finite_number(self.collapse_kl) and self.collapse_kl >= 0
+                and is_finite_number(self.frozen_ratio) and 0 <= self.frozen_ratio <= 1):
+            raise ValueError(f"probes.collapse_kl must be >= 0 and probes.frozen_ratio in [0, 1], got "
+                             f"{self.collapse_kl!r}, {self.frozen_ratio!r}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything one `dlh train` run needs.
 
@@ -103,28 +175,13 @@ class TrainConfig:
         threads: torch CPU threads. null: one per CPU that other processes leave free when
             the run starts (docs/results.md "Busy machine"); a warning names the remedy when
             the step time later jumps.
-        log_every: scalars to TensorBoard and metrics.jsonl every this many steps.
-        media_every: reconstruction and rollout videos every this many steps (0: only at the end).
-        checkpoint_every: checkpoint every this many steps (and always at the end).
-        keep_checkpoints: how many recent checkpoints to keep.
         max_bad_steps: consecutive non-finite losses after which the run stops.
-        rollout_context, rollout_horizon: frames of context and of open-loop prediction in
-            the logged rollout videos.
-        media_sequences: sequences shown in logged videos.
-        event_every: every this many steps (and at the end), score each level's change
-            flags against the data's known events (event precision/recall/F1 on
-            `event_sequences` held-out windows of `event_length` frames) — only for data that
-            supplies change flags, such as Moving Ball; 0 disables.
-        track_every: every this many steps (and at the end), the open-loop tracking scores
-            (`track/centroid_px_at{k}`, `track/colour_kept`, ...: best of `track_samples`
-            rollouts of `rollout_horizon` frames from `rollout_context` filtered ones, on
-            `track_sequences` fresh test windows) and the linear level probes
-            (`probe/level{n}_position_r2`, `probe/level{n}_colour_r2`) — only for data that can
-            read its objects off the frames, such as Moving Ball; 0 disables.
-        collapse_kl: after the β warm-up, warn of posterior collapse when every level's
-            state KL is below this (nats per step).
-        frozen_ratio: warn that a level's networks are frozen when its relative update
-            ‖Δθ‖/‖θ‖ is below this fraction of level 1's.
+        logging: scalars, videos and checkpoints (`LoggingConfig`).
+        probes: event scores, tracking, level probes and health warnings (`ProbeConfig`).
+
+    Configs of earlier versions kept the keys of `logging` and `probes` at the top level
+    (`log_every: 25`, `--set track_every=0`); they are read into their sections
+    (`worldmodel.config.MOVED_KEYS`).
     """
 
     model: DLHConfig = field(default_factory=lambda: DLHConfig(levels=2, image_size=32, channels=3))
@@ -136,45 +193,25 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     threads: int | None = None
-    log_every: int = 50
-    media_every: int = 1000
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
     max_bad_steps: int = 5
-    rollout_context: int = 10
-    rollout_horizon: int = 40
-    media_sequences: int = 4
-    event_every: int = 500
-    event_sequences: int = 32
-    event_length: int = 100
-    track_every: int = 250
-    track_sequences: int = 16
-    track_samples: int = 4
-    collapse_kl: float = 2.0
-    frozen_ratio: float = 0.05
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "max_bad_steps",
-                     "rollout_context", "rollout_horizon", "media_sequences"):
-            value = getattr(self, name)
-            object.__setattr__(self, name, check_int(value, name, 1))
-        for name in ("media_every", "event_every", "track_every", "seed"):
-            object.__setattr__(self, name, check_int(getattr(self, name), name, 0))
-        for name in ("event_sequences", "event_length"):
-            value = getattr(self, name)
-            object.__setattr__(self, name, check_int(value, name, 2))
-        for name in ("track_sequences", "track_samples"):
+        for name in ("steps", "max_bad_steps"):
             object.__setattr__(self, name, check_int(getattr(self, name), name, 1))
+        object.__setattr__(self, "seed", check_int(self.seed, "seed", 0))
+        for name, section in (("model", DLHConfig), ("data", DataConfig), ("optim", OptimConfig),
+                              ("logging", LoggingConfig), ("probes", ProbeConfig)):
+            if not isinstance(getattr(self, name), section):
+                raise ValueError(f"{name} must be a {section.__name__} (config_from_dict reads mappings), "
+                                 f"got {type(getattr(self, name)).__name__}")
         if not isinstance(self.out_dir, (str, os.PathLike)) or not str(self.out_dir).strip():
             raise ValueError(f"out_dir must name a folder (e.g. runs/my_run), got {self.out_dir!r}")
         object.__setattr__(self, "out_dir", os.fspath(self.out_dir))
         if self.threads is not None:
             threads = check_int(self.threads, "threads", 1, hint="or null: torch's default")
             object.__setattr__(self, "threads", threads)
-        if not (is_finite_number(self.collapse_kl) and self.collapse_kl >= 0
-                and is_finite_number(self.frozen_ratio) and 0 <= self.frozen_ratio <= 1):
-            raise ValueError(f"collapse_kl must be >= 0 and frozen_ratio in [0, 1], got "
-                             f"{self.collapse_kl!r}, {self.frozen_ratio!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
@@ -205,8 +242,12 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `section.key=value` strings to a config mapping (values parsed as YAML)."""
+def apply_overrides(tree: dict[str, Any], overrides: list[str], cls: type = TrainConfig) -> dict[str, Any]:
+    """Apply `section.key=value` strings to a config mapping for `cls` (values parsed as YAML).
+
+    A key of an earlier version names the setting where it lives now (`model.obs_std` sets
+    `model.loss.obs_std`, `log_every` sets `logging.log_every`: `current_key`).
+    """
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set expects section.key=value, got {item!r}")
@@ -218,7 +259,7 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
         except yaml.YAMLError as exc:
             raise ValueError(f"--set {item!r}: the value is not valid YAML ({yaml_problem(exc)}); "
                              "quote it if it is a string") from exc
-        _set_path(tree, key.strip(), value)
+        _set_path(tree, current_key(cls, key.strip()), value)
     return tree
 
 
@@ -251,7 +292,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ValueError(f"{path}: not valid YAML ({yaml_problem(exc)})") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
-        tree = loaded or {}
+        tree = migrate(TrainConfig, loaded or {}, "config")  # keys of earlier versions, before --set
     tree = apply_overrides(tree, overrides or [])
     return config_from_dict(tree)
 
@@ -262,13 +303,9 @@ def dump_config(cfg: TrainConfig) -> str:
 
 # ---------------------------------------------------------------------------- resume
 #: Settings a resumed run may change freely: how long to train, where and how often to log,
-#: checkpoint and probe, where to run. They do not touch the weights' trajectory.
-RESUME_FREE = (
-    "steps", "out_dir", "device", "threads", "log_every", "media_every", "checkpoint_every",
-    "keep_checkpoints", "max_bad_steps", "rollout_context", "rollout_horizon", "media_sequences",
-    "event_every", "event_sequences", "event_length", "track_every", "track_sequences",
-    "track_samples", "collapse_kl", "frozen_ratio",
-)
+#: checkpoint and probe, where to run. They do not touch the weights' trajectory. A section
+#: (`logging`, `probes`) stands for every key in it.
+RESUME_FREE = ("steps", "out_dir", "device", "threads", "max_bad_steps", "logging", "probes")
 #: Settings a resumed run changes only when asked by name (`--set key=value` on the CLI):
 #: the usual remedies after a divergence. Everything else — model.*, data.*, seed, optim.eps,
 #: optim.beta2, optim.beta_max, optim.beta_warmup, optim.lr_warmup — is fixed for a run.
@@ -287,6 +324,11 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _within(key: str, names: Collection[str]) -> bool:
+    """Whether dotted `key` is one of `names` or lies in a section named there."""
+    return any(key == name or key.startswith(name + ".") for name in names)
+
+
 def _show(value: Any) -> str:
     return "(unset)" if value is _UNSET else repr(value)
 
@@ -303,14 +345,19 @@ def resume_changes(
     ValueError naming each difference that is not: keys in `RESUME_FREE` may change, keys in
     `RESUME_ON_REQUEST` only when named in `requested` (a key or a section above it, as the
     CLI's `--set` items give them), every other key may not. `where` names the stored config
-    in the message.
+    in the message. Keys are compared in the current (nested) form: a stored config of an
+    earlier version, and keys of earlier versions in `requested`, are migrated first.
     """
     try:  # fill in settings an older version did not store, in the form to_dict gives
         old = to_dict(config_from_dict(dict(stored)))
     except ValueError as err:
         warnings.warn(f"--resume: the config stored in {where} does not load in this version "
                       f"({one_line(err)}); comparing it key by key as stored", RuntimeWarning, stacklevel=2)
-        old = dict(stored)
+        try:
+            old = migrate(TrainConfig, dict(stored), "config")
+        except ValueError:
+            old = dict(stored)
+    requested = [current_key(TrainConfig, key) for key in requested]
     old_flat, new_flat = _flatten(old), _flatten(cfg.to_dict())
     changes = {}
     for key in sorted(set(old_flat) | set(new_flat)):
@@ -319,10 +366,10 @@ def resume_changes(
             changes[key] = (a, b)
     fixed, unrequested = [], []
     for key, (a, b) in changes.items():
-        if key in RESUME_FREE:
+        if _within(key, RESUME_FREE):
             continue
         if key in RESUME_ON_REQUEST:
-            if not any(key == r or key.startswith(r + ".") for r in requested):
+            if not _within(key, requested):
                 unrequested.append(f"{key} {_show(a)} -> {_show(b)} (pass --set {key}={b} to change it)")
             continue
         fixed.append(f"{key} {_show(a)} -> {_show(b)}")
@@ -338,5 +385,6 @@ def resume_changes(
     return changes
 
 
-__all__ = ["OptimConfig", "TrainConfig", "load_config", "apply_overrides", "config_from_dict",
-           "dump_config", "dataclasses", "resume_changes", "RESUME_FREE", "RESUME_ON_REQUEST", "yaml_problem"]
+__all__ = ["OptimConfig", "LoggingConfig", "ProbeConfig", "TrainConfig", "load_config", "apply_overrides",
+           "config_from_dict", "dump_config", "dataclasses", "resume_changes", "RESUME_FREE",
+           "RESUME_ON_REQUEST", "yaml_problem"]

@@ -107,7 +107,7 @@ class HealthCheck:
                 f"{self.collapse_kl} nats/step after the β warm-up ({kl}); the reconstructions "
                 "ignore the latents. Keep optim.grad_clip below the gradient norm (grad_norm in the "
                 "logs: the clip normalises the huge early gradients, which shortens collapse), or "
-                "try a longer optim.beta_warmup or model.free_nats", stacklevel=2)
+                "try a longer optim.beta_warmup or model.loss.free_nats", stacklevel=2)
         elif not collapsed:
             self.warned.discard("collapse")
         for n in frozen:

@@ -123,16 +123,17 @@ def _media_batch(cfg: TrainConfig):
     except ValueError as err:
         print(f"media: no test split ({one_line(err)}); logged videos use training windows", flush=True)
         source = build_source(cfg.data, "train")
-    length = cfg.rollout_context + cfg.rollout_horizon
+    media = cfg.logging
+    length = media.rollout_context + media.rollout_horizon
     try:
-        return source.eval_batch(cfg.media_sequences, length, seed=cfg.seed), cfg.rollout_context
+        return source.eval_batch(media.media_sequences, length, seed=cfg.seed), media.rollout_context
     except ValueError:  # data with short videos (e.g. 20-frame Moving MNIST): use what fits
         length = cfg.data.seq_len
-        context = max(1, min(cfg.rollout_context, length // 2))
-        print(f"media: videos shorter than rollout_context + rollout_horizon = "
-              f"{cfg.rollout_context + cfg.rollout_horizon}; logged rollouts use {length} frames, "
+        context = max(1, min(media.rollout_context, length // 2))
+        print(f"media: videos shorter than logging.rollout_context + rollout_horizon = "
+              f"{media.rollout_context + media.rollout_horizon}; logged rollouts use {length} frames, "
               f"{context} of context", flush=True)
-        return source.eval_batch(cfg.media_sequences, length, seed=cfg.seed), context
+        return source.eval_batch(media.media_sequences, length, seed=cfg.seed), context
 
 
 class Trainer:
@@ -236,28 +237,31 @@ class Trainer:
         self.source = source if source is not None else build_source(cfg.data, "train")
         _check_action_size(self.source, cfg)
         self.monitor = Monitor(run_dir, enabled=runtime.is_main, purge_step=self.step if resume else None)
-        self.media_batch, self.media_context = None, cfg.rollout_context
+        self.media_batch, self.media_context = None, cfg.logging.rollout_context
         if runtime.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
             if media_batch is not None:
                 self.media_batch = media_batch
-                self.media_context = min(cfg.rollout_context, max(1, media_batch.frames.shape[1] // 2))
+                context = max(1, media_batch.frames.shape[1] // 2)
+                self.media_context = min(cfg.logging.rollout_context, context)
             else:
                 self.media_batch, self.media_context = _media_batch(cfg)
         self.progress = progress and runtime.is_main
         self.groups = ParameterGroups(model)
-        self.health = HealthCheck(cfg.model.levels, cfg.optim.beta_warmup, cfg.collapse_kl, cfg.frozen_ratio)
+        self.health = HealthCheck(cfg.model.levels, cfg.optim.beta_warmup, cfg.probes.collapse_kl,
+                                  cfg.probes.frozen_ratio)
         self.event_probe = None
-        if runtime.is_main and cfg.event_every and cfg.model.levels >= 2:
+        if runtime.is_main and cfg.probes.event_every and cfg.model.levels >= 2:
             try:
                 probe_source = build_source(cfg.data, "test")
             except ValueError as err:
                 print(f"event probe: no test split ({one_line(err)}); it reads training data", flush=True)
                 probe_source = self.source
-            self.event_probe = EventProbe.build(probe_source, cfg.event_sequences, cfg.event_length, cfg.seed)
+            self.event_probe = EventProbe.build(probe_source, cfg.probes.event_sequences,
+                                                cfg.probes.event_length, cfg.seed)
         self.track_source: SequenceSource | None = None
-        if runtime.is_main and cfg.track_every:
+        if runtime.is_main and cfg.probes.track_every:
             from ..evaluation.tracking import reads_objects  # evaluation imports training
 
             try:
@@ -370,7 +374,7 @@ class Trainer:
         bad = distributed.any_true(not math.isfinite(metrics["loss"]), runtime)
         grad_norm = float("nan")
         # per-network diagnostics are measured on the last step of each logging interval
-        log_step = (step + 1) % cfg.log_every == 0
+        log_step = (step + 1) % cfg.logging.log_every == 0
         group_norms: dict[str, float] = {}
         if not bad:
             loss.backward()
@@ -414,7 +418,7 @@ class Trainer:
             if self.progress:  # shown at the bar's next (rate-limited) refresh
                 bar.set_postfix(loss=f"{metrics['loss']:.1f}", L=f"{metrics['levels_used']:.2f}",
                                 beta=f"{metrics['beta']:.2f}", refresh=False)
-        if (done % cfg.log_every == 0 or done == end) and self.window:
+        if (done % cfg.logging.log_every == 0 or done == end) and self.window:
             elapsed = time.perf_counter() - self._interval_start
             self.last = {k: sum(v) / len(v) for k, v in self.window.items()}
             frames = cfg.data.batch_size * cfg.data.seq_len * self._interval_steps
@@ -427,17 +431,18 @@ class Trainer:
             self.monitor.scalars(done, self.last)
             self.window.clear()
             self._interval_start, self._interval_steps = time.perf_counter(), 0
-        if self.runtime.is_main and cfg.media_every and done % cfg.media_every == 0 and done != end:
+        every = cfg.logging
+        if self.runtime.is_main and every.media_every and done % every.media_every == 0 and done != end:
             self.media()
-        if self.event_probe is not None and (done % cfg.event_every == 0 or done == end):
+        if self.event_probe is not None and (done % cfg.probes.event_every == 0 or done == end):
             events = self.event_probe(self.model)
             self.last.update(events)
             self.monitor.scalars(done, events)
-        if self.track_source is not None and (done % cfg.track_every == 0 or done == end):
+        if self.track_source is not None and (done % cfg.probes.track_every == 0 or done == end):
             tracked = self.track()
             self.last.update(tracked)
             self.monitor.scalars(done, tracked)
-        if done % cfg.checkpoint_every == 0 or done == end or (self.checkpoint_due and metrics is not None):
+        if done % every.checkpoint_every == 0 or done == end or (self.checkpoint_due and metrics is not None):
             self.checkpoint()
 
     def train_steps(self, count: int) -> dict[str, float]:
@@ -483,7 +488,7 @@ class Trainer:
         if self.runtime.is_main:
             path = save_checkpoint(self.run_dir, self.step, self.model, self.optimizer,
                                    {"metrics": self.last, "config": self.cfg.to_dict()},
-                                   keep=self.cfg.keep_checkpoints)
+                                   keep=self.cfg.logging.keep_checkpoints)
         self.checkpoint_due = False
         distributed.barrier(self.runtime)
         return path
@@ -517,9 +522,10 @@ class Trainer:
         model.eval()
         try:
             scores = tracking_scores(
-                model, self.track_source, context=cfg.rollout_context, horizon=cfg.rollout_horizon,
-                samples=cfg.track_samples, sequences=cfg.track_sequences, seed=cfg.seed,
-                at=offsets_within(cfg.rollout_horizon)) or {}
+                model, self.track_source, context=cfg.logging.rollout_context,
+                horizon=cfg.logging.rollout_horizon,
+                samples=cfg.probes.track_samples, sequences=cfg.probes.track_sequences, seed=cfg.seed,
+                at=offsets_within(cfg.logging.rollout_horizon)) or {}
             probes = level_probes(model, self.track_source, seed=cfg.seed) or {}
         finally:
             model.train(was_training)

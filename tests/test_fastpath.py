@@ -93,3 +93,23 @@ def test_fused_rollout_keeps_following_an_optimiser_step():
     model.loss(random_frames(3, 3))[0].backward()
     optimizer.step()
     torch.testing.assert_close(rollout("fused"), rollout("eager"), rtol=1e-5, atol=1e-5)
+
+
+def test_a_rollout_checks_each_levels_weights_once(monkeypatch):
+    """`imagine` checks the regrouped weights' staleness at a level's first step only (the
+    check walks every parameter); the next rollout checks again, so an update between
+    rollouts is seen (test above)."""
+    import worldmodel.fastpath as fastpath
+
+    model = tiny_model(levels=3).eval()
+    calls = []
+    fresh = fastpath._Fused.fresh
+    monkeypatch.setattr(fastpath._Fused, "fresh",
+                        lambda self, level: calls.append(level) or fresh(self, level))
+    with torch.no_grad():
+        state = model.observe(random_frames(2, 3)).state
+        model.imagine(state, 4)  # builds the caches (no check on a build)
+        calls.clear()
+        model.imagine(state, 12)
+    assert calls, "no level was checked at all"
+    assert len(calls) == len(set(map(id, calls))) <= model.config.levels  # once per level

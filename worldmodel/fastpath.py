@@ -16,8 +16,10 @@ rounding (≈1e-7) and draw the same normal noise, so the random stream is consu
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -145,17 +147,40 @@ class _Fused:
 _FUSED: weakref.WeakKeyDictionary[Level, _Fused] = weakref.WeakKeyDictionary()
 
 
+# the levels whose regrouped weights were checked in the current rollout (per thread)
+_ROLLOUT = threading.local()
+
+
+@contextlib.contextmanager
+def one_rollout() -> Iterator[None]:
+    """Within one open-loop rollout the weights do not change: each level's regrouped weights
+    are checked for staleness once, at its first step, instead of at every step (the check
+    walks every parameter: ≈ 25 µs a step at batch 1, 8 % of a paper-sized imagined step)."""
+    outer = getattr(_ROLLOUT, "checked", None)
+    _ROLLOUT.checked = set()
+    try:
+        yield
+    finally:
+        _ROLLOUT.checked = outer
+
+
 def fused_weights(level: Level) -> tuple:
     """The regrouped weights of `fused_change_step` for `level`, rebuilt whenever stale.
 
     Stale means: a network of the level or one of its parameters was replaced, a parameter
     moved (`.to`, `p.data = ...`) or was updated in place (an optimiser step,
     `load_state_dict`: PyTorch's version counter). In-place edits through `p.data` bypass
-    that counter: call `clear_fused` after them.
+    that counter: call `clear_fused` after them. Inside `one_rollout` the check runs once per
+    level.
     """
     cached = _FUSED.get(level)
+    checked = getattr(_ROLLOUT, "checked", None)
+    if cached is not None and checked is not None and id(level) in checked:
+        return cached.weights
     if cached is None or not cached.fresh(level):
         cached = _FUSED[level] = _Fused(level)
+    if checked is not None:
+        checked.add(id(level))
     return cached.weights
 
 
@@ -219,4 +244,4 @@ def fused_change_step(d: Tensor, context: Tensor, noise: Tensor, weights: tuple,
 
 
 __all__ = ["Rows", "STEP_MODES", "change_step", "step_route", "compile_route", "fused_change_step",
-           "fused_weights", "clear_fused"]
+           "fused_weights", "clear_fused", "one_rollout"]

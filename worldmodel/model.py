@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from . import validation as check
 from .arguments import check_int
 from .config import DLHConfig, model_file_metadata
+from .fastpath import one_rollout
 from .files import atomic_write
 from .hierarchy import Hierarchy
 from .losses import continue_nll, elbo_terms, reward_nll
@@ -220,18 +221,19 @@ class DLH(nn.Module):
         elif self.config.action_dim == 0:
             raise ValueError("actions: this model takes no actions (action_dim=0), got a policy")
         states, changed, used = [], [], []
-        for k in range(horizon):
-            if policy is not None:
-                action = check.check_actions(
-                    policy(state), self.config, (batch,), "policy(state)", **self._inputs()
-                )
-            else:
-                action = actions[:, k] if actions is not None else None
-            state, e = self.hierarchy.imagine_step(state, action, sample_e, gather_below)
-            states.append(state)
-            changed.append(e)
-            if action is not None:
-                used.append(action)
+        with one_rollout():  # the fused step's weights are checked once, not every step
+            for k in range(horizon):
+                if policy is not None:
+                    action = check.check_actions(
+                        policy(state), self.config, (batch,), "policy(state)", **self._inputs()
+                    )
+                else:
+                    action = actions[:, k] if actions is not None else None
+                state, e = self.hierarchy.imagine_step(state, action, sample_e, gather_below)
+                states.append(state)
+                changed.append(e)
+                if action is not None:
+                    used.append(action)
         return Trajectory(
             states=states,
             changed=torch.stack([torch.stack(e, 1) for e in changed], 1),  # (B, horizon, N)

@@ -220,7 +220,7 @@ def trainer_overhead(args: argparse.Namespace) -> dict[str, float]:
                 bare_s += time.perf_counter() - start
                 del model, optimizer
                 start = time.perf_counter()
-                trainer.train_steps(count)
+                trainer.train_steps(count, run_end=cfg.steps)
                 trainer_s += time.perf_counter() - start
             start = time.perf_counter()
             trainer.finish()

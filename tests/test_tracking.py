@@ -339,3 +339,26 @@ def test_a_short_quick_start_run_learns_to_track_the_ball(tmp_path):
     scores = tracking_scores(load(out / "model.safetensors"), build_source(cfg.data, "test"))
     assert scores["visible"] > 0.45, scores
     assert scores["centroid_px_at1"] < bound_at1, scores
+
+
+def test_a_run_driven_in_blocks_does_its_end_work_once(tmp_path):
+    """`train_steps(k)` does the work due at the end (tracking, event probe, checkpoint) when the
+    call ends — the agent loop's rounds — unless `run_end` names the run's last step (the
+    trainer-overhead benchmark drives one run in blocks)."""
+    import json
+
+    from tests.test_training import TINY
+    from worldmodel.training import Trainer, load_config
+
+    def tracked_steps(out, run_end):
+        cfg = load_config(None, [*TINY, f"out_dir={out}", "steps=6", "log_every=6", "media_every=0",
+                                 "event_every=0", "track_every=100", "track_sequences=2",
+                                 "track_samples=1", "checkpoint_every=100"])
+        trainer = Trainer(cfg, progress=False)
+        for _ in range(3):
+            trainer.train_steps(2, run_end=run_end)
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return sorted(r["step"] for r in rows if "track/centroid_px_at1" in r)
+
+    assert tracked_steps(tmp_path / "rounds", None) == [2, 4, 6]
+    assert tracked_steps(tmp_path / "one_run", 6) == [6]

@@ -445,16 +445,23 @@ class Trainer:
         if done % every.checkpoint_every == 0 or done == end or (self.checkpoint_due and metrics is not None):
             self.checkpoint()
 
-    def train_steps(self, count: int) -> dict[str, float]:
-        """Run `count` optimiser steps (with logging and checkpoints); returns the last metrics."""
+    def train_steps(self, count: int, run_end: int | None = None) -> dict[str, float]:
+        """Run `count` optimiser steps (with logging and checkpoints); returns the last metrics.
+
+        The work due "at the end" (last scalars, event probe, tracking, checkpoint) runs at the
+        end of this call — what the agent loop wants after each round — or, with `run_end`,
+        only when that step is reached (a run driven in blocks, as `benchmarks/train_speed.py
+        --trainer-overhead` does, then does the work of one run).
+        """
         if self.finished:
             raise ValueError(f"{self.run_dir} already finished at step {self.step}; "
                              "raise steps to train on")
-        end = self.step + count
+        stop = self.step + count
+        end = stop if run_end is None else run_end
         bar = tqdm(total=end, initial=self.step, disable=not self.progress, dynamic_ncols=True,
                    mininterval=1.0, desc=f"train ({self.run_mode})")
         try:
-            while self.step < end:
+            while self.step < stop:
                 started = time.perf_counter()
                 metrics = self.train_step()
                 self._step_seconds += time.perf_counter() - started

@@ -73,24 +73,28 @@ def tolerant_static(static: Gaussian, stats: Tensor, tolerance: float) -> Gaussi
 def decide(
     rule: str, q: Gaussian, change_prior: Gaussian, static: Gaussian, stats: Tensor,
     tolerance: float, gamma: float, warmup: int, margin: float = 0.0,
-) -> Tensor:
-    """The hard e^n (as 0./1. float) of a running rule; eq. 4 during the warm-up. (B,) float."""
+) -> tuple[Tensor, Tensor]:
+    """The hard e^n (as 0./1. float) of a running rule, eq. 4 during the warm-up, and
+    KL[q' ‖ static prior] (for `update`): (B,), (B,)."""
     kl_change, kl_static = kl_gaussian(q, change_prior), kl_gaussian(q, static)
     if not warm(stats, warmup):
-        return (kl_static - kl_change - margin > 0).float()
+        return (kl_static - kl_change - margin > 0).float(), kl_static
     if rule == "tolerant":
         wide = kl_gaussian(q, tolerant_static(static, stats, tolerance))
-        return (wide - kl_change - margin > 0).float()
+        return (wide - kl_change - margin > 0).float(), kl_static
     if rule == "relative":
-        return ((kl_static - kl_change - margin > 0) & (surprise(kl_static, stats) > gamma)).float()
+        e = (kl_static - kl_change - margin > 0) & (surprise(kl_static, stats) > gamma)
+        return e.float(), kl_static
     raise ValueError(f"decide: unknown running rule {rule!r}; expected one of {RUNNING_RULES}")
 
 
 @torch.no_grad()
-def update(stats: Tensor, q: Gaussian, static: Gaussian, rows: Tensor, changed: Tensor, rate: float) -> None:
+def update(stats: Tensor, q: Gaussian, static: Gaussian, kl_static: Tensor, rows: Tensor,
+           changed: Tensor, rate: float) -> None:
     """Fold one filtering step into a level's statistics, in place.
 
-    rows: (B,) bool, where e^n was decided; changed: (B,) bool, the decision. The log static
+    kl_static: (B,) KL[q' ‖ static prior], as `decide` returned it; rows: (B,) bool, where
+    e^n was decided; changed: (B,) bool, the decision. The log static
     KL of every decided row enters the mean and variance, each deviation clipped at 3 running
     standard deviations (true changes are rare outliers that would otherwise set the scale);
     the drift of q' enters the drift scale only on rows decided static (the drift a static
@@ -98,8 +102,7 @@ def update(stats: Tensor, q: Gaussian, static: Gaussian, rows: Tensor, changed: 
     """
     if not bool(rows.any()):
         return
-    kl_static = kl_gaussian(q, static)[rows]
-    log_kl = torch.log(kl_static.float().clamp_min(_LOG_FLOOR))
+    log_kl = torch.log(kl_static[rows].float().clamp_min(_LOG_FLOOR))
     first = float(stats[0]) == 0
     mean, var = stats[1], stats[2]
     if first:

@@ -377,13 +377,14 @@ class Hierarchy(nn.Module):
                 weight = change_posterior(q, change_prior, static, logit, rule.assignment,
                                           rule.decision, rule.decision_margin)
             else:  # a rule that reads the level's running statistics (decisions.py)
-                weight = decisions.decide(rule.decision, q, change_prior, static, level.decision_stats,
-                                          rule.decision_tolerance, rule.decision_gamma,
-                                          rule.decision_warmup, rule.decision_margin)
+                weight, kl_static = decisions.decide(
+                    rule.decision, q, change_prior, static, level.decision_stats, rule.decision_tolerance,
+                    rule.decision_gamma, rule.decision_warmup, rule.decision_margin)
             weight = torch.where(first, torch.ones_like(weight), weight)
         e = candidate & (weight > 0.5)
         if level.decision_stats is not None and self.training:
-            decisions.update(level.decision_stats, q, static, candidate & ~first, e, rule.decision_rate)
+            decisions.update(level.decision_stats, q, static, kl_static, candidate & ~first, e,
+                             rule.decision_rate)
         boundary = candidate & ~e  # level K: the first static level
         anchor = None
         if fresh is not None and bool(boundary.any()):

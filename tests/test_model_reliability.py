@@ -405,3 +405,39 @@ def test_numpy_integers_are_accepted_wherever_ints_are_taken():
         model.imagine(state, True)
     with pytest.raises(ValueError, match="horizon: expected a positive int"):
         model.imagine(state, np.float64(3))
+
+
+# ---------------------------------------------------------------------------- issue 27
+def _full_disk(*args, **kwargs):
+    from safetensors import SafetensorError
+
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def test_save_onto_a_full_disk_is_an_os_error_naming_the_file_and_loses_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import worldmodel.model
+
+    model = tiny_model(levels=2)
+    path = tmp_path / "model.safetensors"
+    model.save(path)
+    before = path.read_bytes()
+    monkeypatch.setattr(worldmodel.model, "save_file", _full_disk)
+    with pytest.raises(OSError, match=r"No space left on device") as caught:
+        model.save(path)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_a_saved_model_file_follows_the_umask(tmp_path, umask, mode):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        tiny_model(levels=2).save(tmp_path / "model.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "model.safetensors").stat().st_mode) == mode

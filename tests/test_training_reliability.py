@@ -391,3 +391,44 @@ def test_more_threads_than_cpus_are_lowered_with_a_warning(monkeypatch):
             assert threads.configure_threads(1000) == (2, "threads=1000 lowered to the 2 CPU(s) available")
     finally:
         torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------- issue 27
+def _torch_save_on_a_full_disk(obj, file, *args, **kwargs):
+    try:  # as torch's zip writer does: the file's OSError becomes the context of its RuntimeError
+        raise OSError(28, "No space left on device")
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 242432 vs 242324") from None
+
+
+def test_a_full_disk_while_writing_optimizer_pt_names_the_file_and_keeps_the_old_checkpoint(
+        four_steps, tmp_path, monkeypatch, capsys):
+    import worldmodel.training.checkpoints as checkpoints
+
+    run = _copy(four_steps, tmp_path)
+    monkeypatch.setattr(checkpoints.torch, "save", _torch_save_on_a_full_disk)
+    assert main([*_args(run, *QUIET, "steps=6", "checkpoint_every=2"), "--resume"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "step_00000006/optimizer.pt: No space left on device" in err
+    assert latest_checkpoint(run).name == "step_00000004"
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_a_writer_error_on_a_folder_without_free_space_is_a_full_disk(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from worldmodel.files import atomic_write
+
+    def fail(tmp):
+        raise RuntimeError("write failed")
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100, 100, 0))
+    with pytest.raises(OSError) as caught:
+        atomic_write(tmp_path / "x.bin", fail)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / "x.bin")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="write failed"):  # with space left: the writer's own error
+        atomic_write(tmp_path / "x.bin", fail)

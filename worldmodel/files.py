@@ -42,6 +42,52 @@ def naming(path: str | os.PathLike[str], *unhelpful: str) -> Iterator[None]:
         raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path)) from exc
 
 
+_OS_ERROR_NUMBER = re.compile(r"os error (\d+)")
+
+
+def as_os_error(exc: BaseException, path: str | os.PathLike[str]) -> OSError | None:
+    """The OSError (naming `path`) behind a writer's error of another type, or None.
+
+    Writers report a failed write in their own ways: safetensors raises `SafetensorError(...
+    No space left on device (os error 28))`, torch's zip writer a RuntimeError ("unexpected
+    pos ...") whose context is the OSError of the file object it wrote to, or nothing of the
+    cause at all. Found in that order: an OSError in the chain of causes, an "os error N" in
+    the message, or a folder without a byte free (a full disk).
+    """
+    seen: BaseException | None = exc
+    for _ in range(16):  # a chain of causes and contexts, bounded
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return OSError(seen.errno, seen.strerror or os.strerror(seen.errno), os.fspath(path))
+        seen = seen.__cause__ or seen.__context__
+    found = _OS_ERROR_NUMBER.search(str(exc)[:2000])
+    if found:
+        number = int(found.group(1))
+        return OSError(number, os.strerror(number), os.fspath(path))
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        return None
+    if free == 0:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
+    return None
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Re-raise a writer's error that hides an OSError (a full disk) as that OSError naming `path`."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as exc:
+        mapped = as_os_error(exc, path)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
 def current_umask() -> int:
     """The process's umask, read without changing it where Linux shows it (/proc/self/status)."""
     try:
@@ -68,10 +114,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
         # keep the extension: writers that pick a format from it (OpenCV, Pillow) need it
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide the file from the group
+    mode = 0o666 & ~current_umask()
+    os.chmod(tmp, mode)  # mkstemp's 0600 would hide the file from the group
     try:
-        with naming(path, tmp):
+        with naming(path, tmp), disk_errors(path):
             write(tmp)
+            # again: a writer that replaces the file (safetensors' save_file) makes a new 0600 one
+            os.chmod(tmp, mode)
             os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -227,5 +276,5 @@ class FolderLock:
         self.release()
 
 
-__all__ = ["one_line", "atomic_write", "atomic_write_text", "atomic_directory", "naming", "is_temporary",
+__all__ = ["one_line", "atomic_write", "as_os_error", "disk_errors", "atomic_write_text", "atomic_directory", "naming", "is_temporary",
            "remove_stale_temporaries", "current_umask", "FolderLock", "FolderInUse", "check_output_folder"]

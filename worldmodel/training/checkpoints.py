@@ -32,7 +32,7 @@ import torch
 from ..arguments import is_int
 from ..checkpoint import read_model_file
 from ..config import DLHConfig
-from ..files import atomic_directory, atomic_write_text, naming, one_line
+from ..files import as_os_error, atomic_directory, atomic_write_text, naming, one_line
 
 LATEST = "latest"
 STEP_NAME = re.compile(r"step_(\d+)")  # a checkpoint folder's name: its step, zero-padded
@@ -75,12 +75,17 @@ def save_checkpoint(
     name = f"step_{step:08d}"
 
     def fill(tmp: Path) -> None:
-        model.save(tmp / "model.safetensors")  # type: ignore[operator]
+        with naming(root / name / "model.safetensors", str(tmp / "model.safetensors")):
+            model.save(tmp / "model.safetensors")  # type: ignore[operator]
         target = root / name / "optimizer.pt"
         with naming(target, str(tmp / "optimizer.pt")):
-            try:
-                torch.save({"optimizer": optimizer.state_dict()}, tmp / "optimizer.pt")
-            except RuntimeError as exc:  # torch's zip writer reports a failed write (full disk) so
+            try:  # through a Python file, so that a failed write's OSError (ENOSPC) is the context
+                with open(tmp / "optimizer.pt", "wb") as file:
+                    torch.save({"optimizer": optimizer.state_dict()}, file)
+            except RuntimeError as exc:  # torch's zip writer reports a failed write as "unexpected pos"
+                mapped = as_os_error(exc, target)
+                if mapped is not None:
+                    raise mapped from exc
                 raise OSError(errno.EIO, f"write failed ({one_line(exc)})", str(target)) from exc
         with naming(root / name / "trainer.json", str(tmp / "trainer.json")):
             (tmp / "trainer.json").write_text(json.dumps({"step": step, **info}, indent=1))

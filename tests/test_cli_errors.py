@@ -163,3 +163,87 @@ def test_training_with_media_prints_no_sdl_noise_on_a_headless_machine(tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "XDG_RUNTIME_DIR" not in done.stderr and "ALSA" not in done.stderr, done.stderr[-2000:]
     assert list((tmp_path / "run").rglob("events.out.tfevents.*")), "no TensorBoard log written"
+
+
+# ---------------------------------------------------------------------------- issue 27
+def _alias_bomb(depth: int = 9) -> str:
+    """data.options.lam as a chain of aliases: 9**depth numbers from a few hundred bytes."""
+    layers = ["&a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    layers += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, depth)]
+    return "data:\n  name: moving_ball\n  options:\n    lam: [" + ", ".join(layers) + "]\n"
+
+
+def test_yaml_aliases_are_refused_by_every_config_reader(tmp_path, capsys):
+    import time
+
+    from conftest import tiny_model
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_alias_bomb())
+    start = time.perf_counter()
+    assert main(["train", "--config", str(bomb), "--set", f"out_dir={tmp_path / 'run'}"]) == 2
+    line = _error_line(capsys)
+    assert str(bomb) in line and "aliases are not accepted" in line and "line 4" in line
+    assert time.perf_counter() - start < 5 and len(line) < 400
+    assert main(_args(tmp_path / "run", *QUIET, "steps=[&a [1, 2], *a]")) == 2
+    assert "--set 'steps=[&a [1, 2], *a]'" in (line := _error_line(capsys)) and "aliases" in line
+    run = tmp_path / "stored"  # a run folder whose stored config.yaml was replaced
+    run.mkdir()
+    tiny_model().save(run / "model.safetensors")
+    (run / "config.yaml").write_text(_alias_bomb())
+    for config in ([], ["--config", str(bomb)]):
+        assert main(["eval", "--checkpoint", str(run), *config, "--device", "cpu",
+                     "--context", "2", "--horizon", "2", "--out", str(tmp_path / "eval")]) == 2
+        line = _error_line(capsys)
+        assert "aliases are not accepted" in line and str(bomb if config else run / "config.yaml") in line
+
+
+def test_a_duplicate_yaml_key_is_an_error_naming_it_and_both_lines(tmp_path, capsys):
+    config = tmp_path / "twice.yaml"
+    config.write_text("steps: 3\nseed: 1\nsteps: 5\n")
+    assert main(["train", "--config", str(config), "--set", f"out_dir={tmp_path / 'run'}"]) == 2
+    line = _error_line(capsys)
+    assert str(config) in line and "duplicate key 'steps' (first at line 1" in line and "line 3" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_huge_number_in_a_config_is_one_line_naming_the_item(tmp_path, capsys):
+    assert main(_args(tmp_path / "run", *QUIET, "steps=" + "9" * 5000)) == 2
+    line = _error_line(capsys)
+    assert line.startswith("dlh train: error: --set 'steps=999") and len(line) < 600
+
+
+def test_a_huge_value_in_an_error_message_is_cut_short():
+    from worldmodel.arguments import brief
+    from worldmodel.data.moving_ball import MovingBallOptions
+    from worldmodel.data.options import parse_options
+
+    with pytest.raises(ValueError, match=r"data\.options\.lam must be a number, got \[\[1, 1, .*\.\.\.") as err:
+        parse_options(MovingBallOptions, {"lam": [[1] * 10**5] * 10**3}, "moving_ball")
+    assert len(str(err.value)) < 300
+    assert brief(10**100_000) == "an int of about 100000 digits"
+
+
+def test_an_allocator_failure_is_the_one_line_out_of_memory_message(tmp_path, capsys, monkeypatch):
+    import worldmodel.training as training
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 40000000000000 bytes. Error code 12 (Cannot "
+                           "allocate memory)\nframe #0: c10::Error")
+
+    monkeypatch.setattr(training, "train", no_memory)
+    assert main(_args(tmp_path / "run", *QUIET)) == 1
+    line = _error_line(capsys)
+    assert "out of memory" in line and "40000000000000 bytes" in line and "frame #0" not in line
+
+
+def test_the_memory_check_sees_the_process_limit_not_only_the_machine():
+    import subprocess
+    import sys
+
+    code = ("import resource, torch\nfrom worldmodel.validation import available_memory\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))\n"
+            "print(available_memory(torch.device('cpu')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert int(out) < 4 * 2**30

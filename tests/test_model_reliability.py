@@ -441,3 +441,42 @@ def test_a_saved_model_file_follows_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "model.safetensors").stat().st_mode) == mode
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c: "[" * 200_000 + "]" * 200_000, "nested too deeply"),
+    (lambda c: json.dumps({**c, "loss": "DEEP"}).replace('"DEEP"', '{"a": ' * 50_000 + "1" + "}" * 50_000),
+     "nested too deeply"),
+    (lambda c: json.dumps({**c, "conv_depth": 10**12}), "cannot be built"),
+    (lambda c: json.dumps({**c, "image_size": 16 * 2**40}), "cannot be built"),
+])
+def test_a_tampered_stored_config_is_a_value_error_naming_the_file(tmp_path, change, match):
+    tensors, metadata = tiny_weights()
+    config = change(json.loads(metadata["config"]))
+    path = write_model_file(tmp_path / "tampered.safetensors", tensors, {**metadata, "config": config})
+    with pytest.raises(ValueError, match=rf"tampered\.safetensors: .*{match}") as err:
+        load(path)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 400
+
+
+@pytest.mark.parametrize("sizes", [{"x_dim": 10**9}, {"image_size": 2**20}, {"levels": 10**6}, {"conv_depth": 10**7}])
+def test_a_model_too_large_for_memory_is_refused_with_its_size_before_building(sizes):
+    import time
+
+    from worldmodel.config import DLHConfig
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"DLH: this config has at least [\d,]+ weights, .* GiB, more than "
+                                         r"the .* GiB free on cpu: lower its sizes"):
+        DLH(DLHConfig(**sizes))
+    assert time.perf_counter() - start < 2
+
+
+@pytest.mark.parametrize("overrides", [{}, {"action_dim": 3, "action_levels": [1, 2]},
+                                       {"prior_factor": "recurrent", "conv_norm": "layer", "reward_head": True}])
+def test_the_parameter_estimate_is_a_lower_bound_of_the_real_count(overrides):
+    from worldmodel.validation import parameter_count
+
+    model = tiny_model(levels=2, **overrides)
+    real = sum(p.numel() for p in model.parameters())
+    assert 0.8 * real <= parameter_count(model.config) <= real

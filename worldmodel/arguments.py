@@ -8,12 +8,31 @@ It imports nothing of the package, so every module can use it without an import 
 from __future__ import annotations
 
 import numbers
+import reprlib
 from typing import Any
 
 
 def is_int(value: Any) -> bool:
     """An integer value: a Python int or a NumPy integer scalar, never a bool (nor np.bool_)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother, _BRIEF.maxlong = 3, 80, 80, 40
+_BRIEF.maxlist = _BRIEF.maxtuple = _BRIEF.maxdict = _BRIEF.maxset = 8
+BRIEF_LIMIT = 200  # characters of a value an error message shows at most
+
+
+def brief(value: Any) -> str:
+    """`repr(value)` cut short for an error message: at most `BRIEF_LIMIT` characters, and never
+    expanding a huge value first (a nested list of millions of items, an int of a million digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4000:
+        return f"an int of about {int(value.bit_length() * 0.30103)} digits"
+    try:
+        text = _BRIEF.repr(value)
+    except Exception:  # a repr that fails: say what it is
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= BRIEF_LIMIT else text[:BRIEF_LIMIT - 3] + "..."
 
 
 def int_bounds(minimum: int | None = None, maximum: int | None = None) -> str:
@@ -42,8 +61,8 @@ def check_int(value: Any, name: str, minimum: int | None = None, maximum: int | 
     if not is_int(value) or (minimum is not None and value < minimum) \
             or (maximum is not None and value > maximum):
         extra = f" ({hint})" if hint else ""
-        raise ValueError(f"{name}: expected {int_bounds(minimum, maximum)}{extra}, got {value!r}")
+        raise ValueError(f"{name}: expected {int_bounds(minimum, maximum)}{extra}, got {brief(value)}")
     return int(value)
 
 
-__all__ = ["check_int", "int_bounds", "is_int"]
+__all__ = ["check_int", "int_bounds", "is_int", "brief"]

@@ -63,7 +63,12 @@ def _check_layout(path: Path, config: DLHConfig, stored: dict[str, tuple[tuple[i
             f"{path}: the stored config describes {layers} levels or layers but the file holds "
             f"only {len(stored)} tensors: the config does not match the weights"
         )
-    expected = expected_shapes(config)
+    try:  # on the meta device; sizes past torch's integers fail while the layers are made
+        expected = expected_shapes(config)
+    except (RuntimeError, TypeError, OverflowError, ValueError, RecursionError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: the stored config describes a model that cannot be built "
+                         f"({first[:200]}): the config does not match the weights") from None
     missing = [name for name in expected if name not in stored]
     unexpected = [name for name in stored if name not in expected]
     shapes = [

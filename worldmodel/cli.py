@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _allocator_failed(exc: Exception) -> bool:
+    """torch's CPU allocator reports a failed allocation as a RuntimeError (CUDA's has a type)."""
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)[:500]
+
+
 def _known_error(exc: Exception) -> tuple[int, str] | None:
     """(exit status, message) for an error the user can act on; None for a bug (traceback).
 
@@ -107,8 +112,8 @@ def _known_error(exc: Exception) -> tuple[int, str] | None:
         if exc.filename2 is not None:
             where += f" -> {os.fsdecode(exc.filename2)}"
         return (2 if isinstance(exc, FileNotFoundError) else 1), f"{where}: {exc.strerror or exc}"
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch.cuda's
-        detail = f" ({one_line(str(exc))[:200]})" if str(exc) else ""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or _allocator_failed(exc):
+        detail = f" ({one_line(str(exc).splitlines()[0])[:200]})" if str(exc) else ""
         return 1, f"out of memory{detail}: lower data.batch_size or data.seq_len, or the model's sizes"
     return None
 

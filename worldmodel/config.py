@@ -25,7 +25,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .arguments import check_int, is_int
+from .arguments import brief, check_int, is_int
 
 T = TypeVar("T")
 
@@ -66,16 +66,16 @@ def _check_number(
     what = " and ".join(b for b in bounds if b) + (" or null" if or_null else "")
     ok = is_finite_number(value) and (above is None or value > above)
     if not ok or (at_least is not None and value < at_least) or (at_most is not None and value > at_most):
-        raise ValueError(f"DLHConfig.{name} must be a finite number {what}, got {value!r}")
+        raise ValueError(f"DLHConfig.{name} must be a finite number {what}, got {brief(value)}")
 
 
 def _check_ints(name: str, value: Any, maximum: int | None = None) -> tuple[int, ...]:
     """A DLHConfig list field as a tuple: ints (not bools) in 1..maximum, else a ValueError."""
     what = f"1-based levels in 1..{maximum}" if maximum is not None else "positive ints"
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-        raise ValueError(f"DLHConfig.{name} must be a list of {what}, got {value!r}")
+        raise ValueError(f"DLHConfig.{name} must be a list of {what}, got {brief(value)}")
     if not all(is_int(v) and v >= 1 and (maximum is None or v <= maximum) for v in value):
-        raise ValueError(f"DLHConfig.{name} must be a list of {what}, got {value!r}")
+        raise ValueError(f"DLHConfig.{name} must be a list of {what}, got {brief(value)}")
     return tuple(int(v) for v in value)
 
 
@@ -392,10 +392,10 @@ def migrate(cls: type, data: dict[str, Any], where: str | None = None) -> dict[s
         if node is None:
             node = {}
         if not isinstance(node, dict):
-            raise ValueError(f"{where}.{section}: expected a mapping, got {node!r}")
+            raise ValueError(f"{where}.{section}: expected a mapping, got {brief(node)}")
         if key in node and node[key] != value:
-            raise ValueError(f"{where}: {old} (the old name of {new}) is {value!r} but {new} is "
-                             f"{node[key]!r}; give {new} only")
+            raise ValueError(f"{where}: {old} (the old name of {new}) is {brief(value)} but {new} is "
+                             f"{brief(node[key])}; give {new} only")
         data[section] = {**node, key: value}
     for name, section_cls in _sections(cls).items():
         if isinstance(data.get(name), dict):
@@ -450,7 +450,9 @@ def config_from_metadata(metadata: dict[str, str], where: str) -> DLHConfig:
     try:
         data = json.loads(metadata["config"])
     except ValueError as exc:
-        raise ValueError(f"{where}: the stored config is not valid JSON ({exc})") from exc
+        raise ValueError(f"{where}: the stored config is not valid JSON ({exc})") from None
+    except RecursionError:  # a value nested thousands deep
+        raise ValueError(f"{where}: the stored config is nested too deeply to read") from None
     if not isinstance(data, dict):
         raise ValueError(f"{where}: the stored config must be a JSON object, got {type(data).__name__}")
     try:
@@ -459,6 +461,8 @@ def config_from_metadata(metadata: dict[str, str], where: str) -> DLHConfig:
         return from_dict(DLHConfig, data)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{where}: the stored config is invalid: {exc}") from exc
+    except RecursionError:
+        raise ValueError(f"{where}: the stored config is nested too deeply to read") from None
 
 
 def to_dict(obj: Any) -> Any:
@@ -486,12 +490,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return _coerce(value, others[0], where) if len(others) == 1 else value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise ValueError(f"{where}: expected a list, got {brief(value)}")
         item = args[0] if args else Any
         return tuple(_coerce(v, item, where) for v in value)
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+            raise ValueError(f"{where}: expected a mapping, got {brief(value)}")
         return dict(value)
     if annotation is float and is_int(value):
         return float(value)
@@ -504,7 +508,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return int(value)
     if annotation in (int, float, str, bool):
         if annotation is int or not isinstance(value, annotation):
-            raise ValueError(f"{where}: expected {annotation.__name__}, got {value!r}")
+            raise ValueError(f"{where}: expected {annotation.__name__}, got {brief(value)}")
     return value
 
 

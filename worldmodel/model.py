@@ -42,6 +42,9 @@ class DLH(nn.Module):
             config = DLHConfig()
         if not isinstance(config, DLHConfig):
             raise ValueError(f"DLH expects a DLHConfig, got {type(config).__name__}")
+        device = torch.get_default_device()
+        if device.type != "meta":  # a huge config: one line with the number, not an allocator traceback
+            check.check_model_memory(config, device, torch.get_default_dtype())
         self.config = cfg = config
         towers = {"norm": cfg.conv_norm, "act": cfg.conv_act}
         self.encoder = ConvEncoder(cfg.channels, cfg.image_size, cfg.conv_depth, cfg.x_dim, **towers)

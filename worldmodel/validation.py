@@ -269,11 +269,8 @@ def check_state(
     return _converted_state(state, dtype, name)
 
 
-def available_memory(device: torch.device) -> int | None:
-    """Bytes that can still be allocated on `device` (free accelerator memory, or the host's
-    MemAvailable), None when unknown."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+def _host_free() -> int | None:
+    """The host's MemAvailable in bytes, None when unknown."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -285,6 +282,73 @@ def available_memory(device: torch.device) -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def _process_room() -> int | None:
+    """Bytes this process may still map under its own limits (`ulimit -v` / `-d`: RLIMIT_AS
+    and RLIMIT_DATA against VmSize and VmData), None when it has no limit."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    used: dict[str, int] = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("VmSize", "VmData"):
+                    used[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    rooms = []
+    for limit, key in ((resource.RLIMIT_AS, "VmSize"), (resource.RLIMIT_DATA, "VmData")):
+        soft = resource.getrlimit(limit)[0]
+        if soft != resource.RLIM_INFINITY and key in used:
+            rooms.append(max(0, soft - used[key]))
+    return min(rooms) if rooms else None
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on `device` (free accelerator memory; on the host the
+    smaller of MemAvailable and what the process's own limits leave), None when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    known = [free for free in (_host_free(), _process_room()) if free is not None]
+    return min(known) if known else None
+
+
+def parameter_count(cfg: DLHConfig) -> int:
+    """A lower bound on the number of weights of `DLH(cfg)`, computed without building it: the
+    conv towers, and per level the decoder, GRU, posterior and prior networks (and the
+    encoder below the top level). Exact integers, so absurd sizes do not overflow."""
+    def mlp(inp: int, hidden: tuple[int, ...], out: int) -> int:
+        sizes = [inp, *hidden, out]
+        return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+    d, side2 = cfg.conv_depth, (cfg.image_size // 16) ** 2
+    widths = [cfg.channels, d, 2 * d, 4 * d, 8 * d]
+    convs = sum(16 * a * b + b for a, b in zip(widths[:-1], widths[1:]))
+    towers = 2 * convs + (8 * d * side2 * cfg.x_dim + cfg.x_dim) + (cfg.c_dim * 8 * d * side2 + 8 * d * side2)
+    gru = 3 * cfg.d_dim * (cfg.s_dim + cfg.d_dim) + 6 * cfg.d_dim
+    level = (mlp(cfg.s_dim + cfg.c_dim, cfg.dec_hidden, cfg.c_dim) + gru
+             + mlp(cfg.x_dim + cfg.c_dim, cfg.state_hidden, 2 * cfg.s_dim)
+             + mlp(cfg.d_dim + cfg.c_dim, cfg.state_hidden, 2 * cfg.s_dim))
+    actions = 3 * cfg.d_dim * cfg.action_dim * len(cfg.action_levels)
+    return towers + cfg.levels * level + (cfg.levels - 1) * mlp(cfg.x_dim, cfg.enc_hidden, cfg.x_dim) + actions
+
+
+def check_model_memory(cfg: DLHConfig, device: torch.device, dtype: torch.dtype) -> None:
+    """ValueError before building `DLH(cfg)` on `device` when its weights alone need more memory
+    than is free there (the number of weights in the message)."""
+    count = parameter_count(cfg)
+    needed = count * torch.empty((), dtype=dtype, device="meta").element_size()
+    free = available_memory(device)
+    if free is not None and needed > free:
+        gib = 2.0**30
+        raise ValueError(
+            f"DLH: this config has at least {count:,} weights, {needed / gib:.3g} GiB, more than the "
+            f"{free / gib:.3g} GiB free on {device.type}: lower its sizes (x_dim, c_dim, d_dim, "
+            f"conv_depth, image_size, levels, hidden sizes)")
 
 
 def check_memory(needed: int, device: torch.device, what: str, remedy: str) -> None:
@@ -325,4 +389,4 @@ def check_trajectory(traj: Trajectory, cfg: DLHConfig, *, device: torch.device |
 
 __all__ = ["check_frames", "check_actions", "check_mask", "check_targets", "check_horizon", "check_weight",
            "check_state", "check_features", "check_trajectory", "check_int", "available_memory",
-           "check_memory"]
+           "check_memory", "parameter_count", "check_model_memory"]

@@ -27,7 +27,7 @@ from ..data import Batch, DataConfig, SequenceSource, build_source
 from ..files import one_line
 from ..model import DLH
 from ..training.checkpoints import checkpoint_candidates
-from ..training.config import apply_overrides
+from ..training.config import apply_overrides, read_yaml, yaml_problem
 from ..validation import check_memory
 
 MODEL_FILE = "model.safetensors"
@@ -94,11 +94,11 @@ def _config_tree(config: str | Path | None, model_file: Path, run_dir: Path | No
     for path in candidates:
         if path.is_file():
             try:
-                tree = yaml.safe_load(path.read_text()) or {}
+                tree = read_yaml(path.read_text()) or {}
             except yaml.YAMLError as exc:
-                from ..training.config import yaml_problem
-
                 raise ValueError(f"{path}: invalid YAML: {yaml_problem(exc)}") from None
+            except ValueError as exc:  # not UTF-8, an int Python will not build
+                raise ValueError(f"{path}: invalid YAML: {one_line(exc)}") from None
             if not isinstance(tree, dict):
                 raise ValueError(f"{path}: expected a mapping at the top level")
             return tree, str(path)

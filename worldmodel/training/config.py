@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from ..arguments import check_int
+from ..arguments import brief, check_int
 from ..config import DLHConfig, current_key, from_dict, is_finite_number, migrate, to_dict
 from ..data import DataConfig
 from ..files import one_line
@@ -255,12 +255,56 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str], cls: type = Trai
         if not key.strip():
             raise ValueError(f"--set expects section.key=value, got {item!r}")
         try:
-            value = yaml.safe_load(raw)
+            value = read_yaml(raw)
         except yaml.YAMLError as exc:
-            raise ValueError(f"--set {item!r}: the value is not valid YAML ({yaml_problem(exc)}); "
-                             "quote it if it is a string") from exc
+            raise ValueError(f"--set {brief(item)}: the value is not valid YAML ({yaml_problem(exc)}); "
+                             "quote it if it is a string") from None
+        except ValueError as exc:
+            raise ValueError(f"--set {brief(item)}: {one_line(exc)}") from None
         _set_path(tree, current_key(cls, key.strip()), value)
     return tree
+
+
+class StrictLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses aliases (`*name`, `<<: *name`) and duplicate keys.
+
+    An alias lets a few hundred bytes stand for gigabytes (a list of aliases of lists of
+    aliases: the "billion laughs"), and no config needs one; a duplicate key would silently
+    take the later value.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases are not accepted in a config (write the value out): *{event.anchor}",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: SafeLoader's own error follows
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {brief(key)} (first at line {first.start_mark.line + 1}; "
+                        "give each key once)", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str) -> Any:
+    """The value of YAML `text`, read by `StrictLoader`.
+
+    Raises:
+        yaml.YAMLError: invalid YAML, an alias or a duplicate key (`yaml_problem` words it).
+        ValueError: a value Python will not build (an int of more than 4300 digits).
+    """
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader
 
 
 def yaml_problem(exc: yaml.YAMLError) -> str:
@@ -284,12 +328,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_bytes().decode("utf-8"))
+            loaded = read_yaml(path.read_bytes().decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise ValueError(f"{path}: not a text (UTF-8) YAML file "
-                             f"({exc.reason} at byte {exc.start})") from exc
+                             f"({exc.reason} at byte {exc.start})") from None
         except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML ({yaml_problem(exc)})") from exc
+            raise ValueError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
+        except ValueError as exc:
+            raise ValueError(f"{path}: {one_line(exc)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         tree = migrate(TrainConfig, loaded or {}, "config")  # keys of earlier versions, before --set

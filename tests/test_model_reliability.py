@@ -480,3 +480,29 @@ def test_the_parameter_estimate_is_a_lower_bound_of_the_real_count(overrides):
     model = tiny_model(levels=2, **overrides)
     real = sum(p.numel() for p in model.parameters())
     assert 0.8 * real <= parameter_count(model.config) <= real
+
+
+@pytest.mark.parametrize("where, match", [("banana", r"map_location: not a device: 'banana'"),
+                                          (object(), r"map_location: not a device: <object"),
+                                          ("cuda:63", r"map_location: device 'cuda:63' is not available")])
+def test_load_onto_a_device_that_is_not_there_is_a_value_error(tmp_path, where, match):
+    tiny_model(levels=2).save(tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=match):
+        load(tmp_path / "model.safetensors", map_location=where)
+    assert load(tmp_path / "model.safetensors", map_location=torch.device("cpu")).device.type == "cpu"
+
+
+@pytest.mark.parametrize("argument", ["frames", "is_first"])
+def test_a_sparse_input_is_a_value_error_naming_it(argument):
+    model = tiny_model(levels=2)
+    inputs = {"frames": random_frames(2, 3), "is_first": torch.zeros(2, 3)}
+    inputs[argument] = inputs[argument].to_sparse()
+    with pytest.raises(ValueError, match=rf"{argument}: expected a dense tensor, got a sparse_coo one"):
+        model.observe(**inputs)
+
+
+def test_a_model_converted_to_float64_is_a_value_error_naming_the_remedy():
+    model = tiny_model(levels=2).double()
+    with pytest.raises(ValueError, match=r"weights are torch\.float64: DLH runs in float32.*model\.float\(\)"):
+        model.observe(random_frames(2, 3))
+    assert model.float().observe(random_frames(2, 3)).features.dtype == torch.float32

@@ -25,9 +25,11 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from .arguments import brief
 from .config import MODEL_FILE_FORMAT as FORMAT
 from .config import MODEL_FILE_VERSION as VERSION
 from .config import DLHConfig, config_from_metadata
+from .files import one_line
 from .model import DLH
 
 FLOATING_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors' names of the float dtypes
@@ -145,14 +147,30 @@ def load(
 
     Args:
         path: a file written by `DLH.save`.
-        map_location: the device of the returned model.
+        map_location: the device of the returned model; one this machine lacks ('cuda' without
+            CUDA) or a name that is no device is a ValueError before the file is read.
         allow_nonfinite: load weights holding NaN or ±inf with a RuntimeWarning instead of a
             ValueError (e.g. to inspect a run that diverged).
     """
+    device = _target_device(map_location)
     config, tensors = read_model_file(path, allow_nonfinite=allow_nonfinite)
     model = DLH(config)
     model.load_state_dict(tensors, strict=True)
-    return model.to(map_location)
+    return model.to(device)
+
+
+def _target_device(map_location: object) -> torch.device:
+    """`map_location` as a device this machine has, else a ValueError naming it."""
+    try:
+        device = torch.device(map_location)  # type: ignore[call-overload]
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"map_location: not a device: {brief(map_location)}; give e.g. 'cpu' or 'cuda:0'") from None
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:  # torch without CUDA asserts
+        raise ValueError(f"map_location: device {str(device)!r} is not available on this machine "
+                         f"({one_line(exc)[:120]}); give e.g. 'cpu'") from None
+    return device
 
 
 __all__ = ["FORMAT", "VERSION", "save_model", "load", "read_model_file", "expected_shapes"]

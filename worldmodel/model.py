@@ -91,7 +91,11 @@ class DLH(nn.Module):
         return check.check_state(state, self.config, factor_sizes, batch, **self._inputs())
 
     def _inputs(self) -> dict[str, torch.device | torch.dtype]:
-        return {"dtype": self.dtype, "device": self.device}
+        dtype = self.dtype
+        if dtype != torch.float32:  # the Gaussian heads and decisions run in float32 (eq. 4's KLs)
+            raise ValueError(f"the model's weights are {dtype}: DLH runs in float32 (bf16 through autocast, "
+                             "the training `precision`); call model.float()")
+        return {"dtype": dtype, "device": self.device}
 
     # ------------------------------------------------------------------ filtering
     def _filter(

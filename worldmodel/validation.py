@@ -28,6 +28,11 @@ def _describe(x: object) -> str:
 
 
 def _check_device(x: Tensor, device: torch.device | None, name: str) -> None:
+    """`x` dense (strided) and on `device`, else a ValueError naming it (before any value check:
+    a sparse tensor fails deep in torch's kernels)."""
+    if x.layout != torch.strided:
+        raise ValueError(f"{name}: expected a dense tensor, got a {str(x.layout).replace('torch.', '')} one "
+                         "(call .to_dense())")
     if device is not None and x.device != device:
         raise ValueError(f"{name}: expected a tensor on the model's device {device}, got one on {x.device}")
 

@@ -432,3 +432,25 @@ def test_a_writer_error_on_a_folder_without_free_space_is_a_full_disk(tmp_path, 
     monkeypatch.undo()
     with pytest.raises(RuntimeError, match="write failed"):  # with space left: the writer's own error
         atomic_write(tmp_path / "x.bin", fail)
+
+
+def test_ctrl_c_is_one_line_naming_the_step_and_the_checkpoint_and_resume_is_bit_identical(
+        four_steps, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    real_step = Trainer.train_step
+
+    def interrupted_at_step_4(self):
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_at_step_4)
+    assert main(_args(run, *QUIET, "steps=4", "checkpoint_every=2")) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("dlh train: interrupted at step 3 of 4; the latest checkpoint is ")
+    assert "step_00000002" in err and "--resume" in err
+    monkeypatch.undo()
+    assert main([*_args(run, *QUIET, "steps=4", "checkpoint_every=2"), "--resume"]) == 0
+    resumed, whole = load(run / "model.safetensors").state_dict(), load(four_steps / "model.safetensors").state_dict()
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)

@@ -124,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line (a training run says where it stopped)
+        print(f"dlh {args.command}: {one_line(exc) if str(exc) else 'interrupted'}", file=sys.stderr)
+        return 130
     except Exception as exc:
         known = _known_error(exc)
         if known is None:

@@ -56,6 +56,11 @@ class TrainingDiverged(RuntimeError):
     weights themselves turn non-finite; the message names the last good checkpoint."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped `Trainer.fit`; the message says at which step and from which
+    checkpoint `--resume` continues (what was written stays intact: every file is atomic)."""
+
+
 def _last_good(run_dir: Path) -> str:
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
@@ -585,8 +590,20 @@ class Trainer:
             if not self.runtime.is_main:
                 return {}
             return {**self._stored_summary(), "already_finished": True}
-        self.train_steps(max(0, self.cfg.steps - self.step))
-        return self.finish()
+        try:
+            self.train_steps(max(0, self.cfg.steps - self.step))
+            return self.finish()
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(self._interrupted()) from None
+
+    def _interrupted(self) -> str:
+        """Where a Ctrl-C stopped the run and how to go on."""
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return (f"interrupted at step {self.step} of {self.cfg.steps}; no checkpoint was written yet "
+                    f"in {self.run_dir} (run the command again to start over)")
+        return (f"interrupted at step {self.step} of {self.cfg.steps}; the latest checkpoint is {ckpt}: "
+                "run the same command with --resume to continue from it")
 
 
 def train(
@@ -599,4 +616,4 @@ def train(
     return Trainer(cfg, resume=resume, progress=progress, requested=requested).fit()
 
 
-__all__ = ["Trainer", "train", "TrainingDiverged"]
+__all__ = ["Trainer", "train", "TrainingDiverged", "TrainingInterrupted"]

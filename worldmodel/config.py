@@ -18,10 +18,12 @@ and version-1 model files all go through it).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -414,6 +416,46 @@ def current_key(cls: type, dotted: str) -> str:
     if rest and head in sections:
         return f"{head}.{current_key(sections[head], rest)}"
     return dotted
+
+
+def _accept_moved_keywords(cls: type) -> None:
+    """Let `cls(...)` take the flat keywords of earlier versions (`DLHConfig(obs_std=0.05)`,
+    `DLHConfig(timescale="clockwork")`): each goes to its section (`MOVED_KEYS`) as YAML files
+    and `--set` items do, with a DeprecationWarning naming its new place. An old keyword given
+    beside its section holding another value for it than the default is a ValueError naming both."""
+    init = cls.__init__  # type: ignore[misc]
+    moved = MOVED_KEYS[cls.__name__]
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        old = [key for key in kwargs if key in moved]
+        if old:
+            warnings.warn(f"{cls.__name__}: " + ", ".join(f"{key}= is now {moved[key]}" for key in old)
+                          + "; give it in its section (the flat keyword will be removed)",
+                          DeprecationWarning, stacklevel=2)
+            sections = _sections(cls)
+            values: dict[str, dict[str, Any]] = {}
+            for key in old:
+                section, name = moved[key].split(".")
+                values.setdefault(section, {})[name] = kwargs.pop(key)
+            for section, given in values.items():
+                section_cls = sections[section]
+                current = kwargs.get(section, section_cls())
+                if isinstance(current, section_cls):
+                    default = section_cls()
+                    for name, value in given.items():
+                        held = getattr(current, name)
+                        if held != getattr(default, name) and held != value:
+                            raise ValueError(f"{cls.__name__}: {name}={brief(value)} (the old name of "
+                                             f"{section}.{name}) but {section}.{name} is {brief(held)}; "
+                                             f"give {section}.{name} only")
+                    kwargs[section] = current.replace(**given)
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__  # type: ignore[misc]
+
+
+_accept_moved_keywords(DLHConfig)
 
 
 # A model file (DLH.save) is safetensors whose metadata holds these three strings: the

@@ -440,7 +440,8 @@ def record_episodes(
         episodes: number of episodes, >= 1.
         out_dir: output directory (created if missing).
         seed: base seed, an int in ``[0, MAX_SEED]``, or None; the random policy is
-            seeded with the first episode's seed.
+            seeded with each episode's seed as the episode starts (so a recording continued
+            after a kill holds what an uninterrupted one would).
         progress: show a tqdm progress bar.
         info_keys: info entries stored as ``log_{key}``.
         algo, trust_pickle: for ``"sb3:PATH"``, see :func:`envs.policies.load_sb3_policy`.
@@ -482,9 +483,14 @@ def _record(recorder: EpisodeRecorder, policy: Policy | str, episodes: int, out_
     _check_settings(out_dir, {**dict(settings or {}), **derived})
     seeds = None if seed is None else _free_seeds(out_dir, recorder.prefix, int(seed), int(episodes))
     act = make_policy(policy, env, seed if seeds is None else seeds[0], algo=algo, trust_pickle=trust_pickle)
+    # the random policy is seeded per episode with the episode's own seed: a recording continued
+    # after a kill (its seeds skip those already used) then equals an uninterrupted one
+    seed_each = isinstance(policy, str) and policy == "random" and seeds is not None
     paths: list[Path] = []
     with tqdm(total=int(episodes), unit="ep", desc="record", disable=not progress) as bar:
         for i in range(int(episodes)):
+            if seed_each:
+                env.action_space.seed(seeds[i])  # type: ignore[index]
             obs, _ = recorder.reset(seed=None if seeds is None else seeds[i])
             done, steps, ret = False, 0, 0.0
             while not done:

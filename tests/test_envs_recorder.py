@@ -409,3 +409,17 @@ def test_the_recorder_and_the_data_layer_share_one_episode_format():
     for name in ("EPISODE_KEYS", "SEED_KEY", "load_episode", "save_episode", "validate_episode"):
         assert getattr(data_episodes, name) is getattr(episode_format, name)
     assert recorder.save_episode is episode_format.save_episode  # the folder writer is save_next_episode
+
+
+def test_a_recording_continued_after_a_stop_equals_an_uninterrupted_one(tmp_path: Path) -> None:
+    """Issue 27: the random policy was seeded once per call, so episodes recorded by a second
+    call had the right seeds but other actions and images."""
+    whole = record_episodes(FakeImageEnv(terminate_at=5), "random", 4, tmp_path / "whole", seed=3, progress=False)
+    parts = record_episodes(FakeImageEnv(terminate_at=5), "random", 2, tmp_path / "parts", seed=3, progress=False)
+    parts += record_episodes(FakeImageEnv(terminate_at=5), "random", 2, tmp_path / "parts", seed=3, progress=False)
+    assert [p.name for p in whole] == [p.name for p in parts]
+    for a, b in zip(whole, parts):
+        with np.load(a) as x, np.load(b) as y:
+            assert sorted(x.files) == sorted(y.files)
+            for key in x.files:
+                assert np.array_equal(x[key], y[key]), (a.name, key)

@@ -78,3 +78,24 @@ def test_eval_refuses_a_horizon_that_cannot_fit_in_memory(tmp_path, capsys, monk
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "100010 frames (context + horizon) needs about" in err and "GiB" in err
+
+
+# ---------------------------------------------------------------------------- issue 27
+def test_a_run_config_without_data_takes_the_checkpoints_data_section_with_a_warning(tmp_path):
+    import yaml
+
+    run = make_run(tmp_path / "run", (2,))
+    stored = json.loads((run / "checkpoints" / "step_00000002" / "trainer.json").read_text())
+    stored["config"]["data"]["seq_len"] = 7  # the run's own data, not the defaults
+    (run / "checkpoints" / "step_00000002" / "trainer.json").write_text(json.dumps(stored))
+    tree = yaml.safe_load((run / "config.yaml").read_text())
+    del tree["data"]
+    (run / "config.yaml").write_text(yaml.safe_dump(tree))
+    with pytest.warns(UserWarning, match=r"config\.yaml has no data: section; evaluating on the data of "
+                                         r".*step_00000002/trainer\.json"):
+        resolved = resolve(run)
+    assert resolved.data.seq_len == 7 and resolved.data_origin.endswith("trainer.json")
+    tiny_model().save(run / "model.safetensors")  # a run folder without any trainer.json
+    (run / "checkpoints" / "step_00000002" / "trainer.json").unlink()
+    with pytest.warns(UserWarning, match=r"config\.yaml has no data: section; evaluating on the default data"):
+        assert resolve(run).data.name == "moving_ball"

@@ -3,7 +3,8 @@
 `--checkpoint` may name a model file (`*.safetensors`), a checkpoint folder
 (`run/checkpoints/step_*/`) or a run folder (`run/`: its `model.safetensors`, else its latest
 checkpoint, falling back to the one before when it is corrupt, as `--resume` does). The data
-section comes from `--config` when given, else from the run's `config.yaml`, else from the
+section comes from `--config` when given, else from the run's `config.yaml` (its checkpoint's
+`trainer.json` when that file has no `data:` section, with a warning), else from the
 checkpoint's `trainer.json`, else Moving Ball at the model's size; `--set data.key=value`
 overrides apply on top.
 """
@@ -101,16 +102,38 @@ def _config_tree(config: str | Path | None, model_file: Path, run_dir: Path | No
                 raise ValueError(f"{path}: invalid YAML: {one_line(exc)}") from None
             if not isinstance(tree, dict):
                 raise ValueError(f"{path}: expected a mapping at the top level")
-            return tree, str(path)
-    trainer = model_file.parent / "trainer.json"
-    if trainer.is_file():
-        try:
-            info = json.loads(trainer.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{trainer}: not valid JSON ({exc})") from None
-        if isinstance(info, dict) and isinstance(info.get("config"), dict):
-            return info["config"], str(trainer)
+            if "data" in tree:
+                return tree, str(path)
+            stored = _stored_config(model_file, run_dir) if config is None else None
+            if stored is not None and "data" in stored[0]:
+                warnings.warn(f"{path} has no data: section; evaluating on the data of {stored[1]} "
+                              "(the run's own)", stacklevel=3)
+                return {**tree, "data": stored[0]["data"]}, stored[1]
+            warnings.warn(f"{path} has no data: section; evaluating on the default data (moving_ball "
+                          "at the model's image size): give the run's data with --set data.name=... "
+                          "(and data.path=...)", stacklevel=3)
+            return tree, f"{path} (no data section: defaults)"
+    stored = _stored_config(model_file, run_dir)
+    if stored is not None:
+        return stored
     return {}, "defaults (moving_ball at the model's image size)"
+
+
+def _stored_config(model_file: Path, run_dir: Path | None) -> tuple[dict, str] | None:
+    """The config a checkpoint's trainer.json holds (the model file's folder first, then the run's
+    checkpoints, newest first), with the file's name; None when there is none."""
+    files = [model_file.parent / "trainer.json"]
+    if run_dir is not None:
+        files += [c / "trainer.json" for c in checkpoint_candidates(run_dir)]
+    for trainer in files:
+        if trainer.is_file():
+            try:
+                info = json.loads(trainer.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+                raise ValueError(f"{trainer}: not valid JSON ({one_line(exc)[:200]})") from None
+            if isinstance(info, dict) and isinstance(info.get("config"), dict):
+                return info["config"], str(trainer)
+    return None
 
 
 def resolve(

@@ -39,6 +39,7 @@ ASSIGNMENTS = ("hard", "vade")
 DECISIONS = ("kl", "map", "tolerant", "relative")
 BOUNDARIES = ("reinfer", "copy", "anchor")
 PRIOR_FACTORS = ("feedforward", "recurrent")
+UPPER_PRIORS = ("recurrent", "context")
 
 
 def is_finite_number(value: Any) -> bool:
@@ -119,6 +120,11 @@ class InferenceConfig:
         decision_warmup: training updates (filtering steps) of the running statistics during
             which the running rules use eq. 4 alone.
         decision_rate: the running statistics' exponential averaging rate per update.
+        restart_below: VTA's boundary (Kim et al. 2019; ours, not the paper's): where level
+            n ≥ 2 changes, level n−1's temporal state d^{n−1} restarts at zero before it is
+            read, so its change prior p(s^{n−1} | d^{n−1}, c^{n−1}) knows only what comes from
+            above; nothing crosses an upper level's change in the level below except through
+            the level above. False: the paper's model.
     """
 
     timescale: str = "dynamic"
@@ -131,9 +137,13 @@ class InferenceConfig:
     decision_gamma: float = 2.0
     decision_warmup: int = 0
     decision_rate: float = 0.01
+    restart_below: bool = False
 
     def __post_init__(self) -> None:
         _check_int(self, "clockwork_k", 2, "DLHConfig.inference")
+        if not isinstance(self.restart_below, bool):
+            raise ValueError(f"DLHConfig.inference.restart_below must be true or false, "
+                             f"got {self.restart_below!r}")
         _check_int(self, "decision_warmup", 0, "DLHConfig.inference")
         choices = {"timescale": TIMESCALES, "assignment": ASSIGNMENTS, "boundary": BOUNDARIES,
                    "decision": DECISIONS}
@@ -172,6 +182,9 @@ class LossConfig:
             a guard against early posterior collapse (0: the paper's ELBO).
         reward_scale, continue_scale: weights of the heads' losses against the ELBO (whose
             reconstruction term sums over pixels and can drown a unit-weight reward loss).
+        level_kl_scale: per-level weights of the state KL in the loss, one per level (None:
+            all 1, the paper's ELBO); the reported ELBO keeps unit weights. A level whose KL
+            weighs less is the cheaper home for information (issue 23, candidate c).
     """
 
     obs_std: float = 1.0
@@ -180,9 +193,18 @@ class LossConfig:
     free_nats: float = 0.0
     reward_scale: float = 1.0
     continue_scale: float = 1.0
+    level_kl_scale: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         _check_number("loss.obs_std", self.obs_std, above=0.0)
+        if self.level_kl_scale is not None:
+            scale = self.level_kl_scale
+            if isinstance(scale, (str, bytes)) or not isinstance(scale, (list, tuple)):
+                raise ValueError(f"DLHConfig.loss.level_kl_scale must be a list of numbers >= 0, "
+                                 f"got {brief(self.level_kl_scale)}")
+            for value in self.level_kl_scale:
+                _check_number("loss.level_kl_scale", value, at_least=0.0)
+            object.__setattr__(self, "level_kl_scale", tuple(float(v) for v in self.level_kl_scale))
         _check_number("loss.kl_balance", self.kl_balance, at_least=0.0, at_most=1.0)
         for name in ("free_nats", "reward_scale", "continue_scale"):
             _check_number(f"loss.{name}", getattr(self, name), at_least=0.0)
@@ -205,6 +227,9 @@ class DLHConfig:
         action_dim: size of the action vector A; 0 for video-only models.
         action_levels: 1-based levels whose temporal transition f_tem takes the action.
         x_dim, c_dim, d_dim, s_dim: |x^n|, |c^n|, |d^n|, |s^n| (App. A.1: 200, 200, 200, 20).
+        level_s_dims: per-level |s^n|, one int per level (None: `s_dim` for every level; ours,
+            not the paper's). A level-1 state too narrow for every feature of the frame leaves
+            the persistent ones (an object's colour) one cheap home: a level above (issue 23).
         enc_hidden, dec_hidden: hidden sizes of f_enc^n and f_dec^n (Table 4: MLP [200]).
         state_hidden: hidden sizes of the posterior and change-prior MLPs (Table 4: [40, 40, 40]).
         factor_hidden: hidden sizes of the prior factor's MLP head.
@@ -215,6 +240,11 @@ class DLHConfig:
             factor is evaluated (e^{n-1} = 1) and restarts from zero when level n changes,
             so it can learn when the next change is due (a hazard over the time since the
             last change). See docs/model.md.
+        upper_prior: what the change prior of a level n >= 2 reads (eq. 14): "recurrent" (the
+            paper: p(s^n | d^n, c^n)) or "context" (ours, THICK-like: p(s^n | c^n), the level's
+            temporal state d^n left out, so an upper level that tracks a fast feature pays its
+            full KL at every change while level 1 predicts it from d^1; d^n still feeds the prior
+            factor and the features). Level 1's prior always reads d^1.
         conv_depth: channels of the first conv layer; layers use depth * (1, 2, 4, 8).
         conv_norm: normalisation after each hidden layer of the conv towers: "none" or
             "layer" (per sample over channels and positions, with a learned per-channel
@@ -248,11 +278,13 @@ class DLHConfig:
     c_dim: int = 200
     d_dim: int = 200
     s_dim: int = 20
+    level_s_dims: tuple[int, ...] | None = None
     enc_hidden: tuple[int, ...] = (200,)
     dec_hidden: tuple[int, ...] = (200,)
     state_hidden: tuple[int, ...] = (40, 40, 40)
     factor_hidden: tuple[int, ...] = (200,)
     prior_factor: str = "feedforward"
+    upper_prior: str = "recurrent"
     conv_depth: int = 48
     conv_norm: str = "none"
     conv_act: str = "elu"
@@ -279,7 +311,7 @@ class DLHConfig:
         if self.channels not in (1, 3):
             raise ValueError(f"DLHConfig.channels must be 1 or 3, got {self.channels!r}")
         choices = {"prior_factor": PRIOR_FACTORS, "conv_norm": CONV_NORMS, "conv_act": CONV_ACTS,
-                   "init": INITS}
+                   "init": INITS, "upper_prior": UPPER_PRIORS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DLHConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -305,6 +337,20 @@ class DLHConfig:
         object.__setattr__(self, "action_levels", levels)
         for name in ("enc_hidden", "dec_hidden", "state_hidden", "factor_hidden", "head_hidden"):
             object.__setattr__(self, name, _check_ints(name, getattr(self, name)))
+        if self.level_s_dims is not None:
+            dims = _check_ints("level_s_dims", self.level_s_dims)
+            if len(dims) != self.levels:
+                raise ValueError(f"DLHConfig.level_s_dims must give one size per level ({self.levels}), "
+                                 f"got {list(dims)}")
+            object.__setattr__(self, "level_s_dims", dims)
+        scale = self.loss.level_kl_scale
+        if scale is not None and len(scale) != self.levels:
+            raise ValueError(f"DLHConfig.loss.level_kl_scale must give one weight per level ({self.levels}), "
+                             f"got {list(scale)}")
+
+    def level_s_dim(self, level: int) -> int:
+        """|s^n| of 1-based `level`."""
+        return self.s_dim if self.level_s_dims is None else self.level_s_dims[level - 1]
 
     def level_min_std(self, level: int) -> float:
         """The std floor of 1-based `level`."""
@@ -315,7 +361,7 @@ class DLHConfig:
     @property
     def feature_dim(self) -> int:
         """Size F of `DLH.features(state)`: s^n and d^n concatenated over levels."""
-        return self.levels * (self.s_dim + self.d_dim)
+        return sum(self.level_s_dim(n) for n in range(1, self.levels + 1)) + self.levels * self.d_dim
 
     def replace(self, **changes: Any) -> DLHConfig:
         """A copy with `changes`; a section changes as a whole, e.g.

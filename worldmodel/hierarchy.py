@@ -166,10 +166,11 @@ class Hierarchy(nn.Module):
         def zeros(size: int) -> list[Tensor]:
             return [torch.zeros(batch_size, size, device=device) for _ in range(n)]
 
+        s_dims = [level.s_dim for level in self.levels]
         return HierarchicalState(
-            s=zeros(cfg.s_dim),
-            mean=zeros(cfg.s_dim),
-            std=[torch.ones(batch_size, cfg.s_dim, device=device) for _ in range(n)],
+            s=[torch.zeros(batch_size, size, device=device) for size in s_dims],
+            mean=[torch.zeros(batch_size, size, device=device) for size in s_dims],
+            std=[torch.ones(batch_size, size, device=device) for size in s_dims],
             d=zeros(cfg.d_dim),
             top_down=zeros(cfg.c_dim),
             pending=torch.zeros(batch_size, n, dtype=torch.bool, device=device),
@@ -222,6 +223,23 @@ class Hierarchy(nn.Module):
     def _clockwork(self, i: int, t: Tensor) -> Tensor:
         """CW-VAE's schedule: level i (0-based) updates when t mod k^i = 0; (B,) bool."""
         return t % (self.cfg.inference.clockwork_k**i) == 0
+
+    def restart_below(self, d: list[Tensor], changed: list[Tensor | None]) -> list[Tensor]:
+        """`inference.restart_below`: d^{n-1} <- 0 where level n >= 2 changed (VTA's boundary).
+
+        `changed[n-1]` is e^n (B,) bool (None: no row changed). Applied after the decisions and
+        before any d is read by a change prior or advanced, so level n−1's change prior at the
+        change reads only c^{n−1}, and its GRU restarts from there. Level n−1's own decision
+        (for n−1 ≥ 2) was taken with the old d^{n−1}. Off: `d` unchanged.
+        """
+        if not self.cfg.inference.restart_below:
+            return d
+        d = list(d)
+        for i in range(len(d) - 1):
+            above = changed[i + 1]
+            if above is not None:
+                d[i] = torch.where(above.unsqueeze(1), torch.zeros_like(d[i]), d[i])
+        return d
 
     # ----------------------------------------------------------------- the owed transition
     def pay_owed(
@@ -296,6 +314,7 @@ class Hierarchy(nn.Module):
         levels = list(self.levels)
         # 1. e^n_t bottom-up (eq. 4, 5, 25)
         dec = self._decide(state, xs, action)
+        dec.d = self.restart_below(dec.d, dec.changed)  # option: VTA's restart (no-op by default)
         # 2. top-down (eq. 11, 13): the levels that changed and, under boundary "reinfer",
         #    level K (the first static one, DESIGN §2 step 4); levels above K are held
         ran = dec.evaluated if self.cfg.inference.boundary == "reinfer" else dec.changed
@@ -435,6 +454,7 @@ class Hierarchy(nn.Module):
         """
         # 1. e^n ~ p(e^n | d^n) bottom-up while e^{n-1} = 1 (eq. 5, 15)
         rows, read, d, factor = self._sample_e(state, action, sample_e, gather_below)
+        d = self.restart_below(d, [sel.mask if sel.kind != "none" else None for sel in rows])
         # 2. top-down from K': s^n ~ p(s^n | d^n, c^n) (eq. 14), c^{n-1} (eq. 11), and
         #    d^n_{t+1} (eq. 12) for levels whose transition takes no action
         levels, route = list(self.levels), self.route(state.d[0])

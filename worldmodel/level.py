@@ -38,14 +38,15 @@ class Level(nn.Module):
         super().__init__()
         self.index = index
         self.min_std = cfg.level_min_std(index)
-        self.s_dim = cfg.s_dim
+        self.s_dim = s_dim = cfg.level_s_dim(index)
         self.takes_action = cfg.action_dim > 0 and index in cfg.action_levels
         self.encoder = MLP(cfg.x_dim, cfg.enc_hidden, cfg.x_dim) if index < cfg.levels else None
-        self.decoder = MLP(cfg.s_dim + cfg.c_dim, cfg.dec_hidden, cfg.c_dim)
-        gru_in = cfg.s_dim + (cfg.action_dim if self.takes_action else 0)
+        self.decoder = MLP(s_dim + cfg.c_dim, cfg.dec_hidden, cfg.c_dim)
+        gru_in = s_dim + (cfg.action_dim if self.takes_action else 0)
         self.temporal = nn.GRUCell(gru_in, cfg.d_dim)
-        self.posterior = MLP(cfg.x_dim + cfg.c_dim, cfg.state_hidden, 2 * cfg.s_dim)
-        self.prior = MLP(cfg.d_dim + cfg.c_dim, cfg.state_hidden, 2 * cfg.s_dim)
+        self.posterior = MLP(cfg.x_dim + cfg.c_dim, cfg.state_hidden, 2 * s_dim)
+        self.prior = MLP(cfg.d_dim + cfg.c_dim, cfg.state_hidden, 2 * s_dim)
+        self.prior_reads_d = index == 1 or cfg.upper_prior == "recurrent"  # eq. 14 or p(s^n | c^n)
         self.factor = MLP(cfg.d_dim, cfg.factor_hidden, 1) if index > 1 else None
         recurrent = index > 1 and cfg.prior_factor == "recurrent"
         self.factor_cell = nn.GRUCell(cfg.d_dim, cfg.d_dim) if recurrent else None
@@ -53,7 +54,7 @@ class Level(nn.Module):
         # running statistics of the decision rules `tolerant`/`relative` (worldmodel/decisions.py)
         self.decision_stats: Tensor | None
         if index > 1 and cfg.inference.decision in RUNNING_RULES:
-            self.register_buffer("decision_stats", initial_stats(cfg.s_dim))
+            self.register_buffer("decision_stats", initial_stats(s_dim))
         else:
             self.decision_stats = None
         initialize(self, cfg.init)
@@ -67,8 +68,8 @@ class Level(nn.Module):
             last = head._linears[-1]
             with torch.no_grad():  # std = softplus(raw) + min_std = init_std at raw = bias
                 target = torch.tensor(cfg.init_std - self.min_std)
-                last.bias[cfg.s_dim:] = target + torch.log(-torch.expm1(-target))
-                last.weight[cfg.s_dim:] *= 0.1
+                last.bias[self.s_dim:] = target + torch.log(-torch.expm1(-target))
+                last.weight[self.s_dim:] *= 0.1
 
     def infer(self, x: Tensor, context: Tensor) -> Gaussian:
         """q(s^n | x^n, c^n): x (B, X), context (B, C) -> Gaussian over (B, S).
@@ -81,7 +82,12 @@ class Level(nn.Module):
         return gaussian_from_params(params, self.min_std)
 
     def predict(self, d: Tensor, context: Tensor) -> Gaussian:
-        """Change prior p(s^n | d^n, c^n): d (B, D), context (B, C) -> Gaussian over (B, S) (fp32)."""
+        """Change prior p(s^n | d^n, c^n): d (B, D), context (B, C) -> Gaussian over (B, S) (fp32).
+
+        Under `upper_prior: context` a level n >= 2 reads zeros in place of d^n: p(s^n | c^n).
+        """
+        if not self.prior_reads_d:
+            d = torch.zeros_like(d)
         with full_precision(d):
             params = self.prior(torch.cat([d, context], -1).float())
         return gaussian_from_params(params, self.min_std)

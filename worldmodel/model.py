@@ -254,7 +254,8 @@ class DLH(nn.Module):
         grows step by step until the machine runs out."""
         cfg = self.config
         factors = sum(level.factor_size for level in self.hierarchy.levels)
-        state = cfg.levels * (3 * cfg.s_dim + cfg.d_dim + cfg.c_dim) + factors
+        s_sizes = sum(3 * level.s_dim for level in self.hierarchy.levels)  # s, mean, std
+        state = s_sizes + cfg.levels * (cfg.d_dim + cfg.c_dim) + factors
         per_step = state + cfg.feature_dim + cfg.c_dim + cfg.action_dim  # + features, c^0, actions
         needed = horizon * batch * per_step * self.dtype.itemsize
         check.check_memory(needed, self.device, f"imagine: a rollout of horizon={horizon} for {batch} rows",
@@ -332,6 +333,8 @@ class DLH(nn.Module):
         recipe = self.config.loss
         terms = elbo_terms(frames, out.recon_mean, recipe.obs_std, out.kl, out.factor_kl)
         kl = terms["kl"]
+        if recipe.level_kl_scale is not None:  # per-level weights in the loss; the ELBO reported unweighted
+            kl = (out.kl * out.kl.new_tensor(recipe.level_kl_scale)).sum(-1)
         if recipe.free_nats > 0:  # free bits: no pressure below the floor (value kept for metrics)
             kl = torch.clamp(kl, min=recipe.free_nats)
         loss = terms["recon"] + beta * (kl + terms["factor_kl"])

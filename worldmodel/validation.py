@@ -254,10 +254,11 @@ def check_state(
     rows = state.batch_size
     if batch is not None and rows != batch:
         raise ValueError(f"{name}: expected batch {batch} (the input's rows), got a state of batch {rows}")
-    widths = {"s": ("s_dim", cfg.s_dim), "mean": ("s_dim", cfg.s_dim), "std": ("s_dim", cfg.s_dim),
-              "d": ("d_dim", cfg.d_dim), "top_down": ("c_dim", cfg.c_dim)}
-    for key, (what, width) in widths.items():
-        for n, x in enumerate(getattr(state, key)):
+    s_dims = [cfg.level_s_dim(n) for n in range(1, levels + 1)]
+    widths = {"s": ("s_dim", s_dims), "mean": ("s_dim", s_dims), "std": ("s_dim", s_dims),
+              "d": ("d_dim", [cfg.d_dim] * levels), "top_down": ("c_dim", [cfg.c_dim] * levels)}
+    for key, (what, per_level) in widths.items():
+        for n, (x, width) in enumerate(zip(getattr(state, key), per_level)):
             if tuple(x.shape) != (rows, width):
                 raise ValueError(
                     f"{name}.{key} of level {n + 1}: expected shape {(rows, width)} ({what}={width}), "

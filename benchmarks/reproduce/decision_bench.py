@@ -64,7 +64,7 @@ def calibrate(model, cfg, frames, chunk: int = 32) -> None:
     eq. 4 deciding), starting from scratch."""
     hierarchy = model.hierarchy
     for level in list(hierarchy.levels)[1:]:
-        level.decision_stats = initial_stats(cfg.s_dim)
+        level.decision_stats = initial_stats(level.s_dim)
     hierarchy.cfg = cfg.replace(inference=cfg.inference.replace(decision_warmup=10**9, decision_rate=0.05))
     model.train()
     try:

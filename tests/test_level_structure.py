@@ -1,0 +1,122 @@
+"""Issue 23's structural options: per-level state sizes, VTA's restart of the level below, an
+upper change prior without memory, per-level KL weights. Each off by default (the paper)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from worldmodel import DLH, DLHConfig, load
+from worldmodel.config import InferenceConfig, LossConfig
+
+SIZE = 16
+
+
+def tiny(levels: int = 2, **kw) -> DLH:
+    torch.manual_seed(0)
+    base = dict(levels=levels, image_size=SIZE, channels=1, x_dim=12, c_dim=12, d_dim=10, s_dim=4,
+                enc_hidden=(12,), dec_hidden=(12,), state_hidden=(12,), factor_hidden=(8,), conv_depth=4)
+    return DLH(DLHConfig(**{**base, **kw}))
+
+
+def frames(batch: int = 3, steps: int = 5) -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.rand(batch, steps, 1, SIZE, SIZE)
+
+
+@pytest.mark.parametrize("action_dim", [0, 2])
+def test_per_level_state_sizes_shape_every_state_and_feature(tmp_path, action_dim: int) -> None:
+    model = tiny(3, level_s_dims=(2, 5, 7), action_dim=action_dim)
+    acts = torch.randn(3, 5, action_dim) if action_dim else None
+    out = model.observe(frames(), acts)
+    assert [s.shape[1] for s in out.state.s] == [2, 5, 7] == [m.shape[1] for m in out.state.mean]
+    assert model.features(out.state).shape == (3, 2 + 5 + 7 + 3 * 10) == (3, model.config.feature_dim)
+    traj = model.imagine(out.state, 4, torch.randn(3, 4, action_dim) if action_dim else None)
+    assert model.decode(traj).shape == (3, 4, 1, SIZE, SIZE)
+    model.save(tmp_path / "m.safetensors")
+    again = load(tmp_path / "m.safetensors")
+    assert again.config.level_s_dims == (2, 5, 7)
+    torch.manual_seed(2)
+    a = model.observe(frames(), acts).recon
+    torch.manual_seed(2)
+    assert torch.equal(again.observe(frames(), acts).recon, a)
+
+
+def test_per_level_sizes_must_match_the_levels() -> None:
+    with pytest.raises(ValueError, match="level_s_dims must give one size per level"):
+        tiny(2, level_s_dims=(2, 3, 4))
+    with pytest.raises(ValueError, match="level_s_dims"):
+        tiny(2, level_s_dims=(2, 0))
+
+
+def test_a_state_of_other_level_sizes_is_refused() -> None:
+    model = tiny(2, level_s_dims=(2, 6))
+    other = tiny(2).initial_state(3)
+    with pytest.raises(ValueError, match="s of level 1"):
+        model.observe_step(other, frames()[:, 0])
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_restart_below_starts_level_one_afresh_where_level_two_changes(restart: bool) -> None:
+    # every_step: level 2 changes at every step, so with the restart level 1's GRU always
+    # advances from zero: d^1_{t+1} = f_tem(s^1_t, 0)
+    model = tiny(2, inference=InferenceConfig(timescale="every_step", restart_below=restart))
+    level = model.hierarchy.levels[0]
+    state = model.initial_state(3)
+    for t, frame in enumerate(frames().unbind(1)):
+        previous = state.d[0]
+        state = model.observe_step(state, frame)
+        from_zero = level.transition(state.s[0], torch.zeros_like(previous), None)
+        if t > 0:
+            assert torch.allclose(state.d[0], from_zero, atol=1e-6) == restart
+    traj = model.imagine(state, 3)
+    for st in traj.states:
+        # in imagination d^1 is advanced from the restarted state as well
+        assert st.d[0].shape == (3, 10)
+    hierarchy = model.hierarchy
+    d = [torch.ones(3, 10), torch.ones(3, 10)]
+    changed = [torch.ones(3, dtype=torch.bool), torch.tensor([True, False, True])]
+    new = hierarchy.restart_below(d, changed)
+    expected = torch.tensor([0.0, 1.0, 0.0]) if restart else torch.ones(3)
+    assert torch.equal(new[0][:, 0], expected) and torch.equal(new[1], d[1])
+
+
+def test_restart_below_is_off_by_default_and_checked() -> None:
+    assert InferenceConfig().restart_below is False
+    with pytest.raises(ValueError, match="restart_below must be true or false"):
+        InferenceConfig(restart_below="yes")
+
+
+@pytest.mark.parametrize("upper_prior", ["recurrent", "context"])
+def test_an_upper_prior_of_context_alone_ignores_its_temporal_state(upper_prior: str) -> None:
+    model = tiny(2, upper_prior=upper_prior)
+    context = torch.randn(3, 12)
+    upper, lower = model.hierarchy.levels[1], model.hierarchy.levels[0]
+    d1, d2 = torch.randn(3, 10), torch.randn(3, 10)
+    same = torch.equal(upper.predict(d1, context).mean, upper.predict(d2, context).mean)
+    assert same == (upper_prior == "context")
+    assert not torch.equal(lower.predict(d1, context).mean, lower.predict(d2, context).mean)  # reads d^1
+    out = model.observe(frames())
+    with torch.no_grad():  # imagination's fused route agrees with the reference for both
+        torch.manual_seed(3)
+        fused = model.imagine(out.state, 4)
+        model.hierarchy.step_mode = "eager"
+        torch.manual_seed(3)
+        eager = model.imagine(out.state, 4)
+    assert torch.allclose(model.decode(fused), model.decode(eager), atol=1e-5)
+    with pytest.raises(ValueError, match="upper_prior"):
+        tiny(2, upper_prior="none")
+
+
+def test_level_kl_scale_weights_the_state_kl_of_each_level_in_the_loss() -> None:
+    model = tiny(2, loss=LossConfig(obs_std=0.1, level_kl_scale=(1.0, 0.0)))
+    torch.manual_seed(4)
+    loss, metrics = model.loss(frames(), beta=0.5)
+    expected = metrics["recon"] + 0.5 * (metrics["kl/level1"] + metrics["factor_kl"])
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    elbo = -(metrics["recon"] + metrics["kl"] + metrics["factor_kl"])  # unweighted
+    assert metrics["elbo"] == pytest.approx(elbo, rel=1e-5)
+    with pytest.raises(ValueError, match="one weight per level"):
+        tiny(2, loss=LossConfig(level_kl_scale=(1.0,)))
+    with pytest.raises(ValueError, match="level_kl_scale"):
+        LossConfig(level_kl_scale=(1.0, -1.0))

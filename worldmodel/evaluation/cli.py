@@ -34,6 +34,7 @@ from .analysis import (
 from .events import level_event_scores, true_change_rate
 from .loading import Resolved, eval_sequences, evaluation_source, resolve
 from .probes import level_probes
+from .swap import format_usage, level_usage
 from .protocol import EvalResult, averages_with_std, best_of_k_curves, evaluate, ssim_name
 from .tracking import DEFINITION as TRACKING_DEFINITION
 from .tracking import format_tracking, offsets_within, tracking_scores
@@ -324,6 +325,13 @@ def run_analyze(args: argparse.Namespace) -> int:
                               length=_positive("probe-length", args.probe_length), seed=args.seed)
     if probes is not None:
         report["probes"] = {"sequences": args.probe_sequences, "length": args.probe_length, **probes}
+    if args.swap_pairs < 0:
+        raise ValueError(f"--swap-pairs must be 0 (off) or positive, got {args.swap_pairs}")
+    usage = None
+    if args.swap_pairs and model.config.levels >= 2:
+        usage = level_usage(model, source, sequences=2 * args.swap_pairs,
+                            length=_positive("swap-length", args.swap_length), seed=args.seed)
+        report["usage"] = {"length": args.swap_length, **usage}
     payload = {
         **_provenance(args, resolved, split, started),
         "levels": model.config.levels, "timescale": model.config.inference.timescale,
@@ -341,6 +349,10 @@ def run_analyze(args: argparse.Namespace) -> int:
             "samples_split": "rows alternate levels >= m resampled (Fig. 10) and levels < m "
                              "resampled (Fig. 11), for m = 2..N",
             "tracking": TRACKING_DEFINITION,
+            "usage": "the swap test (evaluation.swap.level_usage): frames decoded from sequence A's "
+                     "posterior means below level n and B's from level n up; pixel_share = "
+                     "Σ‖swap − A‖² / Σ‖B − A‖²; colour_upper/lower: the swapped ball has B's / A's "
+                     "colour (pairs whose colours differ); position_px: its distance from A's ball",
             "probes": "R² on held-out sequences of a least-squares linear map (with bias) from level "
                       "n's posterior mean to the object's position (x, y px) and palette colour, "
                       "fitted on the other half of the sequences (evaluation.probes.level_probes)",
@@ -370,6 +382,8 @@ def run_analyze(args: argparse.Namespace) -> int:
         shown = "   ".join(f"L{n} position {probes[f'level{n}_position_r2']:.3f} colour "
                            f"{probes[f'level{n}_colour_r2']:.3f}" for n in range(1, model.config.levels + 1))
         print(f"level probes R²: {shown}")
+    if usage is not None:
+        print(format_usage(usage))
     print(f"  wrote {out / 'analysis.json'} and PNGs")
     return 0
 
@@ -407,6 +421,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probe-sequences", type=int, default=24, help="test windows of the linear "
                    "level probes (position, colour), for data that can read its objects; 0 skips "
                    "them (default %(default)s)")
+    p.add_argument("--swap-pairs", type=int, default=128, help="pairs of test windows of the swap "
+                   "test of level usage (0: off; default %(default)s)")
+    p.add_argument("--swap-length", type=int, default=20, help="frames filtered per swap window "
+                   "(default %(default)s)")
     p.add_argument("--probe-length", type=int, default=60, help="frames per probe window "
                    "(default %(default)s)")
     p.set_defaults(func=run_analyze)

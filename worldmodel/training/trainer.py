@@ -8,8 +8,11 @@ losses an uninterrupted run would have had.
 from __future__ import annotations
 
 import contextlib
+import errno
+import gc
 import json
 import math
+import os
 import time
 import warnings
 import weakref
@@ -23,6 +26,7 @@ from tqdm.auto import tqdm
 from ..data import Batch, SequenceSource, build_source
 from ..data.base import batch_at
 from ..files import (
+    FolderInUse,
     FolderLock,
     atomic_write_text,
     check_output_folder,
@@ -135,10 +139,36 @@ def _media_batch(cfg: TrainConfig):
     except ValueError:  # data with short videos (e.g. 20-frame Moving MNIST): use what fits
         length = cfg.data.seq_len
         context = max(1, min(media.rollout_context, length // 2))
-        print(f"media: videos shorter than logging.rollout_context + rollout_horizon = "
-              f"{media.rollout_context + media.rollout_horizon}; logged rollouts use {length} frames, "
-              f"{context} of context", flush=True)
+        warnings.warn(f"media: videos shorter than logging.rollout_context + rollout_horizon = "
+                      f"{media.rollout_context + media.rollout_horizon}; logged rollouts use {length} frames, "
+                      f"{context} of context (logging.rollout_context={media.rollout_context} lowered)",
+                      stacklevel=3)
         return source.eval_batch(media.media_sequences, length, seed=cfg.seed), context
+
+
+#: The Trainers of this process by run folder (real path), to refuse a second on one folder.
+_TRAINING: dict[str, weakref.ref] = {}
+
+
+def _key(run_dir: Path) -> str:
+    return os.path.realpath(run_dir)
+
+
+def _claim_for_training(trainer: Trainer) -> None:
+    """Record `trainer` as the one training its run folder in this process; FolderInUse when
+    another Trainer has trained there and is neither finished nor dropped (the folder lock is
+    shared within a process, so it cannot tell them apart): both would write the same
+    checkpoints and logs."""
+    key = _key(trainer.run_dir)
+    ref = _TRAINING.get(key)
+    if ref is not None and ref() is not None and ref() is not trainer:
+        gc.collect()  # a dropped Trainer in a reference cycle: collected, it no longer counts
+        other = ref()
+        if other is not None and other.lock is not None and other.lock._key is not None:
+            raise FolderInUse(errno.EBUSY, "in use by another Trainer of this process that has not "
+                              "finished; call its finish() (or drop it) before training another on this "
+                              "run", str(trainer.run_dir))
+    _TRAINING[key] = weakref.ref(trainer)
 
 
 class Trainer:
@@ -165,7 +195,9 @@ class Trainer:
     another out_dir). Temporaries left by interrupted writes are removed at the start. One
     process at a time trains a run: the run folder is locked (`files.FolderLock`), and a second
     Trainer on it in another process gets `FolderInUse` naming the first one's PID; the lock
-    dies with its process, so a killed run resumes without any clean-up.
+    dies with its process, so a killed run resumes without any clean-up. Training a second
+    Trainer on it in the same process, while one that trained there is referenced and not
+    finished, is a `FolderInUse` too.
 
     Args:
         cfg: the run's configuration.
@@ -241,6 +273,9 @@ class Trainer:
             )
         self.source = source if source is not None else build_source(cfg.data, "train")
         _check_action_size(self.source, cfg)
+        if cfg.data.seq_len == 1 and runtime.is_main and not resume:
+            warnings.warn("data.seq_len=1: every training window is one frame, so nothing temporal is "
+                          "learned (transitions, level changes); use data.seq_len >= 2", stacklevel=2)
         self.monitor = Monitor(run_dir, enabled=runtime.is_main, purge_step=self.step if resume else None)
         self.media_batch, self.media_context = None, cfg.logging.rollout_context
         if runtime.is_main:
@@ -250,6 +285,10 @@ class Trainer:
                 self.media_batch = media_batch
                 context = max(1, media_batch.frames.shape[1] // 2)
                 self.media_context = min(cfg.logging.rollout_context, context)
+                if self.media_context < cfg.logging.rollout_context:
+                    warnings.warn(f"media: the given windows hold {media_batch.frames.shape[1]} frames; logged "
+                                  f"rollouts use {self.media_context} of context (logging.rollout_context="
+                                  f"{cfg.logging.rollout_context} lowered)", stacklevel=2)
             else:
                 self.media_batch, self.media_context = _media_batch(cfg)
         self.progress = progress and runtime.is_main
@@ -461,6 +500,8 @@ class Trainer:
         if self.finished:
             raise ValueError(f"{self.run_dir} already finished at step {self.step}; "
                              "raise steps to train on")
+        if self.lock is not None:
+            _claim_for_training(self)
         stop = self.step + count
         end = stop if run_end is None else run_end
         bar = tqdm(total=end, initial=self.step, disable=not self.progress, dynamic_ncols=True,
@@ -523,9 +564,11 @@ class Trainer:
         return result
 
     def track(self) -> dict[str, float]:
-        """Open-loop tracking scores (`track/*`) and linear level probes (`probe/*`) of the
-        current weights on fresh test windows; `track/seconds` is what they cost."""
+        """Open-loop tracking scores (`track/*`), linear level probes and the swap test of level
+        usage (`probe/*`) of the current weights on fresh test windows; `track/seconds` is what
+        they cost."""
         from ..evaluation.probes import level_probes
+        from ..evaluation.swap import level_usage
         from ..evaluation.tracking import offsets_within, tracking_scores
 
         cfg, model = self.cfg, self.model
@@ -539,6 +582,8 @@ class Trainer:
                 samples=cfg.probes.track_samples, sequences=cfg.probes.track_sequences, seed=cfg.seed,
                 at=offsets_within(cfg.logging.rollout_horizon)) or {}
             probes = level_probes(model, self.track_source, seed=cfg.seed) or {}
+            if model.config.levels >= 2:  # the swap test: which level the frame follows
+                probes.update(level_usage(model, self.track_source, seed=cfg.seed))
         finally:
             model.train(was_training)
         out = {f"track/{key}": value for key, value in scores.items()}

@@ -454,3 +454,40 @@ def test_ctrl_c_is_one_line_naming_the_step_and_the_checkpoint_and_resume_is_bit
     assert main([*_args(run, *QUIET, "steps=4", "checkpoint_every=2"), "--resume"]) == 0
     resumed, whole = load(run / "model.safetensors").state_dict(), load(four_steps / "model.safetensors").state_dict()
     assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+
+
+def test_a_second_trainer_on_one_run_in_one_process_is_refused_until_the_first_finishes(tmp_path):
+    from worldmodel.files import FolderInUse
+
+    first = Trainer(_cfg(tmp_path / "run", "steps=4", "checkpoint_every=2"), progress=False)
+    first.train_steps(2)
+    second = Trainer(_cfg(tmp_path / "run", "steps=4", "checkpoint_every=2"), resume=True, progress=False)
+    with pytest.raises(FolderInUse, match=r"run: in use by another Trainer of this process that has not "
+                                          r"finished; call its finish\(\)"):
+        second.fit()
+    assert _rows(tmp_path / "run") == [1, 2]  # the second wrote nothing
+    first.fit()
+    assert _rows(tmp_path / "run") == [1, 2, 3, 4]
+    third = Trainer(_cfg(tmp_path / "run", "steps=6", "checkpoint_every=2"), resume=True, progress=False)
+    third.train_steps(1)
+    del third  # a dropped Trainer does not hold the run
+    fourth = Trainer(_cfg(tmp_path / "run", "steps=6", "checkpoint_every=2"), resume=True, progress=False)
+    assert fourth.step == 5  # the third checkpointed the end of its block
+    fourth.fit()
+
+
+def test_seq_len_1_trains_with_a_warning_that_nothing_temporal_is_learned(tmp_path):
+    with pytest.warns(UserWarning, match=r"data\.seq_len=1: every training window is one frame"):
+        Trainer(_cfg(tmp_path / "run", "steps=1", "data.seq_len=1"), progress=False)
+
+
+def test_a_rollout_context_longer_than_the_windows_is_lowered_with_a_warning(tmp_path):
+    from tests.conftest import random_frames
+    from worldmodel.data import Batch
+
+    frames = random_frames(2, 4, channels=3)
+    with pytest.warns(UserWarning, match=r"logged rollouts use 2 of context \(logging\.rollout_context=1000 "
+                                         r"lowered\)"):
+        trainer = Trainer(_cfg(tmp_path / "run", "steps=1", "rollout_context=1000"), progress=False,
+                          media_batch=Batch(frames=frames))
+    assert trainer.media_context == 2

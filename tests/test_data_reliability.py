@@ -79,3 +79,43 @@ def test_an_action_size_that_does_not_fit_the_model_is_named_at_start(tmp_path):
     with pytest.raises(ValueError, match=rf"data \(data\.path='{tmp_path / 'data'}'\) has actions of size 3, "
                                          r"but model\.action_dim=2: set model\.action_dim=3"):
         Trainer(cfg, progress=False)
+
+
+# ---------------------------------------------------------------------------- issue 27
+@pytest.mark.parametrize("shape, match", [
+    ((12, 1, 1, 1), r"frames of 1x1 pixels are enlarged to 16x16 \(more than 4x\)"),
+    ((12, 3, 4000, 1), r"frames of 3x4000 pixels \(aspect ratio 1\.33e\+03:1\) are squashed to 16x16"),
+])
+def test_a_video_that_resizing_distorts_is_taken_with_a_warning_naming_it(tmp_path, shape, match):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    np.save(folder / "fine.npy", np.zeros((12, 16, 16, 1), np.uint8))
+    odd = folder / "odd.npy"
+    np.save(odd, np.zeros(shape, np.uint8))
+    cfg = DataConfig(name="video_folder", path=str(folder), image_size=16, channels=1, seq_len=4,
+                     options={"test_fraction": 0})
+    with pytest.warns(UserWarning, match=rf"{odd}: {match}"):
+        source = build_source(cfg, "train")
+    assert len(source.lengths) == 2
+
+
+def _episode_with(**changes) -> dict[str, np.ndarray]:
+    episode = make_episode(2, 6, size=16)
+    episode.update(changes)
+    return episode
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"image": np.zeros((6, 24, 40, 3), np.uint8)}, r"frames of 24x40 with 3 channel\(s\), unlike .*ep0\.npz "
+                                                     r"\(16x16 with 3\): taken resized and converted to 16x16 with 3"),
+    ({"image": np.zeros((6, 16, 16), np.uint8)}, r"frames of 16x16 with 1 channel\(s\), unlike .*ep0\.npz "
+                                                 r"\(16x16 with 3\)"),
+    ({"log_seed": np.full(6, np.nan)}, r"'log_seed' holds float64 values, not integer seeds; it is ignored"),
+    ({"action": np.full((6, 2), 1e30, np.float32)}, r"actions up to 1e\+30 in magnitude"),
+])
+def test_an_odd_episode_is_taken_with_a_warning_naming_its_file(tmp_path, changes, match):
+    save_episode(tmp_path / "ep0.npz", make_episode(1, 6, size=16))
+    odd = save_episode(tmp_path / "ep1.npz", _episode_with(**changes))
+    with pytest.warns(UserWarning, match=rf"{odd}: {match}"):
+        source = EpisodeSource.from_directory(tmp_path, image_size=16, channels=3)
+    assert source.num_episodes == 2

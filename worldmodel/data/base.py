@@ -226,9 +226,30 @@ def resize_video(video: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+UPSCALE_WARNED = 4  # frames enlarged more than this many times (per side) get a warning
+ASPECT_WARNED = 2.0  # frames this much wider than high (or higher than wide) get a warning
+
+
+def check_frame_size(height: int, width: int, image_size: int, origin: str) -> None:
+    """Warn (naming `origin`) when resizing H x W frames to image_size² distorts them: enlarged
+    more than `UPSCALE_WARNED` times (a 1 x 1 video becomes flat squares) or squashed from an
+    aspect ratio beyond `ASPECT_WARNED` (a 4000 x 3 video)."""
+    if height == width == image_size:
+        return
+    if min(height, width) * UPSCALE_WARNED < image_size:
+        warnings.warn(f"{origin}: frames of {height}x{width} pixels are enlarged to {image_size}x{image_size} "
+                      f"(more than {UPSCALE_WARNED}x): they hold little of an image", stacklevel=3)
+    if max(height, width) > ASPECT_WARNED * min(height, width):
+        warnings.warn(f"{origin}: frames of {height}x{width} pixels (aspect ratio "
+                      f"{max(height, width) / min(height, width):.3g}:1) are squashed to "
+                      f"{image_size}x{image_size}: crop them to a square first", stacklevel=3)
+
+
 def prepare_video(video: np.ndarray, image_size: int, channels: int, origin: str) -> np.ndarray:
-    """Any uint8 video -> contiguous (T, image_size, image_size, channels) uint8."""
+    """Any uint8 video -> contiguous (T, image_size, image_size, channels) uint8; frames that
+    resizing distorts get a warning naming `origin` (`check_frame_size`)."""
     video = as_video(video, origin)
+    check_frame_size(video.shape[1], video.shape[2], image_size, origin)
     video = convert_channels(video, channels)  # before resizing: fewer channels to resize
     return np.ascontiguousarray(resize_video(video, image_size))
 

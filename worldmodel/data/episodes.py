@@ -153,6 +153,7 @@ class EpisodeSource(SequenceSource):
         self.capacity = capacity
         self.episodes: list[dict[str, np.ndarray]] = []
         self.lengths: list[int] = []
+        self._first_frames: tuple[tuple[int, ...], str] | None = None  # (H, W, C) of the first episode, its origin
 
     @classmethod
     def from_directory(
@@ -195,8 +196,9 @@ class EpisodeSource(SequenceSource):
         elif action_dim != self.action_dim:
             raise ValueError(f"{origin}: its actions have size {action_dim}, but {self._action_dim_from} "
                              f"have size {self.action_dim}: all episodes of a data set need one action size")
+        _odd_episode(self, data, origin)
         self.episodes.append({
-            "image": prepare_video(data["image"], self.image_size, self.channels, "episode"),
+            "image": prepare_video(data["image"], self.image_size, self.channels, origin),
             "action": data["action"],
             "reward": data["reward"],
             "is_first": data["is_first"],
@@ -229,6 +231,32 @@ class EpisodeSource(SequenceSource):
         return (f"EpisodeSource(split={self.split!r}, episodes={self.num_episodes}, "
                 f"steps={self.num_steps}, size={self.image_size}, channels={self.channels}, "
                 f"action_dim={self.action_dim})")
+
+
+ACTION_WARNED = 1e3  # actions larger in magnitude get a warning: the model takes them as they are
+
+
+def _odd_episode(source: EpisodeSource, data: Mapping[str, np.ndarray], origin: str) -> None:
+    """Warn, naming `origin`, about what an episode is taken with although it looks wrong: frames
+    of another size or channel count than the first episode's (they are resized or converted),
+    a `log_seed` that is no integer seed (it is ignored), actions of huge magnitude."""
+    frames = tuple(data["image"].shape[1:])
+    if source._first_frames is None:
+        source._first_frames = (frames, origin)
+    elif frames != source._first_frames[0]:
+        (h, w, c), (h0, w0, c0) = frames, source._first_frames[0]
+        warnings.warn(f"{origin}: frames of {h}x{w} with {c} channel(s), unlike {source._first_frames[1]} "
+                      f"({h0}x{w0} with {c0}): taken resized and converted to {source.image_size}x"
+                      f"{source.image_size} with {source.channels}", stacklevel=4)
+    if SEED_KEY in data:
+        seeds = np.asarray(data[SEED_KEY])
+        if seeds.dtype.kind not in "iu":
+            warnings.warn(f"{origin}: {SEED_KEY!r} holds {seeds.dtype} values, not integer seeds; it is ignored "
+                          "(episodes are told apart by their content only)", stacklevel=4)
+    largest = float(np.abs(data["action"]).max()) if data["action"].size else 0.0
+    if largest > ACTION_WARNED:
+        warnings.warn(f"{origin}: actions up to {largest:.3g} in magnitude; the model takes them as they are "
+                      "(scale them to about [-1, 1])", stacklevel=4)
 
 
 def build(cfg: DataConfig, options: EpisodeOptions, split: str) -> EpisodeSource:

@@ -11,6 +11,11 @@
     # the trainer against its bare step: one run, N steps of the quick start
     python benchmarks/train_speed.py --trainer-overhead --steps 2000
 
+    # where the step stands against the machine: fp32 matmul peak measured in the same run,
+    # the step's GFLOP counted by torch.utils.flop_counter, frames/s and fraction of peak for
+    # the conv towers alone, the latent recurrence alone and the whole step
+    python benchmarks/train_speed.py --roofline --threads 1
+
 `--trainer-overhead` trains N steps with the real trainer (`Trainer.train_steps` and
 `finish`: logging, probes, tracking, media, checkpoints at the config's intervals) and, after
 every block of `--block` trainer steps, times the same number of bare steps (forward, backward,
@@ -248,6 +253,102 @@ def trainer_overhead(args: argparse.Namespace) -> dict[str, float]:
     return result
 
 
+def matmul_peak(threads: int | None, size: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a size³ fp32 matmul, best of `repeats` (the machine's practical peak)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(2):
+        a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def roofline(args: argparse.Namespace) -> dict[str, float]:
+    """The training step against the machine's fp32 matmul peak (all measured in this run).
+
+    Parts: "towers" — the conv encoder on every frame of the batch and the conv decoder back
+    (forward + backward, the step's pixel NLL on top); "recurrence" — the same model with the
+    towers cut to a 1-channel stub (what the latent loop costs); "step" — forward, backward,
+    clip and Adam of the real model. GFLOP are counted (torch.utils.flop_counter: matmuls and
+    convolutions, forward and backward), not assumed.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from worldmodel import DLH
+    from worldmodel.data import build_source
+    from worldmodel.data.base import batch_at
+    from worldmodel.training import load_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    peak = matmul_peak(args.threads)
+    cfg = load_config(args.config, args.set)
+    torch.manual_seed(cfg.seed)
+    model = DLH(cfg.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, eps=cfg.optim.eps)
+    source = build_source(cfg.data, "train")
+    batch = batch_at(source, cfg.seed, 0, cfg.data.batch_size, cfg.data.seq_len)
+    frames = batch.frames
+    flat = frames.flatten(0, 1)
+    context = torch.randn(flat.shape[0], cfg.model.c_dim, requires_grad=True)
+
+    def towers() -> None:
+        x = model.encoder(flat)
+        recon = model.decoder(context + 0.0 * x.sum())
+        (0.5 * ((flat - recon) / cfg.model.loss.obs_std).pow(2)).sum().backward()
+
+    def step() -> None:
+        loss, _ = model.loss(frames, batch.actions, 1.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or math.inf)
+        optimizer.step()
+
+    def timed(fn) -> float:
+        for _ in range(args.warmup):
+            fn()
+        best = math.inf
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                fn()
+            best = min(best, (time.perf_counter() - start) / args.steps)
+        return best
+
+    def flops(fn) -> float:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            fn()
+        return counter.get_total_flops() / 1e9
+
+    n_frames = flat.shape[0]
+    rows = {"towers": (flops(towers), timed(towers)), "step": (flops(step), timed(step))}
+    step_flops, step_time = rows["step"]
+    tower_flops, tower_time = rows["towers"]
+    rows["rest (step − towers)"] = (step_flops - tower_flops, step_time - tower_time)
+    print(f"# {args.config}, batch {cfg.data.batch_size} × {cfg.data.seq_len} frames, "
+          f"{platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"best of {args.repeats}×{args.steps}")
+    print(f"fp32 matmul peak (2048³, this run): {peak:.1f} GFLOP/s")
+    result = {"peak_gflops": peak, "threads": torch.get_num_threads()}
+    for name, (gflop, seconds) in rows.items():
+        rate = gflop / seconds if seconds > 0 else math.nan
+        print(f"{name:>22}: {gflop:6.2f} GFLOP  {seconds * 1e3:7.1f} ms  {n_frames / seconds:7.0f} frames/s  "
+              f"{rate:6.1f} GFLOP/s = {rate / peak:5.1%} of peak")
+        key = name.split()[0]
+        result.update({f"{key}_gflop": gflop, f"{key}_ms": seconds * 1e3, f"{key}_fraction": rate / peak})
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -267,6 +368,8 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=25,
                         help="with --trainer-overhead: steps per alternating block (default 25)")
     parser.add_argument("--json", default=None, help="with --trainer-overhead: also write the result here")
+    parser.add_argument("--roofline", action="store_true",
+                        help="fp32 matmul peak, counted GFLOP and fraction of peak of towers and step")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -276,6 +379,11 @@ def main() -> None:
             configure_threads(None)
         print(json.dumps(time_steps(args.config, args.precision, args.steps, args.warmup, args.repeats,
                                     args.threads, args.set)))
+    elif args.roofline:
+        result = roofline(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
     elif args.trainer_overhead:
         result = trainer_overhead(args)
         if args.json:

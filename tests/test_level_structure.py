@@ -120,3 +120,22 @@ def test_level_kl_scale_weights_the_state_kl_of_each_level_in_the_loss() -> None
         tiny(2, loss=LossConfig(level_kl_scale=(1.0,)))
     with pytest.raises(ValueError, match="level_kl_scale"):
         LossConfig(level_kl_scale=(1.0, -1.0))
+
+
+@pytest.mark.parametrize("reads", [False, True])
+def test_a_posterior_that_reads_d_depends_on_it_and_trains(reads: bool) -> None:
+    model = tiny(2, posterior_reads_d=reads)
+    level = model.hierarchy.levels[0]
+    x, context = torch.randn(3, 12), torch.randn(3, 12)
+    d1, d2 = torch.randn(3, 10), torch.randn(3, 10)
+    differ = not torch.equal(level.infer(x, context, d1).mean, level.infer(x, context, d2).mean)
+    assert differ == reads
+    if reads:
+        with pytest.raises(ValueError, match="posterior_reads_d"):
+            level.infer(x, context)
+    loss, _ = model.loss(frames(), beta=1.0)
+    loss.backward()
+    grad = level.posterior._linears[0].weight.grad
+    assert grad.shape[1] == 12 + 12 + (10 if reads else 0) and torch.isfinite(grad).all()
+    with pytest.raises(ValueError, match="posterior_reads_d must be true or false"):
+        tiny(2, posterior_reads_d="yes")

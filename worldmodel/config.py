@@ -245,6 +245,9 @@ class DLHConfig:
             temporal state d^n left out, so an upper level that tracks a fast feature pays its
             full KL at every change while level 1 predicts it from d^1; d^n still feeds the prior
             factor and the features). Level 1's prior always reads d^1.
+        posterior_reads_d: the posterior reads the level's temporal state as well,
+            q(s^n | x^n, c^n, d^n), as RSSM's q(s_t | h_t, o_t) (ours, issue 24; False: eq. 13,
+            the paper, where the posterior sees only the frame's features and the level above).
         conv_depth: channels of the first conv layer; layers use depth * (1, 2, 4, 8).
         conv_norm: normalisation after each hidden layer of the conv towers: "none" or
             "layer" (per sample over channels and positions, with a learned per-channel
@@ -285,6 +288,7 @@ class DLHConfig:
     factor_hidden: tuple[int, ...] = (200,)
     prior_factor: str = "feedforward"
     upper_prior: str = "recurrent"
+    posterior_reads_d: bool = False
     conv_depth: int = 48
     conv_norm: str = "none"
     conv_act: str = "elu"
@@ -330,7 +334,7 @@ class DLHConfig:
                 raise ValueError(
                     f"DLHConfig.init_std must exceed every level's min_std, got {self.init_std!r}"
                 )
-        for name in ("reward_head", "continue_head"):
+        for name in ("reward_head", "continue_head", "posterior_reads_d"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"DLHConfig.{name} must be true or false, got {getattr(self, name)!r}")
         levels = _check_ints("action_levels", self.action_levels, self.levels)

@@ -130,6 +130,9 @@ class Hierarchy(nn.Module):
         self.top_context = nn.Parameter(torch.zeros(cfg.c_dim))
         self.step_mode = "fused"
         self._compiled: Route | None = None
+        # the trainer's bootstrapped schedule (optim.upper_warmup): while set and training,
+        # levels >= 2 change only at a sequence's first step; not part of the model's config
+        self.hold_upper = False
 
     @property
     def step_mode(self) -> str:
@@ -321,7 +324,7 @@ class Hierarchy(nn.Module):
         rows = [Rows(mask) for mask in ran]  # filtering runs dense: masked rows
 
         def posterior(i: int, sel: Rows, context: Tensor) -> tuple:
-            q = levels[i].infer(sel.take(xs[i]), context)
+            q = levels[i].infer(sel.take(xs[i]), context, sel.take(dec.d[i]))
             kl = self._state_kl(i, q, sel.take(dec.d[i]), context, state, dec.weight[i])  # 3. (eq. 9)
             sample = q.rsample()
             return sample, q.mean, q.std, levels[i].top_down(sample, context), kl
@@ -387,9 +390,9 @@ class Hierarchy(nn.Module):
         context = self.context(i, state.top_down)  # eq. 25: c^n cached from t-1
         static = Gaussian(state.mean[i], state.std[i])  # eq. 2: p(s^n_t | e = 0) = q(s^n_{t-1})
         # boundary "anchor" trains this candidate posterior: compute it once, with grad
-        fresh = level.infer(x, context) if rule.boundary == "anchor" else None
+        fresh = level.infer(x, context, d) if rule.boundary == "anchor" else None
         with torch.no_grad():
-            q = level.infer(x, context) if fresh is None else Gaussian(fresh.mean.detach(),
+            q = level.infer(x, context, d) if fresh is None else Gaussian(fresh.mean.detach(),
                                                                        fresh.std.detach())
             change_prior = level.predict(d, context)
             if level.decision_stats is None:
@@ -400,6 +403,9 @@ class Hierarchy(nn.Module):
                     rule.decision, q, change_prior, static, level.decision_stats, rule.decision_tolerance,
                     rule.decision_gamma, rule.decision_warmup, rule.decision_margin)
             weight = torch.where(first, torch.ones_like(weight), weight)
+            held = self.hold_upper and self.training  # bootstrapped schedule: static after t = 0
+            if held:
+                weight = first.to(weight.dtype)
         e = candidate & (weight > 0.5)
         if level.decision_stats is not None and self.training:
             decisions.update(level.decision_stats, q, static, kl_static, candidate & ~first, e,
@@ -416,7 +422,7 @@ class Hierarchy(nn.Module):
             h_next = torch.where(e.unsqueeze(1), torch.zeros_like(h_next), h_next)
         # eq. 8c: KL[q(e) ‖ p(e)]; for a one-hot q(e) it is −log p(e = the inferred value)
         fkl = bernoulli_nll(logit, e.float()) if rule.assignment == "hard" else kl_bernoulli(weight, logit)
-        fkl = torch.where(candidate & ~first, fkl, torch.zeros_like(fkl))
+        fkl = torch.where(candidate & ~first & (not held), fkl, torch.zeros_like(fkl))
         return e, weight, fkl, torch.sigmoid(logit.detach()), h_next, anchor
 
     def _state_kl(

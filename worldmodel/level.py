@@ -44,7 +44,9 @@ class Level(nn.Module):
         self.decoder = MLP(s_dim + cfg.c_dim, cfg.dec_hidden, cfg.c_dim)
         gru_in = s_dim + (cfg.action_dim if self.takes_action else 0)
         self.temporal = nn.GRUCell(gru_in, cfg.d_dim)
-        self.posterior = MLP(cfg.x_dim + cfg.c_dim, cfg.state_hidden, 2 * s_dim)
+        self.posterior_reads_d = cfg.posterior_reads_d  # RSSM's posterior q(s^n | x^n, c^n, d^n)
+        post_in = cfg.x_dim + cfg.c_dim + (cfg.d_dim if cfg.posterior_reads_d else 0)
+        self.posterior = MLP(post_in, cfg.state_hidden, 2 * s_dim)
         self.prior = MLP(cfg.d_dim + cfg.c_dim, cfg.state_hidden, 2 * s_dim)
         self.prior_reads_d = index == 1 or cfg.upper_prior == "recurrent"  # eq. 14 or p(s^n | c^n)
         self.factor = MLP(cfg.d_dim, cfg.factor_hidden, 1) if index > 1 else None
@@ -71,14 +73,22 @@ class Level(nn.Module):
                 last.bias[self.s_dim:] = target + torch.log(-torch.expm1(-target))
                 last.weight[self.s_dim:] *= 0.1
 
-    def infer(self, x: Tensor, context: Tensor) -> Gaussian:
+    def infer(self, x: Tensor, context: Tensor, d: Tensor | None = None) -> Gaussian:
         """q(s^n | x^n, c^n): x (B, X), context (B, C) -> Gaussian over (B, S).
+
+        Under `posterior_reads_d` the posterior also reads the level's temporal state d (B, D)
+        (RSSM's q(s_t | h_t, o_t); a deviation from eq. 13).
 
         The Gaussian heads run in fp32 under autocast: eq. 4 compares KLs of means whose std
         can be ~0.01, which bf16 rounding would turn into spurious KL (and flipped decisions).
         """
+        inputs = [x, context]
+        if self.posterior_reads_d:
+            if d is None:
+                raise ValueError("this level's posterior reads d^n (posterior_reads_d): pass d")
+            inputs.append(d)
         with full_precision(x):
-            params = self.posterior(torch.cat([x, context], -1).float())
+            params = self.posterior(torch.cat(inputs, -1).float())
         return gaussian_from_params(params, self.min_std)
 
     def predict(self, d: Tensor, context: Tensor) -> Gaussian:

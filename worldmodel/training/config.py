@@ -49,6 +49,11 @@ class OptimConfig:
             with a long second-moment memory Adam then under-steps for thousands of steps.
         lr_warmup: steps over which the learning rate rises linearly from lr/lr_warmup to lr
             (0: constant lr).
+        upper_warmup: a bootstrapped schedule (issue 23, candidate d; 0: off, the paper):
+            for this many training steps the levels n >= 2 change only at a sequence's first
+            step (eq. 4 is not applied; no prior-factor loss), so level 1 learns what moves
+            and an upper level can hold only what persists through a window; eq. 4 after.
+            Evaluation and probes always use eq. 4.
     """
 
     lr: float = 5e-4
@@ -58,6 +63,7 @@ class OptimConfig:
     grad_clip: float = 100.0
     lr_warmup: int = 0
     beta2: float = 0.999
+    upper_warmup: int = 0
 
     def __post_init__(self) -> None:
         for name in ("lr", "eps"):
@@ -69,7 +75,7 @@ class OptimConfig:
             if not is_finite_number(value) or not value >= 0:
                 raise ValueError(f"optim.{name} must be a finite number >= 0, got {value!r}"
                                  + (" (0 disables clipping)" if name == "grad_clip" else ""))
-        for name in ("beta_warmup", "lr_warmup"):
+        for name in ("beta_warmup", "lr_warmup", "upper_warmup"):
             value = getattr(self, name)
             object.__setattr__(self, name, check_int(value, f"optim.{name}", 0, hint="steps"))
         if not is_finite_number(self.beta2) or not 0 < self.beta2 < 1:

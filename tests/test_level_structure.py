@@ -139,3 +139,26 @@ def test_a_posterior_that_reads_d_depends_on_it_and_trains(reads: bool) -> None:
     assert grad.shape[1] == 12 + 12 + (10 if reads else 0) and torch.isfinite(grad).all()
     with pytest.raises(ValueError, match="posterior_reads_d must be true or false"):
         tiny(2, posterior_reads_d="yes")
+
+
+def test_the_bootstrapped_schedule_holds_level_two_for_its_steps_only(tmp_path) -> None:
+    from worldmodel.training import Trainer, load_config
+
+    sets = ["model.levels=2", "model.image_size=16", "model.channels=3", "model.x_dim=16", "model.c_dim=16",
+            "model.d_dim=16", "model.s_dim=4", "model.enc_hidden=[16]", "model.dec_hidden=[16]",
+            "model.state_hidden=[16]", "model.factor_hidden=[8]", "model.conv_depth=4",
+            "model.inference.decision_margin=0", "data.image_size=16", "data.channels=3", "data.seq_len=8",
+            "data.batch_size=4", "threads=1", "steps=4", "logging.log_every=1", "logging.media_every=0",
+            "logging.checkpoint_every=100", "probes.event_every=0", "probes.track_every=0",
+            "optim.upper_warmup=2", f"out_dir={tmp_path}"]
+    trainer = Trainer(load_config(None, sets))
+    rates = []
+    for _ in range(4):
+        metrics = trainer.train_step()
+        rates.append(metrics["change_rate/level2"])
+        assert trainer.model.hierarchy.hold_upper == (trainer.step <= 2)
+    assert rates[:2] == [1 / 8, 1 / 8]  # only the first step of each window while held
+    assert metrics["factor_kl/level2"] >= 0.0
+    trainer.finish()
+    with pytest.raises(ValueError, match="upper_warmup"):
+        load_config(None, ["optim.upper_warmup=-1"])

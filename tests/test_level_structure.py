@@ -162,3 +162,54 @@ def test_the_bootstrapped_schedule_holds_level_two_for_its_steps_only(tmp_path) 
     trainer.finish()
     with pytest.raises(ValueError, match="upper_warmup"):
         load_config(None, ["optim.upper_warmup=-1"])
+
+
+def _overshoot_reference(model: DLH, states, depth: int) -> torch.Tensor:
+    """Chains one at a time, from each start t, for a flat model without actions."""
+    level = model.hierarchy.levels[0]
+    steps, batch = len(states), len(states[0].t)
+    total, count = torch.zeros(batch, steps), torch.zeros(batch, steps)
+    for t in range(steps):
+        d = states[t].d[0]
+        for k in range(1, depth + 1):
+            if t + k >= steps:
+                break
+            ctx = model.hierarchy.context(0, states[t + k].top_down)
+            prior = level.predict(d, ctx)
+            if k >= 2:
+                q = states[t + k]
+                kl = 0.5 * ((q.std[0] / prior.std) ** 2 + ((q.mean[0] - prior.mean) / prior.std) ** 2 - 1
+                            - 2 * torch.log(q.std[0] / prior.std)).sum(-1)
+                total[:, t + k] += kl
+                count[:, t + k] += 1
+            d = level.transition(prior.mean, d, None)  # the mean: no noise in the comparison
+    return total / count.clamp_min(1)
+
+
+def test_overshooting_matches_chains_computed_one_at_a_time(monkeypatch) -> None:
+    model = tiny(1, loss=LossConfig(overshoot=3))
+    with torch.no_grad():
+        _, states = model._filter(frames(2, 6), None, None, None)
+        from worldmodel import distributions
+        monkeypatch.setattr(distributions.Gaussian, "rsample", lambda self: self.mean)
+        fast = model._overshoot_kl(states, None, None, 3)
+        slow = _overshoot_reference(model, states, 3)
+    assert torch.allclose(fast, slow, rtol=1e-4, atol=1e-4)
+    assert (fast[:, :2] == 0).all() and (fast[:, 2:] > 0).all()
+    is_first = torch.zeros(2, 6)
+    is_first[:, 3] = 1  # no chain may cross an episode start
+    with torch.no_grad():
+        cut = model._overshoot_kl(states, None, is_first, 3)
+    assert (cut[:, 3:5] == 0).all() and torch.equal(cut[:, 2], fast[:, 2])
+
+
+def test_overshooting_trains_the_prior_only_and_is_reported() -> None:
+    model = tiny(2, loss=LossConfig(overshoot=4, overshoot_scale=0.5), action_dim=2)
+    loss, metrics = model.loss(frames(2, 6), torch.randn(2, 6, 2), beta=1.0)
+    assert metrics["overshoot_kl"] > 0
+    assert loss.detach() > -(metrics["elbo"])  # the overshooting term adds to the loss
+    loss.backward()
+    level = model.hierarchy.levels[0]
+    assert level.prior._linears[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="overshoot"):
+        LossConfig(overshoot=-1)

@@ -185,6 +185,11 @@ class LossConfig:
         level_kl_scale: per-level weights of the state KL in the loss, one per level (None:
             all 1, the paper's ELBO); the reported ELBO keeps unit weights. A level whose KL
             weighs less is the cheaper home for information (issue 23, candidate c).
+        overshoot: latent overshooting of level 1 (PlaNet; ours, issue 24): K >= 2 adds, scaled
+            by β · `overshoot_scale`, the mean over k = 2..K of KL[q(s^1_{t+k}) ‖ p_k], p_k level
+            1's change prior after k − 1 open-loop steps from the filtered state (the posterior a
+            fixed target), so the prior learns what imagination asks of it. 0 or 1: off.
+        overshoot_scale: the weight of the overshooting KL against the one-step KL.
     """
 
     obs_std: float = 1.0
@@ -194,8 +199,12 @@ class LossConfig:
     reward_scale: float = 1.0
     continue_scale: float = 1.0
     level_kl_scale: tuple[float, ...] | None = None
+    overshoot: int = 0
+    overshoot_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        _check_int(self, "overshoot", 0, "DLHConfig.loss")
+        _check_number("loss.overshoot_scale", self.overshoot_scale, at_least=0.0)
         _check_number("loss.obs_std", self.obs_std, above=0.0)
         if self.level_kl_scale is not None:
             scale = self.level_kl_scale

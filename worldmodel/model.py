@@ -28,6 +28,7 @@ from .files import atomic_write
 from .hierarchy import Hierarchy
 from .losses import continue_nll, elbo_terms, reward_nll
 from .networks import MLP, ConvDecoder, ConvEncoder, initialize
+from .distributions import Gaussian, kl_gaussian
 from .state import HierarchicalState, ObserveOutput, Trajectory
 
 Policy = Callable[[HierarchicalState], Tensor]
@@ -329,7 +330,7 @@ class DLH(nn.Module):
         if continues is not None and self.continue_head is None:
             raise ValueError("continues given but the model has no continue head: build it with "
                              "DLHConfig(continue_head=True)")
-        out = self._filter(frames, actions, is_first, None)[0]
+        out, states = self._filter(frames, actions, is_first, None)
         recipe = self.config.loss
         terms = elbo_terms(frames, out.recon_mean, recipe.obs_std, out.kl, out.factor_kl)
         kl = terms["kl"]
@@ -339,13 +340,17 @@ class DLH(nn.Module):
             kl = torch.clamp(kl, min=recipe.free_nats)
         loss = terms["recon"] + beta * (kl + terms["factor_kl"])
         extra: dict[str, Tensor] = {}
+        if recipe.overshoot > 1:  # latent overshooting of level 1's prior (PlaNet), scaled like the KL
+            extra["overshoot_kl"] = self._overshoot_kl(states, actions, is_first, recipe.overshoot)
+            loss = loss + beta * recipe.overshoot_scale * extra["overshoot_kl"]
         if rewards is not None:
             extra["reward_nll"] = reward_nll(self.predict_reward(out.features), rewards)
         if continues is not None:
             extra["continue_nll"] = continue_nll(self.continue_head(out.features).squeeze(-1), continues)
         scales = {"reward_nll": recipe.reward_scale, "continue_nll": recipe.continue_scale}
         for key, value in extra.items():
-            loss = loss + scales[key] * value
+            if key in scales:
+                loss = loss + scales[key] * value
         total = loss.mean()
         with torch.no_grad():
             metrics = {
@@ -364,6 +369,52 @@ class DLH(nn.Module):
                     metrics[f"factor_kl/level{n + 1}"] = float(out.factor_kl[..., n].mean())
             metrics.update({k: float(v.mean()) for k, v in extra.items()})
         return total, metrics, out
+
+    def _overshoot_kl(
+        self, states: list[HierarchicalState], actions: Tensor | None, is_first: Tensor | None, depth: int,
+    ) -> Tensor:
+        """Latent overshooting of level 1 (PlaNet, Hafner et al. 2019): the mean over k = 2..depth
+        of KL[q(s^1_{t+k}) ‖ p_k(s^1_{t+k})], p_k the change prior after k − 1 steps of the open-loop
+        recurrence from the filtered d^1 (samples of the prior fed back, eq. 12 and 14), each
+        step reading the filtered context c^1 of its own frame (the upper levels teacher-forced).
+        The posterior is a fixed target (no gradient): only the prior and the recurrence learn to
+        predict further than one step, as imagination uses them. Chains that cross an episode
+        start (`is_first`) or the window's end are left out. Returns (B, T): the KL of the
+        chains ending at frame t, averaged over their k, 0 where none ends.
+        """
+        level, hierarchy = self.hierarchy.levels[0], self.hierarchy
+        batch, steps = len(states[0].t), len(states)
+        stack = lambda xs: torch.stack(xs, 1)  # noqa: E731  list of (B, ·) -> (B, T, ·)
+        post_mean = stack([st.mean[0] for st in states]).detach()
+        post_std = stack([st.std[0] for st in states]).detach()
+        context = stack([hierarchy.context(0, st.top_down) for st in states])  # c^1_t
+        d = stack([st.d[0] for st in states])  # d^1 after step t (owed under actions: d^1_t)
+        s = stack([st.s[0] for st in states])
+        if level.takes_action:  # pay the owed advance with the action of the next step
+            nxt = torch.cat([actions[:, 1:], actions[:, -1:]], 1)
+            d = level.transition(s.flatten(0, 1), d.flatten(0, 1), nxt.flatten(0, 1)).unflatten(
+                0, (batch, steps))
+        starts = is_first.bool() if is_first is not None else torch.zeros(batch, steps, dtype=torch.bool,
+                                                                          device=d.device)
+        valid = torch.ones(batch, steps, dtype=torch.bool, device=d.device)
+        total = torch.zeros(batch, steps, device=d.device)
+        count = torch.zeros(batch, steps, device=d.device)
+        for k in range(1, min(depth, steps - 1) + 1):
+            span = steps - k  # d[:, t] predicts frame t + k, for t < span
+            valid = valid[:, :span] & ~starts[:, k:]  # no episode start in (t, t + k]
+            d = d[:, :span]
+            prior = level.predict(d.flatten(0, 1), context[:, k:].flatten(0, 1))  # eq. 14
+            if k >= 2:  # k = 1 is the one-step prior the ELBO already trains
+                target = Gaussian(post_mean[:, k:].flatten(0, 1), post_std[:, k:].flatten(0, 1))
+                kl = kl_gaussian(target, prior).unflatten(0, (batch, span))
+                total[:, k:] += torch.where(valid, kl, torch.zeros_like(kl))
+                count[:, k:] += valid.float()
+            if k < depth and span > 1:  # feed the prior's sample back (eq. 12)
+                sample = prior.rsample().unflatten(0, (batch, span))[:, :-1]
+                act = actions[:, k + 1:].flatten(0, 1) if level.takes_action else None
+                d = level.transition(sample.flatten(0, 1), d[:, :-1].flatten(0, 1), act).unflatten(
+                    0, (batch, span - 1))
+        return total / count.clamp_min(1.0)
 
     def forward(self, *args, **kwargs) -> tuple[Tensor, dict[str, float], ObserveOutput]:
         """Same as `loss_and_output` (so that DistributedDataParallel can wrap the model)."""

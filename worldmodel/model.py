@@ -23,12 +23,12 @@ from torch import Tensor, nn
 from . import validation as check
 from .arguments import check_int
 from .config import DLHConfig, model_file_metadata
+from .distributions import Gaussian, kl_gaussian
 from .fastpath import one_rollout
 from .files import atomic_write
 from .hierarchy import Hierarchy
 from .losses import continue_nll, elbo_terms, reward_nll
 from .networks import MLP, ConvDecoder, ConvEncoder, initialize
-from .distributions import Gaussian, kl_gaussian
 from .state import HierarchicalState, ObserveOutput, Trajectory
 
 Policy = Callable[[HierarchicalState], Tensor]

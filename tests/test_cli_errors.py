@@ -218,7 +218,8 @@ def test_a_huge_value_in_an_error_message_is_cut_short():
     from worldmodel.data.moving_ball import MovingBallOptions
     from worldmodel.data.options import parse_options
 
-    with pytest.raises(ValueError, match=r"data\.options\.lam must be a number, got \[\[1, 1, .*\.\.\.") as err:
+    lam = r"data\.options\.lam must be a number, got \[\[1, 1, .*\.\.\."
+    with pytest.raises(ValueError, match=lam) as err:
         parse_options(MovingBallOptions, {"lam": [[1] * 10**5] * 10**3}, "moving_ball")
     assert len(str(err.value)) < 300
     assert brief(10**100_000) == "an int of about 100000 digits"
@@ -228,8 +229,9 @@ def test_an_allocator_failure_is_the_one_line_out_of_memory_message(tmp_path, ca
     import worldmodel.training as training
 
     def no_memory(*args, **kwargs):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
-                           "memory: you tried to allocate 40000000000000 bytes. Error code 12 (Cannot "
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 40000000000000 bytes. Error code 12 "
+                           "(Cannot "
                            "allocate memory)\nframe #0: c10::Error")
 
     monkeypatch.setattr(training, "train", no_memory)

@@ -106,8 +106,9 @@ def _episode_with(**changes) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("changes, match", [
-    ({"image": np.zeros((6, 24, 40, 3), np.uint8)}, r"frames of 24x40 with 3 channel\(s\), unlike .*ep0\.npz "
-                                                     r"\(16x16 with 3\): taken resized and converted to 16x16 with 3"),
+    ({"image": np.zeros((6, 24, 40, 3), np.uint8)},
+     r"frames of 24x40 with 3 channel\(s\), unlike .*ep0\.npz \(16x16 with 3\): taken resized and "
+     r"converted to 16x16 with 3"),
     ({"image": np.zeros((6, 16, 16), np.uint8)}, r"frames of 16x16 with 1 channel\(s\), unlike .*ep0\.npz "
                                                  r"\(16x16 with 3\)"),
     ({"log_seed": np.full(6, np.nan)}, r"'log_seed' holds float64 values, not integer seeds; it is ignored"),

@@ -414,9 +414,12 @@ def test_the_recorder_and_the_data_layer_share_one_episode_format():
 def test_a_recording_continued_after_a_stop_equals_an_uninterrupted_one(tmp_path: Path) -> None:
     """Issue 27: the random policy was seeded once per call, so episodes recorded by a second
     call had the right seeds but other actions and images."""
-    whole = record_episodes(FakeImageEnv(terminate_at=5), "random", 4, tmp_path / "whole", seed=3, progress=False)
-    parts = record_episodes(FakeImageEnv(terminate_at=5), "random", 2, tmp_path / "parts", seed=3, progress=False)
-    parts += record_episodes(FakeImageEnv(terminate_at=5), "random", 2, tmp_path / "parts", seed=3, progress=False)
+    def record(count: int, folder: str) -> list[Path]:
+        return record_episodes(FakeImageEnv(terminate_at=5), "random", count, tmp_path / folder, seed=3,
+                               progress=False)
+
+    whole = record(4, "whole")
+    parts = record(2, "parts") + record(2, "parts")
     assert [p.name for p in whole] == [p.name for p in parts]
     for a, b in zip(whole, parts):
         with np.load(a) as x, np.load(b) as y:

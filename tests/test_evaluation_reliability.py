@@ -97,5 +97,5 @@ def test_a_run_config_without_data_takes_the_checkpoints_data_section_with_a_war
     assert resolved.data.seq_len == 7 and resolved.data_origin.endswith("trainer.json")
     tiny_model().save(run / "model.safetensors")  # a run folder without any trainer.json
     (run / "checkpoints" / "step_00000002" / "trainer.json").unlink()
-    with pytest.warns(UserWarning, match=r"config\.yaml has no data: section; evaluating on the default data"):
+    with pytest.warns(UserWarning, match=r"config\.yaml has no data: section; evaluating on the default"):
         assert resolve(run).data.name == "moving_ball"

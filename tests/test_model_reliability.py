@@ -459,7 +459,8 @@ def test_a_tampered_stored_config_is_a_value_error_naming_the_file(tmp_path, cha
     assert "\n" not in str(err.value) and len(str(err.value)) < 400
 
 
-@pytest.mark.parametrize("sizes", [{"x_dim": 10**9}, {"image_size": 2**20}, {"levels": 10**6}, {"conv_depth": 10**7}])
+@pytest.mark.parametrize("sizes", [{"x_dim": 10**9}, {"image_size": 2**20}, {"levels": 10**6},
+                                   {"conv_depth": 10**7}])
 def test_a_model_too_large_for_memory_is_refused_with_its_size_before_building(sizes):
     import time
 
@@ -472,8 +473,9 @@ def test_a_model_too_large_for_memory_is_refused_with_its_size_before_building(s
     assert time.perf_counter() - start < 2
 
 
-@pytest.mark.parametrize("overrides", [{}, {"action_dim": 3, "action_levels": [1, 2]},
-                                       {"prior_factor": "recurrent", "conv_norm": "layer", "reward_head": True}])
+@pytest.mark.parametrize("overrides", [
+    {}, {"action_dim": 3, "action_levels": [1, 2]},
+    {"prior_factor": "recurrent", "conv_norm": "layer", "reward_head": True}])
 def test_the_parameter_estimate_is_a_lower_bound_of_the_real_count(overrides):
     from worldmodel.validation import parameter_count
 
@@ -503,6 +505,6 @@ def test_a_sparse_input_is_a_value_error_naming_it(argument):
 
 def test_a_model_converted_to_float64_is_a_value_error_naming_the_remedy():
     model = tiny_model(levels=2).double()
-    with pytest.raises(ValueError, match=r"weights are torch\.float64: DLH runs in float32.*model\.float\(\)"):
+    with pytest.raises(ValueError, match=r"weights are torch\.float64: DLH runs in float32.*\.float\(\)"):
         model.observe(random_frames(2, 3))
     assert model.float().observe(random_frames(2, 3)).features.dtype == torch.float32

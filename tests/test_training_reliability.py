@@ -398,7 +398,7 @@ def _torch_save_on_a_full_disk(obj, file, *args, **kwargs):
     try:  # as torch's zip writer does: the file's OSError becomes the context of its RuntimeError
         raise OSError(28, "No space left on device")
     except OSError:
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 242432 vs 242324") from None
+        raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos 2424 vs 2423") from None
 
 
 def test_a_full_disk_while_writing_optimizer_pt_names_the_file_and_keeps_the_old_checkpoint(
@@ -452,7 +452,8 @@ def test_ctrl_c_is_one_line_naming_the_step_and_the_checkpoint_and_resume_is_bit
     assert "step_00000002" in err and "--resume" in err
     monkeypatch.undo()
     assert main([*_args(run, *QUIET, "steps=4", "checkpoint_every=2"), "--resume"]) == 0
-    resumed, whole = load(run / "model.safetensors").state_dict(), load(four_steps / "model.safetensors").state_dict()
+    resumed = load(run / "model.safetensors").state_dict()
+    whole = load(four_steps / "model.safetensors").state_dict()
     assert all(torch.equal(resumed[k], whole[k]) for k in whole)
 
 

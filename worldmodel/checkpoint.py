@@ -164,7 +164,8 @@ def _target_device(map_location: object) -> torch.device:
     try:
         device = torch.device(map_location)  # type: ignore[call-overload]
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"map_location: not a device: {brief(map_location)}; give e.g. 'cpu' or 'cuda:0'") from None
+        raise ValueError(f"map_location: not a device: {brief(map_location)}; "
+                         "give e.g. 'cpu' or 'cuda:0'") from None
     try:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as exc:  # torch without CUDA asserts

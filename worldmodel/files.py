@@ -276,5 +276,6 @@ class FolderLock:
         self.release()
 
 
-__all__ = ["one_line", "atomic_write", "as_os_error", "disk_errors", "atomic_write_text", "atomic_directory", "naming", "is_temporary",
+__all__ = ["one_line", "atomic_write", "as_os_error", "disk_errors", "atomic_write_text", "atomic_directory",
+           "naming", "is_temporary",
            "remove_stale_temporaries", "current_umask", "FolderLock", "FolderInUse", "check_output_folder"]

@@ -340,7 +340,8 @@ def parameter_count(cfg: DLHConfig) -> int:
              + mlp(cfg.x_dim + cfg.c_dim, cfg.state_hidden, 2 * cfg.s_dim)
              + mlp(cfg.d_dim + cfg.c_dim, cfg.state_hidden, 2 * cfg.s_dim))
     actions = 3 * cfg.d_dim * cfg.action_dim * len(cfg.action_levels)
-    return towers + cfg.levels * level + (cfg.levels - 1) * mlp(cfg.x_dim, cfg.enc_hidden, cfg.x_dim) + actions
+    encoders = (cfg.levels - 1) * mlp(cfg.x_dim, cfg.enc_hidden, cfg.x_dim)
+    return towers + cfg.levels * level + encoders + actions
 
 
 def check_model_memory(cfg: DLHConfig, device: torch.device, dtype: torch.dtype) -> None:

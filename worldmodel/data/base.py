@@ -237,8 +237,9 @@ def check_frame_size(height: int, width: int, image_size: int, origin: str) -> N
     if height == width == image_size:
         return
     if min(height, width) * UPSCALE_WARNED < image_size:
-        warnings.warn(f"{origin}: frames of {height}x{width} pixels are enlarged to {image_size}x{image_size} "
-                      f"(more than {UPSCALE_WARNED}x): they hold little of an image", stacklevel=3)
+        warnings.warn(f"{origin}: frames of {height}x{width} pixels are enlarged to "
+                      f"{image_size}x{image_size} (more than {UPSCALE_WARNED}x): little of an image is left",
+                      stacklevel=3)
     if max(height, width) > ASPECT_WARNED * min(height, width):
         warnings.warn(f"{origin}: frames of {height}x{width} pixels (aspect ratio "
                       f"{max(height, width) / min(height, width):.3g}:1) are squashed to "

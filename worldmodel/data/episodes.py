@@ -153,7 +153,7 @@ class EpisodeSource(SequenceSource):
         self.capacity = capacity
         self.episodes: list[dict[str, np.ndarray]] = []
         self.lengths: list[int] = []
-        self._first_frames: tuple[tuple[int, ...], str] | None = None  # (H, W, C) of the first episode, its origin
+        self._first_frames: tuple[tuple[int, ...], str] | None = None  # the first episode's (H, W, C), file
 
     @classmethod
     def from_directory(
@@ -251,8 +251,8 @@ def _odd_episode(source: EpisodeSource, data: Mapping[str, np.ndarray], origin: 
     if SEED_KEY in data:
         seeds = np.asarray(data[SEED_KEY])
         if seeds.dtype.kind not in "iu":
-            warnings.warn(f"{origin}: {SEED_KEY!r} holds {seeds.dtype} values, not integer seeds; it is ignored "
-                          "(episodes are told apart by their content only)", stacklevel=4)
+            warnings.warn(f"{origin}: {SEED_KEY!r} holds {seeds.dtype} values, not integer seeds; it is "
+                          "ignored (episodes are told apart by their content only)", stacklevel=4)
     largest = float(np.abs(data["action"]).max()) if data["action"].size else 0.0
     if largest > ACTION_WARNED:
         warnings.warn(f"{origin}: actions up to {largest:.3g} in magnitude; the model takes them as they are "

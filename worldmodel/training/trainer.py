@@ -140,9 +140,9 @@ def _media_batch(cfg: TrainConfig):
         length = cfg.data.seq_len
         context = max(1, min(media.rollout_context, length // 2))
         warnings.warn(f"media: videos shorter than logging.rollout_context + rollout_horizon = "
-                      f"{media.rollout_context + media.rollout_horizon}; logged rollouts use {length} frames, "
-                      f"{context} of context (logging.rollout_context={media.rollout_context} lowered)",
-                      stacklevel=3)
+                      f"{media.rollout_context + media.rollout_horizon}; logged rollouts use {length} "
+                      f"frames, {context} of context (logging.rollout_context={media.rollout_context} "
+                      "lowered)", stacklevel=3)
         return source.eval_batch(media.media_sequences, length, seed=cfg.seed), context
 
 
@@ -286,9 +286,10 @@ class Trainer:
                 context = max(1, media_batch.frames.shape[1] // 2)
                 self.media_context = min(cfg.logging.rollout_context, context)
                 if self.media_context < cfg.logging.rollout_context:
-                    warnings.warn(f"media: the given windows hold {media_batch.frames.shape[1]} frames; logged "
-                                  f"rollouts use {self.media_context} of context (logging.rollout_context="
-                                  f"{cfg.logging.rollout_context} lowered)", stacklevel=2)
+                    warnings.warn(f"media: the given windows hold {media_batch.frames.shape[1]} frames; "
+                                  f"logged rollouts use {self.media_context} of context "
+                                  f"(logging.rollout_context={cfg.logging.rollout_context} lowered)",
+                                  stacklevel=2)
             else:
                 self.media_batch, self.media_context = _media_batch(cfg)
         self.progress = progress and runtime.is_main

@@ -34,8 +34,8 @@ from .analysis import (
 from .events import level_event_scores, true_change_rate
 from .loading import Resolved, eval_sequences, evaluation_source, resolve
 from .probes import level_probes
-from .swap import format_usage, level_usage
 from .protocol import EvalResult, averages_with_std, best_of_k_curves, evaluate, ssim_name
+from .swap import format_usage, level_usage
 from .tracking import DEFINITION as TRACKING_DEFINITION
 from .tracking import format_tracking, offsets_within, tracking_scores
 

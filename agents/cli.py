@@ -91,6 +91,12 @@ def add_agent_parsers(subparsers: Any) -> None:
                    help="optimiser steps per iteration (default 100)")
     p.add_argument("--episodes-dir", default=None, help="episode files (default OUT/episodes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("Dyna: a policy trained in the dream between model updates")
+    g.add_argument("--dyna", choices=("SAC", "PPO"), type=str.upper, default=None, help="off by default")
+    g.add_argument("--dyna-steps", type=positive_int, default=5000, metavar="N",
+                   help="imagined transitions per iteration (default 5000)")
+    g.add_argument("--dyna-act", choices=("policy", "warm_start"), default="policy",
+                   help="collect with the policy (default) or with the planner warm-started by it")
     _add_planner_args(p, noise=0.3)
     p.set_defaults(func=run_agent_train)
 
@@ -128,10 +134,19 @@ def add_agent_parsers(subparsers: Any) -> None:
     _add_threads_arg(r)
     r.set_defaults(func=run_agent_ppo)
 
+    from .dream_cli import add_dream_parser
+
+    add_dream_parser(subparsers)
+
 
 def run_agent_train(args: argparse.Namespace) -> int:
     from .loop import run_planet_loop
 
+    dyna = None
+    if getattr(args, "dyna", None):
+        from .dream_loop import DynaOptions
+
+        dyna = DynaOptions(algo=args.dyna, steps=args.dyna_steps, act=args.dyna_act)
     overrides = list(args.set or [])
     if args.out:
         overrides.append(f"out_dir={args.out}")
@@ -140,7 +155,7 @@ def run_agent_train(args: argparse.Namespace) -> int:
         overrides=overrides, planner=args.planner, planner_kwargs=_planner_kwargs(args),
         exploration_noise=args.exploration_noise, action_repeat=args.action_repeat,
         max_episode_steps=args.max_episode_steps, episodes_dir=args.episodes_dir, seed=args.seed,
-        progress=not args.no_progress)
+        progress=not args.no_progress, dyna=dyna)
     agent = summary["agent"]
     returns = agent["returns"]
     print(f"done: {agent['iterations']} iterations, {agent['env_steps']} env steps, {summary.get('steps')} "

@@ -108,6 +108,7 @@ def run_planet_loop(
     replay_capacity: int | None = None,
     seed: int | None = None,
     progress: bool = True,
+    dyna: Any = None,
 ) -> dict[str, Any]:
     """Train a DLH world model and a planning agent together (PlaNet's loop); see the module doc.
 
@@ -130,6 +131,8 @@ def run_planet_loop(
         replay_capacity: keep at most this many steps in the replay (None: all).
         seed: seeds env resets and noise (default ``cfg.seed``).
         progress: show the trainer's progress bar.
+        dyna: an ``agents.dream_loop.DynaOptions``: after each round of model training, train an
+            SB3 policy in the dream and collect with it (or warm-start the planner with it).
 
     Returns:
         The trainer's summary plus "agent": {"returns", "seed_returns", "env_steps", ...}.
@@ -177,7 +180,14 @@ def run_planet_loop(
     media_length = min(cfg.logging.rollout_context + cfg.logging.rollout_horizon, shortest)
     media_batch = source.eval_batch(cfg.logging.media_sequences, media_length, seed=seed)
     trainer = Trainer(cfg, progress=progress, source=source, media_batch=media_batch)
-    agent = LatentMPCAgent(trainer.model, planner, space, exploration_noise, seed=seed)
+    runner = None
+    if dyna is not None:  # Dyna: a policy trained in the dream acts (agents/dream_loop.py)
+        from .dream_loop import DynaRunner
+
+        runner = DynaRunner(dyna, trainer.model, source, space, seed, str(Path(cfg.out_dir) / "dream"))
+        agent = runner.actor(planner, space, exploration_noise, seed)
+    else:
+        agent = LatentMPCAgent(trainer.model, planner, space, exploration_noise, seed=seed)
     returns, lengths, plan_ms = [], [], []
     env_steps = int(sum(source.lengths) - source.num_episodes)
     plan_times: list[float] = []
@@ -190,6 +200,8 @@ def run_planet_loop(
     try:
         for it in range(iterations):
             trainer.train_steps(train_steps)
+            if runner is not None:
+                trainer.monitor.scalars(trainer.step, runner.update())
             plan_times.clear()
             started = time.perf_counter()
             result = run_episode(recorder, policy, seed=seed + 10_000 + it, reset=agent.reset)
@@ -214,6 +226,8 @@ def run_planet_loop(
         "env_steps": env_steps, "episodes_dir": str(episodes_dir),
         "planner": type(planner).__name__, "exploration_noise": float(exploration_noise),
     }
+    if runner is not None:
+        agent_summary["dyna"] = runner.summary()
     if summary:
         atomic_write_text(Path(cfg.out_dir) / "agent.json", json_text(agent_summary))
     return {**summary, "agent": agent_summary}

@@ -186,6 +186,7 @@ def run_dream_train(args: argparse.Namespace) -> int:
     )
     if args.observation == "features":
         env = DLHFeatureWrapper(env, model)
+    torch.manual_seed(seed)  # the filter samples posteriors: the same numbers on every run
     try:
         report["dream_policy"] = evaluate_policy_real(agent, env, args.eval_episodes, seed)
     finally:
@@ -220,6 +221,7 @@ def run_dream_train(args: argparse.Namespace) -> int:
                 iterations=args.plan_iterations,
             )
             started = time.perf_counter()
+            torch.manual_seed(seed)
             cem = evaluate_agent(model, pixels, planner, args.eval_episodes, seed, compare_random=False)
             report["cem"] = {
                 **cem["agent"],

@@ -213,3 +213,24 @@ def test_overshooting_trains_the_prior_only_and_is_reported() -> None:
     assert level.prior._linears[0].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="overshoot"):
         LossConfig(overshoot=-1)
+
+
+def test_memory_dropout_restarts_levels_below_the_top_in_training_only() -> None:
+    model = tiny(3)
+    hierarchy = model.hierarchy
+    torch.manual_seed(0)
+    d = hierarchy.drop_memory([torch.ones(1000, 2), torch.ones(1000, 2), torch.ones(1000, 2)], 0.3)
+    for level in d[:2]:
+        assert 0.25 < float((level[:, 0] == 0).float().mean()) < 0.35
+        assert torch.equal(level[:, 0], level[:, 1])  # a row's whole state restarts
+    assert torch.equal(d[2], torch.ones(1000, 2))  # the top level keeps its memory
+    hierarchy.memory_dropout = 0.999
+    model.eval()
+    torch.manual_seed(1)
+    a = model.observe(frames()).recon
+    hierarchy.memory_dropout = 0.0
+    torch.manual_seed(1)
+    assert torch.equal(model.observe(frames()).recon, a)  # never in evaluation
+    from worldmodel.training import load_config
+    with pytest.raises(ValueError, match="memory_dropout"):
+        load_config(None, ["optim.memory_dropout=1.0"])

@@ -133,6 +133,9 @@ class Hierarchy(nn.Module):
         # the trainer's bootstrapped schedule (optim.upper_warmup): while set and training,
         # levels >= 2 change only at a sequence's first step; not part of the model's config
         self.hold_upper = False
+        # the trainer's memory dropout (optim.memory_dropout): while training, each level below
+        # the top restarts its d^n at zero with this probability per row and step
+        self.memory_dropout = 0.0
 
     @property
     def step_mode(self) -> str:
@@ -244,6 +247,18 @@ class Hierarchy(nn.Module):
                 d[i] = torch.where(above.unsqueeze(1), torch.zeros_like(d[i]), d[i])
         return d
 
+    def drop_memory(self, d: list[Tensor], rate: float) -> list[Tensor]:
+        """Memory dropout: d^n <- 0 for n < N on each row with probability `rate` (training only).
+
+        Where a level's memory is dropped, its change prior reads only c^n from above, so what
+        persists is cheapest to keep in the levels above (issue 23); the top level keeps its d^N.
+        """
+        d = list(d)
+        for i in range(len(d) - 1):
+            keep = torch.rand(d[i].shape[0], 1, device=d[i].device) >= rate
+            d[i] = torch.where(keep, d[i], torch.zeros_like(d[i]))
+        return d
+
     # ----------------------------------------------------------------- the owed transition
     def pay_owed(
         self, i: int, state: HierarchicalState, d: Tensor, read: Tensor, action: Tensor | None,
@@ -318,6 +333,8 @@ class Hierarchy(nn.Module):
         # 1. e^n_t bottom-up (eq. 4, 5, 25)
         dec = self._decide(state, xs, action)
         dec.d = self.restart_below(dec.d, dec.changed)  # option: VTA's restart (no-op by default)
+        if self.memory_dropout > 0 and self.training:  # the trainer's memory dropout (off by default)
+            dec.d = self.drop_memory(dec.d, self.memory_dropout)
         # 2. top-down (eq. 11, 13): the levels that changed and, under boundary "reinfer",
         #    level K (the first static one, DESIGN §2 step 4); levels above K are held
         ran = dec.evaluated if self.cfg.inference.boundary == "reinfer" else dec.changed

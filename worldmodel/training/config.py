@@ -54,6 +54,10 @@ class OptimConfig:
             step (eq. 4 is not applied; no prior-factor loss), so level 1 learns what moves
             and an upper level can hold only what persists through a window; eq. 4 after.
             Evaluation and probes always use eq. 4.
+        memory_dropout: in training, each level below the top restarts its temporal state
+            d^n at zero with this probability per row and step (issue 23; 0: off, the paper):
+            where it is dropped its change prior has only c^n from above, so a feature that
+            persists is cheapest in the levels above. Evaluation and imagination never drop.
     """
 
     lr: float = 5e-4
@@ -64,8 +68,11 @@ class OptimConfig:
     lr_warmup: int = 0
     beta2: float = 0.999
     upper_warmup: int = 0
+    memory_dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        if not is_finite_number(self.memory_dropout) or not 0 <= self.memory_dropout < 1:
+            raise ValueError(f"optim.memory_dropout must be in [0, 1), got {self.memory_dropout!r}")
         for name in ("lr", "eps"):
             value = getattr(self, name)
             if not is_finite_number(value) or not value > 0:

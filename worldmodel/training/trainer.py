@@ -410,6 +410,7 @@ class Trainer:
         torch.manual_seed(_step_seed(cfg.seed, step, runtime.rank))
         beta = cfg.optim.beta(step)
         self.model.hierarchy.hold_upper = step < cfg.optim.upper_warmup  # bootstrapped schedule
+        self.model.hierarchy.memory_dropout = cfg.optim.memory_dropout
         kwargs: dict[str, Any] = {"is_first": batch.is_first}
         if cfg.model.reward_head and batch.rewards is not None:
             kwargs["rewards"] = batch.rewards

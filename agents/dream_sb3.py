@@ -155,7 +155,8 @@ def make_dream_agent(
 ) -> BaseAlgorithm:
     """An SB3 SAC or PPO ("MlpPolicy" on features, "CnnPolicy" on pixels) for `venv`.
 
-    Defaults for a dream of B rows: PPO collects ``max(8, 2048 // B)`` steps per row per update;
+    Frames under 36 px get the small CNN of :mod:`agents.ppo`. Defaults for a dream of B rows:
+    PPO collects ``max(8, 2048 // B)`` steps per row per update;
     SAC takes one gradient step per transition (``gradient_steps=B``). `kwargs` override them.
     """
     name = str(algo).upper()
@@ -167,6 +168,10 @@ def make_dream_agent(
         if name == "PPO"
         else {"gradient_steps": venv.num_envs, "learning_starts": 100}
     )
+    if pixels and min(venv.observation_space.shape[:2]) < 36:  # SB3's NatureCNN needs >= 36 px
+        from .ppo import SmallCNN
+
+        defaults["policy_kwargs"] = {"features_extractor_class": SmallCNN}
     options = {**defaults, **kwargs}
     return ALGORITHMS[name](
         "CnnPolicy" if pixels else "MlpPolicy",

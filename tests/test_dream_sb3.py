@@ -110,6 +110,14 @@ def test_ppo_trains_in_the_dream_saves_and_loads(tmp_path):
     assert {"dream/imagined_return", "dream/episode_length", "rollout/ep_rew_mean"} <= set(tags)
 
 
+def test_pixel_policy_trains_on_decoded_frames():
+    venv = adapter(2, observation="pixels")
+    obs = venv.reset()
+    assert obs.shape == (2, 16, 16, 3) and obs.dtype == np.uint8
+    agent, info = train_in_dream(venv, "PPO", 32, **PPO_SMALL)
+    assert agent.policy.features_extractor.__class__.__name__ == "SmallCNN" and info["episodes"] > 0
+
+
 def test_sac_trains_on_and_continues():
     venv = adapter(2)
     agent, _ = train_in_dream(venv, "SAC", 120, seed=0, learning_starts=20, gradient_steps=1, batch_size=16)

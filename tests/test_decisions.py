@@ -106,7 +106,7 @@ def small(rule: str, **kw) -> DLHConfig:
 
 
 @pytest.mark.parametrize("rule", ["tolerant", "relative"])
-def test_statistics_move_in_training_only_and_are_saved(rule, tmp_path):
+def test_statistics_move_in_the_training_loss_only_and_are_saved(rule, tmp_path):
     torch.manual_seed(0)
     model = DLH(small(rule))
     frames = torch.rand(2, 6, 1, 16, 16)
@@ -115,7 +115,12 @@ def test_statistics_move_in_training_only_and_are_saved(rule, tmp_path):
     model.observe(frames)
     model.loss(frames)
     assert torch.equal(model.hierarchy.levels[1].decision_stats, before)
-    model.train()
+    model.train()  # an agent acting or filtering with a model in train mode moves nothing
+    model.observe(frames)
+    state = model.observe_step(model.initial_state(2), frames[:, 0])
+    model.observe_step(state, frames[:, 1])
+    model.imagine(state, 3)
+    assert torch.equal(model.hierarchy.levels[1].decision_stats, before)
     model.loss(frames)
     after = model.hierarchy.levels[1].decision_stats.clone()
     assert after[0] == 5  # one update per filtering step after the first

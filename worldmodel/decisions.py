@@ -19,10 +19,11 @@ here keep eq. 4's comparison and add what the level has learned about its own dr
 
 Both run the paper's rule for their first `decision_warmup` training updates (a schedule: eq. 4
 alone while the level has no content yet), then their own. The statistics are a buffer per
-level (n ≥ 2), updated only in training mode from the rows where e^n was decided (not a
-sequence's first step), with exponential averaging at `decision_rate` per update (one update
-per filtering step, from the batch's rows); they are saved with the model and frozen in
-evaluation, imagination and acting.
+level (n ≥ 2), updated only by the training objective (`DLH.loss` with the model in train
+mode) from the rows where e^n was decided (not a sequence's first step), with exponential
+averaging at `decision_rate` per update (one update per filtering step, from the batch's rows);
+they are saved with the model and frozen in evaluation, imagination and acting — `observe`,
+`observe_step` and `imagine` never move them, whatever the model's mode.
 
 Layout of a level's buffer (float32, size 3 + |s|):
   [0] updates so far, [1] running mean of log KL_static, [2] running variance of log KL_static,

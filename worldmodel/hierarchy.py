@@ -136,6 +136,9 @@ class Hierarchy(nn.Module):
         # the trainer's memory dropout (optim.memory_dropout): while training, each level below
         # the top restarts its d^n at zero with this probability per row and step
         self.memory_dropout = 0.0
+        # set by DLH.loss while it filters: only the training objective advances the decision
+        # rules' running statistics, never acting or evaluation with a model in train mode
+        self.learning = False
 
     @property
     def step_mode(self) -> str:
@@ -424,7 +427,7 @@ class Hierarchy(nn.Module):
             if held:
                 weight = first.to(weight.dtype)
         e = candidate & (weight > 0.5)
-        if level.decision_stats is not None and self.training:
+        if level.decision_stats is not None and self.training and self.learning:
             decisions.update(level.decision_stats, q, static, kl_static, candidate & ~first, e,
                              rule.decision_rate)
         boundary = candidate & ~e  # level K: the first static level

@@ -330,7 +330,11 @@ class DLH(nn.Module):
         if continues is not None and self.continue_head is None:
             raise ValueError("continues given but the model has no continue head: build it with "
                              "DLHConfig(continue_head=True)")
-        out, states = self._filter(frames, actions, is_first, None)
+        self.hierarchy.learning = True  # the running decision statistics advance here only
+        try:
+            out, states = self._filter(frames, actions, is_first, None)
+        finally:
+            self.hierarchy.learning = False
         recipe = self.config.loss
         terms = elbo_terms(frames, out.recon_mean, recipe.obs_std, out.kl, out.factor_kl)
         kl = terms["kl"]

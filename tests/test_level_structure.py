@@ -234,3 +234,9 @@ def test_memory_dropout_restarts_levels_below_the_top_in_training_only() -> None
     from worldmodel.training import load_config
     with pytest.raises(ValueError, match="memory_dropout"):
         load_config(None, ["optim.memory_dropout=1.0"])
+
+
+def test_the_map_rule_under_soft_assignment_is_refused_naming_the_fix() -> None:
+    with pytest.raises(ValueError, match="decision='map' applies to assignment='hard'"):
+        InferenceConfig(decision="map", assignment="vade")
+    assert InferenceConfig(decision="map").assignment == "hard"

@@ -155,6 +155,9 @@ class InferenceConfig:
         _check_number("inference.decision_gamma", self.decision_gamma)
         for name in ("decision_margin", "decision_tolerance"):
             _check_number(f"inference.{name}", getattr(self, name), at_least=0.0)
+        if self.decision == "map" and self.assignment != "hard":
+            raise ValueError("DLHConfig.inference.decision='map' applies to assignment='hard' (under "
+                             "'vade' the prior odds are always in q(e)); use decision='kl' with 'vade'")
         if self.decision in ("tolerant", "relative") and self.assignment != "hard":
             raise ValueError(f"DLHConfig.inference.decision={self.decision!r} needs assignment='hard', "
                              f"got {self.assignment!r}")

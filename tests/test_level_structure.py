@@ -240,3 +240,20 @@ def test_the_map_rule_under_soft_assignment_is_refused_naming_the_fix() -> None:
     with pytest.raises(ValueError, match="decision='map' applies to assignment='hard'"):
         InferenceConfig(decision="map", assignment="vade")
     assert InferenceConfig(decision="map").assignment == "hard"
+
+
+def test_window_free_nats_floor_each_levels_window_total_without_gradient_below_it() -> None:
+    kl = torch.tensor([[[1.0, 0.5], [1.0, 0.0], [1.0, 1.0], [1.0, 0.5]],   # level 2 totals 2 < 3
+                       [[1.0, 2.0], [1.0, 2.0], [1.0, 0.0], [1.0, 0.0]]],  # level 2 totals 4 > 3
+                      requires_grad=True)
+    extra = DLH._window_free_extra(kl, (0.0, 3.0))
+    total = kl.sum(-1) + extra
+    assert torch.allclose(total.sum(1), torch.tensor([4.0 + 3.0, 4.0 + 4.0]))
+    total.sum().backward()
+    assert torch.equal(kl.grad[0, :, 1], torch.zeros(4)) and torch.equal(kl.grad[1, :, 1], torch.ones(4))
+    assert torch.equal(kl.grad[..., 0], torch.ones(2, 4))  # level 1 has no floor
+    model = tiny(2, loss=LossConfig(window_free_nats=(0.0, 50.0)))
+    loss, metrics = model.loss(frames(), beta=1.0)
+    assert float(loss.detach()) >= metrics["recon"] + metrics["kl/level1"]
+    with pytest.raises(ValueError, match="one floor per level"):
+        tiny(2, loss=LossConfig(window_free_nats=(1.0,)))

@@ -193,6 +193,10 @@ class LossConfig:
             1's change prior after k − 1 open-loop steps from the filtered state (the posterior a
             fixed target), so the prior learns what imagination asks of it. 0 or 1: off.
         overshoot_scale: the weight of the overshooting KL against the one-step KL.
+        window_free_nats: free bits per level and training window (ours, issue 23; None: off),
+            one floor per level in nats: the loss pays max(f_n, Σ_t KL^n_t) over each window, so
+            a level may hold up to f_n nats a window (what persists through it) without pressure
+            to drop it, while a level that changes at every step soon pays in full.
     """
 
     obs_std: float = 1.0
@@ -204,8 +208,17 @@ class LossConfig:
     level_kl_scale: tuple[float, ...] | None = None
     overshoot: int = 0
     overshoot_scale: float = 1.0
+    window_free_nats: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.window_free_nats is not None:
+            free = self.window_free_nats
+            if isinstance(free, (str, bytes)) or not isinstance(free, (list, tuple)):
+                raise ValueError(f"DLHConfig.loss.window_free_nats must be a list of numbers >= 0, "
+                                 f"got {brief(free)}")
+            for value in free:
+                _check_number("loss.window_free_nats", value, at_least=0.0)
+            object.__setattr__(self, "window_free_nats", tuple(float(v) for v in free))
         _check_int(self, "overshoot", 0, "DLHConfig.loss")
         _check_number("loss.overshoot_scale", self.overshoot_scale, at_least=0.0)
         _check_number("loss.obs_std", self.obs_std, above=0.0)
@@ -359,6 +372,10 @@ class DLHConfig:
                 raise ValueError(f"DLHConfig.level_s_dims must give one size per level ({self.levels}), "
                                  f"got {list(dims)}")
             object.__setattr__(self, "level_s_dims", dims)
+        free = self.loss.window_free_nats
+        if free is not None and len(free) != self.levels:
+            raise ValueError(f"DLHConfig.loss.window_free_nats must give one floor per level "
+                             f"({self.levels}), got {list(free)}")
         scale = self.loss.level_kl_scale
         if scale is not None and len(scale) != self.levels:
             raise ValueError(f"DLHConfig.loss.level_kl_scale must give one weight per level ({self.levels}), "

@@ -342,6 +342,8 @@ class DLH(nn.Module):
             kl = (out.kl * out.kl.new_tensor(recipe.level_kl_scale)).sum(-1)
         if recipe.free_nats > 0:  # free bits: no pressure below the floor (value kept for metrics)
             kl = torch.clamp(kl, min=recipe.free_nats)
+        if recipe.window_free_nats is not None:  # free bits per level and window (issue 23)
+            kl = kl + self._window_free_extra(out.kl, recipe.window_free_nats)
         loss = terms["recon"] + beta * (kl + terms["factor_kl"])
         extra: dict[str, Tensor] = {}
         if recipe.overshoot > 1:  # latent overshooting of level 1's prior (PlaNet), scaled like the KL
@@ -373,6 +375,27 @@ class DLH(nn.Module):
                     metrics[f"factor_kl/level{n + 1}"] = float(out.factor_kl[..., n].mean())
             metrics.update({k: float(v.mean()) for k, v in extra.items()})
         return total, metrics, out
+
+    @staticmethod
+    def _window_free_extra(kl: Tensor, floors: tuple[float, ...]) -> Tensor:
+        """What per-level, per-window free bits add to the per-step loss: (B, T).
+
+        For level n with floor f_n > 0 the loss pays max(f_n, Σ_t KL^n_t) over the window instead
+        of Σ_t KL^n_t: the difference, (f_n − Σ_t KL^n_t)⁺ with no gradient, spread evenly over the
+        window's steps — so no gradient pushes level n's KL down while its window total is below
+        f_n, and above it the KL is paid as usual.
+        """
+        steps = kl.shape[1]
+        extra = torch.zeros(kl.shape[:2], device=kl.device, dtype=kl.dtype)
+        for n, floor in enumerate(floors):
+            if floor > 0:
+                total = kl[..., n].sum(1)  # (B,)
+                below = (floor - total).clamp_min(0.0)
+                # the gradient of the level's KL is cancelled where the window is below the floor
+                cancel = torch.where((total < floor).unsqueeze(1), kl[..., n] - kl[..., n].detach(),
+                                     torch.zeros_like(kl[..., n]))
+                extra = extra + below.detach().unsqueeze(1) / steps - cancel
+        return extra
 
     def _overshoot_kl(
         self, states: list[HierarchicalState], actions: Tensor | None, is_first: Tensor | None, depth: int,

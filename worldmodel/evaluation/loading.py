@@ -11,8 +11,10 @@ overrides apply on top.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,5 +227,23 @@ def eval_sequences(
         ) from exc
 
 
-__all__ = ["Resolved", "resolve", "resolve_model_file", "model_file_candidates", "evaluation_source",
-           "eval_sequences"]
+@contextlib.contextmanager
+def evaluating(model: DLH, seed: int) -> Iterator[None]:
+    """Evaluation mode and a forked random stream seeded with `seed`, both restored on exit.
+
+    The measurements run in eval mode with their own noise, so they neither depend on nor move
+    the caller's random stream, and a model in training comes back in training (also on error).
+    """
+    was_training = model.training
+    model.eval()
+    device = model.device
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        model.train(was_training)
+
+
+__all__ = ["evaluating", "Resolved", "resolve", "resolve_model_file", "model_file_candidates",
+           "evaluation_source", "eval_sequences"]

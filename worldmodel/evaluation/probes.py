@@ -22,7 +22,7 @@ import torch
 from ..arguments import check_int
 from ..data import SequenceSource
 from ..model import DLH
-from .loading import eval_sequences
+from .loading import eval_sequences, evaluating
 from .tracking import reads_objects
 
 
@@ -72,19 +72,12 @@ def level_probes(
         return None
     b, t = frames.shape[:2]
     means: list[list[torch.Tensor]] = [[] for _ in range(model.config.levels)]
-    was_training = model.training
-    model.eval()
-    devices = [model.device] if model.device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            state = model.initial_state(b)
-            for step in range(t):
-                state = model.observe_step(state, frames[:, step].to(model.device))
-                for n, mean in enumerate(state.mean):
-                    means[n].append(mean.float().cpu())
-    finally:
-        model.train(was_training)
+    with evaluating(model, seed):
+        state = model.initial_state(b)
+        for step in range(t):
+            state = model.observe_step(state, frames[:, step].to(model.device))
+            for n, mean in enumerate(state.mean):
+                means[n].append(mean.float().cpu())
     visible = objects.visible.reshape(-1)  # (B·T,) rows in (sequence, step) order
     train = (np.arange(b * t) < (b // 2) * t)[visible]
     position = objects.centroid.reshape(b * t, 2)[visible]

@@ -33,7 +33,7 @@ from ..arguments import check_int
 from ..data import SequenceSource
 from ..model import DLH
 from ..state import HierarchicalState
-from .loading import eval_sequences
+from .loading import eval_sequences, evaluating
 from .tracking import reads_objects
 
 
@@ -90,20 +90,13 @@ def level_usage(
         raise ValueError("level_usage: the swap test needs a model with at least 2 levels")
     batch, _ = eval_sequences(source, sequences, length, seed, "swap length")
     half = sequences // 2
-    was_training = model.training
-    model.eval()
-    devices = [model.device] if model.device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            frames = batch.frames[: 2 * half].to(model.device)
-            actions = batch.actions[: 2 * half].to(model.device) if batch.actions is not None else None
-            state = model.observe(frames, actions).state
-            a, b = state.index(slice(0, half)), state.index(slice(half, 2 * half))
-            recon_a, recon_b = decode_means(model, a.mean), decode_means(model, b.mean)
-            swaps = {n: swap_frames(model, a, b, n) for n in range(2, model.config.levels + 1)}
-    finally:
-        model.train(was_training)
+    with evaluating(model, seed):
+        frames = batch.frames[: 2 * half].to(model.device)
+        actions = batch.actions[: 2 * half].to(model.device) if batch.actions is not None else None
+        state = model.observe(frames, actions).state
+        a, b = state.index(slice(0, half)), state.index(slice(half, 2 * half))
+        recon_a, recon_b = decode_means(model, a.mean), decode_means(model, b.mean)
+        swaps = {n: swap_frames(model, a, b, n) for n in range(2, model.config.levels + 1)}
     out: dict[str, float] = {"swap_pairs": float(half)}
     for n, frames_n in swaps.items():
         out[f"level{n}_pixel_share"] = pixel_share(frames_n, recon_a, recon_b)

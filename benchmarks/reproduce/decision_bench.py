@@ -60,8 +60,8 @@ def rule_config(base, spec: str):
 
 
 def calibrate(model, cfg, frames, chunk: int = 32) -> None:
-    """Fill the levels' running statistics of rule `cfg.inference.decision` from `frames` (training mode,
-    eq. 4 deciding), starting from scratch."""
+    """Fill the levels' running statistics of rule `cfg.inference.decision` from `frames` (the training
+    loss in training mode, without gradients, eq. 4 deciding), starting from scratch."""
     hierarchy = model.hierarchy
     for level in list(hierarchy.levels)[1:]:
         level.decision_stats = initial_stats(level.s_dim)
@@ -71,7 +71,7 @@ def calibrate(model, cfg, frames, chunk: int = 32) -> None:
         with torch.no_grad():
             for i in range(0, len(frames), chunk):
                 torch.manual_seed(i)
-                model.observe(frames[i:i + chunk])
+                model.loss(frames[i:i + chunk])  # the training objective moves the statistics
     finally:
         model.eval()
         hierarchy.cfg = cfg

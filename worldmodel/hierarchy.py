@@ -116,6 +116,16 @@ class Decisions:
         self.anchor_kl.append(anchor_kl)
 
 
+def _restart(d: list[Tensor], masks: list[Tensor | None]) -> list[Tensor]:
+    """`d` with d^n <- 0 on the rows where masks[n - 1] (B,) is True (None: none), for the
+    levels that have a mask (the levels above them unchanged)."""
+    d = list(d)
+    for i, mask in enumerate(masks):
+        if mask is not None:
+            d[i] = torch.where(mask.unsqueeze(1), torch.zeros_like(d[i]), d[i])
+    return d
+
+
 # run_level(i, rows, context) -> (s, mean, std, c^{n-1}, extra) on the active rows
 LevelFn = Callable[[int, Rows, Tensor], tuple]
 
@@ -243,12 +253,7 @@ class Hierarchy(nn.Module):
         """
         if not self.cfg.inference.restart_below:
             return d
-        d = list(d)
-        for i in range(len(d) - 1):
-            above = changed[i + 1]
-            if above is not None:
-                d[i] = torch.where(above.unsqueeze(1), torch.zeros_like(d[i]), d[i])
-        return d
+        return _restart(d, changed[1:])
 
     def drop_memory(self, d: list[Tensor], rate: float) -> list[Tensor]:
         """Memory dropout: d^n <- 0 for n < N on each row with probability `rate` (training only).
@@ -256,11 +261,7 @@ class Hierarchy(nn.Module):
         Where a level's memory is dropped, its change prior reads only c^n from above, so what
         persists is cheapest to keep in the levels above (issue 23); the top level keeps its d^N.
         """
-        d = list(d)
-        for i in range(len(d) - 1):
-            keep = torch.rand(d[i].shape[0], 1, device=d[i].device) >= rate
-            d[i] = torch.where(keep, d[i], torch.zeros_like(d[i]))
-        return d
+        return _restart(d, [torch.rand(x.shape[0], device=x.device) < rate for x in d[:-1]])
 
     # ----------------------------------------------------------------- the owed transition
     def pay_owed(

@@ -234,6 +234,7 @@ class Trainer:
         self.local_batch = cfg.data.batch_size // runtime.world_size
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
         self.model = model = DLH(cfg.model).to(runtime.device)
+        model.hierarchy.memory_dropout = cfg.optim.memory_dropout  # training only (hierarchy.py)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, eps=cfg.optim.eps,
                                           betas=(0.9, cfg.optim.beta2))
         self.step = 0
@@ -404,7 +405,6 @@ class Trainer:
         torch.manual_seed(_step_seed(cfg.seed, step, runtime.rank))
         beta = cfg.optim.beta(step)
         self.model.hierarchy.hold_upper = step < cfg.optim.upper_warmup  # bootstrapped schedule
-        self.model.hierarchy.memory_dropout = cfg.optim.memory_dropout
         kwargs: dict[str, Any] = {"is_first": batch.is_first}
         if cfg.model.reward_head and batch.rewards is not None:
             kwargs["rewards"] = batch.rewards

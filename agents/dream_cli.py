@@ -177,13 +177,11 @@ def run_dream_train(args: argparse.Namespace) -> int:
         "eval_seeds": [seed, seed + args.eval_episodes - 1],
         "action_repeat": action_repeat,
     }
-    env = make_env(
-        env_id,
-        cfg.image_size,
-        cfg.channels,
-        action_repeat=action_repeat,
-        max_episode_steps=args.max_episode_steps,
-    )
+    def pixel_env():  # the real env as the world model sees it
+        return make_env(env_id, cfg.image_size, cfg.channels, action_repeat=action_repeat,
+                        max_episode_steps=args.max_episode_steps)
+
+    env = pixel_env()
     if args.observation == "features":
         env = DLHFeatureWrapper(env, model)
     torch.manual_seed(seed)  # the filter samples posteriors: the same numbers on every run
@@ -197,13 +195,7 @@ def run_dream_train(args: argparse.Namespace) -> int:
         f"  dream policy: return {pol['mean']:.2f} ± {pol['std']:.2f}   acting {pol['act_ms']:.3f} ms "
         f"per step (+ {pol['filter_ms']:.2f} ms filtering)"
     )
-    pixels = make_env(
-        env_id,
-        cfg.image_size,
-        cfg.channels,
-        action_repeat=action_repeat,
-        max_episode_steps=args.max_episode_steps,
-    )
+    pixels = pixel_env()
     try:
         if not args.no_random:
             report["random"] = evaluate_random(pixels, args.eval_episodes, seed)

@@ -32,11 +32,11 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.recorder import encode_action
-from worldmodel import DLH, HierarchicalState
+from worldmodel import DLH
 from worldmodel.arguments import check_int
 
 from .dream import DreamVecEnv
-from .mpc import obs_to_frame
+from .mpc import FilteringAgent
 from .planners import Planner
 from .sb3 import DLHFeatureWrapper
 
@@ -297,7 +297,7 @@ def policy_actions(agent: BaseAlgorithm, features: torch.Tensor, deterministic: 
     return torch.as_tensor(encoded, device=features.device)
 
 
-class DreamPolicyAgent:
+class DreamPolicyAgent(FilteringAgent):
     """Acts in a pixel env with a dream-trained SB3 agent on the DLH's filtered features.
 
     The same interface as :class:`~agents.mpc.LatentMPCAgent` (``reset``, ``act``,
@@ -326,46 +326,22 @@ class DreamPolicyAgent:
             raise ValueError(
                 f"action_space must be a Box of shape ({model.config.action_dim},), got {action_space}"
             )
-        if (
-            isinstance(exploration_noise, bool)
-            or not isinstance(exploration_noise, (int, float))
-            or not exploration_noise >= 0
-        ):
-            raise ValueError(f"exploration_noise must be a number >= 0, got {exploration_noise!r}")
-        self.model, self.holder, self.action_space = model, agent, action_space
-        self.exploration_noise = float(exploration_noise)
-        self.rng = np.random.default_rng(seed)
-        self.state: HierarchicalState | None = None
-        self.last_plan_time = 0.0
+        super().__init__(model, action_space.low, action_space.high, exploration_noise, seed)
+        self.holder, self.action_space = agent, action_space
         self.reset()
 
     @property
     def agent(self) -> BaseAlgorithm:
         return getattr(self.holder, "agent", self.holder)
 
-    def reset(self) -> None:
-        self.state = None
-        self._previous = torch.zeros(1, self.model.config.action_dim, device=self.model.device)
-
     def act(self, obs: Any) -> np.ndarray:
-        frame = obs_to_frame(obs, self.model)
+        state = self.observe(obs)
         with torch.inference_mode():
-            first = self.state is None
-            state = self.model.initial_state(1) if first else self.state
-            is_first = torch.full((1,), first, dtype=torch.bool, device=self.model.device)
-            self.state = self.model.observe_step(state, frame, self._previous, is_first)
-            features = self.model.features(self.state)[0].float().cpu().numpy()
+            features = self.model.features(state)[0].float().cpu().numpy()
         start = time.perf_counter()
         action, _ = self.agent.predict(features, deterministic=True)
         self.last_plan_time = time.perf_counter() - start
-        space = self.action_space
-        action = np.asarray(action, np.float32).reshape(space.shape)
-        if self.exploration_noise > 0:
-            half = (space.high - space.low) / 2
-            action = action + self.exploration_noise * half * self.rng.standard_normal(action.shape)
-        action = np.clip(action, space.low, space.high).astype(np.float32)
-        self._previous = torch.as_tensor(action, device=self.model.device)[None]
-        return action
+        return self.take(np.asarray(action, np.float32).reshape(self.action_space.shape))
 
     __call__ = act
 

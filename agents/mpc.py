@@ -45,7 +45,59 @@ def obs_to_frame(obs: Any, model: DLH) -> torch.Tensor:
     return frame.to(model.device, torch.float32) / 255.0
 
 
-class LatentMPCAgent:
+class FilteringAgent:
+    """What an agent acting through a DLH does around its choice: filter each observation and
+    turn the chosen action into the one it takes.
+
+    ``observe`` runs ``model.observe_step(state, frame, previous action, is_first)`` under
+    ``torch.inference_mode`` (the model's training mode is not changed); ``take`` adds the
+    exploration noise (std in half-widths of [low, high]), clips to [low, high] and remembers the
+    action for the next frame. Subclasses choose the action: ``act(obs)``.
+
+    Attributes:
+        state: the filtered HierarchicalState (batch 1) after the last observation.
+        last_plan_time: seconds the last `act` spent choosing its action.
+    """
+
+    def __init__(self, model: DLH, low: np.ndarray, high: np.ndarray, exploration_noise: float,
+                 seed: int | None) -> None:
+        if isinstance(exploration_noise, bool) or not isinstance(exploration_noise, (int, float)) \
+                or not exploration_noise >= 0:
+            raise ValueError(f"exploration_noise must be a number >= 0, got {exploration_noise!r}")
+        self.model = model
+        self.exploration_noise = float(exploration_noise)
+        self.rng = np.random.default_rng(seed)
+        self._low, self._high = low.astype(np.float32), high.astype(np.float32)
+        self.state: HierarchicalState | None = None
+        self.last_plan_time = 0.0
+
+    def reset(self) -> None:
+        """Start a new episode: the next observation is a first one."""
+        self.state = None
+        self._previous = torch.zeros(1, self.model.config.action_dim, device=self.model.device)
+
+    def observe(self, obs: Any) -> HierarchicalState:
+        """Filter `obs` into the state (with the previous action); returns the new state."""
+        frame = obs_to_frame(obs, self.model)
+        with torch.inference_mode():
+            first = self.state is None
+            state = self.model.initial_state(1) if first else self.state
+            is_first = torch.full((1,), first, dtype=torch.bool, device=self.model.device)
+            self.state = self.model.observe_step(state, frame, self._previous, is_first)
+        return self.state
+
+    def take(self, action: np.ndarray) -> np.ndarray:
+        """The chosen action (A,) with exploration noise, clipped; remembered for the next frame."""
+        action = np.asarray(action, np.float32)
+        if self.exploration_noise > 0:
+            scale = (self._high - self._low) / 2
+            action = action + self.exploration_noise * scale * self.rng.standard_normal(action.shape)
+        action = np.clip(action, self._low, self._high).astype(np.float32)
+        self._previous = torch.as_tensor(action, device=self.model.device)[None]  # (1, A)
+        return action
+
+
+class LatentMPCAgent(FilteringAgent):
     """Acts in a pixel env by planning with a DLH world model from its filtered state.
 
     The model is used as is (its training mode is not changed, so a trainer can keep
@@ -88,34 +140,15 @@ class LatentMPCAgent:
                 f"[{action_space.low}, {action_space.high}]; build the planner with "
                 "action_low=space.low, action_high=space.high"
             )
-        if isinstance(exploration_noise, bool) or not isinstance(exploration_noise, (int, float)) \
-                or not exploration_noise >= 0:
-            raise ValueError(f"exploration_noise must be a number >= 0, got {exploration_noise!r}")
-        self.model = model
+        super().__init__(model, low, high, exploration_noise, seed)
         self.planner = planner
         self.action_space = action_space
-        self.exploration_noise = float(exploration_noise)
-        self.rng = np.random.default_rng(seed)
-        self._low, self._high = low.astype(np.float32), high.astype(np.float32)
-        self.state: HierarchicalState | None = None
-        self.last_plan_time = 0.0
         self.reset()
 
     def reset(self) -> None:
         """Start a new episode: the next observation is a first one."""
-        self.state = None
-        self._previous = torch.zeros(1, self.model.config.action_dim, device=self.model.device)
+        super().reset()
         self.planner.reset()
-
-    def observe(self, obs: Any) -> HierarchicalState:
-        """Filter `obs` into the state (with the previous action); returns the new state."""
-        frame = obs_to_frame(obs, self.model)
-        with torch.inference_mode():
-            first = self.state is None
-            state = self.model.initial_state(1) if first else self.state
-            is_first = torch.full((1,), first, dtype=torch.bool, device=self.model.device)
-            self.state = self.model.observe_step(state, frame, self._previous, is_first)
-        return self.state
 
     def act(self, obs: Any) -> np.ndarray:
         """Filter `obs`, plan, add exploration noise; returns a float32 action (A,)."""
@@ -124,15 +157,9 @@ class LatentMPCAgent:
         with torch.inference_mode():
             planned = self.planner.plan(self.model, state)
         self.last_plan_time = time.perf_counter() - start
-        action = planned.detach().cpu().numpy().astype(np.float32)
-        if self.exploration_noise > 0:
-            scale = (self._high - self._low) / 2
-            action = action + self.exploration_noise * scale * self.rng.standard_normal(action.shape)
-        action = np.clip(action, self._low, self._high).astype(np.float32)
-        self._previous = torch.as_tensor(action, device=self.model.device)[None]  # (1, A)
-        return action
+        return self.take(planned.detach().cpu().numpy())
 
     __call__ = act
 
 
-__all__ = ["LatentMPCAgent", "obs_to_frame"]
+__all__ = ["FilteringAgent", "LatentMPCAgent", "obs_to_frame"]

@@ -117,33 +117,12 @@ def main() -> None:
         f"{cfg.image_size}px, |d| {cfg.d_dim}, |s| {cfg.s_dim}; batch {batch}, horizon {horizon}"
     )
 
-    dreams = {
-        mode: DreamVecEnv(
-            model,
-            source,
-            batch,
-            horizon=horizon,
-            context=5,
-            action_space=space,
-            autoreset_mode=mode,
-            starts=batch,
-            seed=0,
-        )
-        for mode in ("SameStep", "NextStep")
-    }
-    sb3 = DreamSB3VecEnv(
-        DreamVecEnv(
-            model,
-            source,
-            batch,
-            horizon=horizon,
-            context=5,
-            action_space=space,
-            autoreset_mode="SameStep",
-            starts=batch,
-            seed=0,
-        )
-    )
+    def dream(mode: str) -> DreamVecEnv:
+        return DreamVecEnv(model, source, batch, horizon=horizon, context=5, action_space=space,
+                           autoreset_mode=mode, starts=batch, seed=0)
+
+    dreams = {mode: dream(mode) for mode in ("SameStep", "NextStep")}
+    sb3 = DreamSB3VecEnv(dream("SameStep"))
     for env in dreams.values():
         env.reset(seed=0)
     sb3.seed(0)

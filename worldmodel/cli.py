@@ -24,6 +24,7 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .evaluation.swap import format_usage
     from .training import load_config, train
 
     overrides = list(args.set or [])
@@ -51,15 +52,9 @@ def _train(args: argparse.Namespace) -> int:
                 print(f"  level {n} vs the data's events: precision {final[f'{key}_precision']:.3f}  "
                       f"recall {final[f'{key}_recall']:.3f}  F1 {final[f'{key}_f1']:.3f}  "
                       f"(±1 step {final[f'{key}_f1_tol1']:.3f})")
-            share = final.get(f"probe/level{n}_pixel_share")
-            if share is not None:  # the swap test of the last tracking probe (evaluation.swap)
-                line = f"  level {n}..N swapped between sequences: pixel share {share:.3f}"
-                upper = final.get(f"probe/level{n}_colour_upper")
-                if upper is not None:
-                    line += (f", colour follows it on {upper:.0%} of pairs (level below: "
-                             f"{final[f'probe/level{n}_colour_lower']:.0%}), ball "
-                             f"{final[f'probe/level{n}_position_px']:.2f} px from the lower level's")
-                print(line)
+        probes = {k.removeprefix("probe/"): v for k, v in final.items() if k.startswith("probe/")}
+        for line in format_usage(probes).splitlines():  # the swap test of the last tracking probe
+            print(f"  {line}")
         print(f"  rollout GIF: {summary['rollout_gif']}")
         print(f"  model: {summary['model']}   summary: {cfg.out_dir}/summary.json")
     return 0

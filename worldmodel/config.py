@@ -40,6 +40,7 @@ DECISIONS = ("kl", "map", "tolerant", "relative")
 BOUNDARIES = ("reinfer", "copy", "anchor")
 PRIOR_FACTORS = ("feedforward", "recurrent")
 UPPER_PRIORS = ("recurrent", "context")
+LOWER_PRIORS = ("paper", "memory")
 
 
 def is_finite_number(value: Any) -> bool:
@@ -270,6 +271,12 @@ class DLHConfig:
             temporal state d^n left out, so an upper level that tracks a fast feature pays its
             full KL at every change while level 1 predicts it from d^1; d^n still feeds the prior
             factor and the features). Level 1's prior always reads d^1.
+        lower_prior: what the change prior of a level below the top reads (eq. 14): "paper"
+            (p(s^n | d^n, c^n)) or "memory" (ours, issue 23: p(s^n | d^n), the context c^n left
+            out). A lower level that copies a feature the level above already holds (the colour
+            in s^1 beside s^2) then pays KL wherever that feature changes, because its prior
+            cannot read the new value from c^n; left to the level above it costs level n
+            nothing (its decoder f_dec^n still reads c^n). The posterior still reads c^n.
         posterior_reads_d: the posterior reads the level's temporal state as well,
             q(s^n | x^n, c^n, d^n), as RSSM's q(s_t | h_t, o_t) (ours, issue 24; False: eq. 13,
             the paper, where the posterior sees only the frame's features and the level above).
@@ -313,6 +320,7 @@ class DLHConfig:
     factor_hidden: tuple[int, ...] = (200,)
     prior_factor: str = "feedforward"
     upper_prior: str = "recurrent"
+    lower_prior: str = "paper"
     posterior_reads_d: bool = False
     conv_depth: int = 48
     conv_norm: str = "none"
@@ -340,7 +348,8 @@ class DLHConfig:
         if self.channels not in (1, 3):
             raise ValueError(f"DLHConfig.channels must be 1 or 3, got {self.channels!r}")
         choices = {"prior_factor": PRIOR_FACTORS, "conv_norm": CONV_NORMS, "conv_act": CONV_ACTS,
-                   "init": INITS, "upper_prior": UPPER_PRIORS}
+                   "init": INITS, "upper_prior": UPPER_PRIORS,
+                   "lower_prior": LOWER_PRIORS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DLHConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -92,7 +92,7 @@ def change_step(level: Level, d: Tensor, context: Tensor, route: Route | None) -
     `hierarchy.Hierarchy.pay_owed`). `route` None is the reference path; a level that takes
     the action always runs it.
     """
-    if route is None or level.takes_action or not level.prior_reads_d:
+    if route is None or level.takes_action or not (level.prior_reads_d and level.prior_reads_c):
         dist = level.predict(d, context)  # eq. 14
         s = dist.rsample()
         below = level.top_down(s, context)  # eq. 11

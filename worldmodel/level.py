@@ -49,6 +49,7 @@ class Level(nn.Module):
         self.posterior = MLP(post_in, cfg.state_hidden, 2 * s_dim)
         self.prior = MLP(cfg.d_dim + cfg.c_dim, cfg.state_hidden, 2 * s_dim)
         self.prior_reads_d = index == 1 or cfg.upper_prior == "recurrent"  # eq. 14 or p(s^n | c^n)
+        self.prior_reads_c = index == cfg.levels or cfg.lower_prior == "paper"  # eq. 14 or p(s^n | d^n)
         self.factor = MLP(cfg.d_dim, cfg.factor_hidden, 1) if index > 1 else None
         recurrent = index > 1 and cfg.prior_factor == "recurrent"
         self.factor_cell = nn.GRUCell(cfg.d_dim, cfg.d_dim) if recurrent else None
@@ -94,10 +95,13 @@ class Level(nn.Module):
     def predict(self, d: Tensor, context: Tensor) -> Gaussian:
         """Change prior p(s^n | d^n, c^n): d (B, D), context (B, C) -> Gaussian over (B, S) (fp32).
 
-        Under `upper_prior: context` a level n >= 2 reads zeros in place of d^n: p(s^n | c^n).
+        Under `upper_prior: context` a level n >= 2 reads zeros in place of d^n: p(s^n | c^n);
+        under `lower_prior: memory` a level below the top reads zeros in place of c^n: p(s^n | d^n).
         """
         if not self.prior_reads_d:
             d = torch.zeros_like(d)
+        if not self.prior_reads_c:
+            context = torch.zeros_like(context)
         with full_precision(d):
             params = self.prior(torch.cat([d, context], -1).float())
         return gaussian_from_params(params, self.min_std)

@@ -264,6 +264,42 @@ def test_memory_dropout_restarts_levels_below_the_top_in_training_only() -> None
         load_config(None, ["optim.memory_dropout=1.0"])
 
 
+def test_the_margin_schedule_scales_eq4s_margin_in_training_only(tmp_path) -> None:
+    from worldmodel.training import OptimConfig, Trainer, load_config
+
+    def changes(model: DLH) -> torch.Tensor:
+        torch.manual_seed(5)
+        return model.observe(frames(4, 12)).changed[..., 1]
+
+    huge = tiny(2, inference=InferenceConfig(decision_margin=1e9))
+    paper = tiny(2)
+    paper.load_state_dict(huge.state_dict())
+    huge.hierarchy.margin_scale = 0.0
+    assert torch.equal(changes(huge), changes(paper))  # training: no margin during the warm-up
+    huge.eval()
+    paper.eval()
+    assert int(changes(huge)[:, 1:].sum()) == 0  # evaluation: the model's own margin
+    assert torch.equal(changes(paper), changes(paper))
+    schedule = OptimConfig(margin_warmup=3, margin_ramp=4)
+    assert [schedule.margin_scale(k) for k in range(9)] == [0, 0, 0, 0.25, 0.5, 0.75, 1, 1, 1]
+    assert OptimConfig(margin_warmup=2).margin_scale(1) == 0.0 and OptimConfig(margin_warmup=2).margin_scale(2) == 1.0
+    assert OptimConfig().margin_scale(0) == 1.0  # off: the model's margin from the first step
+    sets = ["model.levels=2", "model.image_size=16", "model.channels=3", "model.x_dim=16", "model.c_dim=16",
+            "model.d_dim=16", "model.s_dim=4", "model.enc_hidden=[16]", "model.dec_hidden=[16]",
+            "model.state_hidden=[16]", "model.factor_hidden=[8]", "model.conv_depth=4",
+            "model.inference.decision_margin=5", "data.image_size=16", "data.channels=3", "data.seq_len=8",
+            "data.batch_size=4", "threads=1", "steps=4", "logging.log_every=1", "logging.media_every=0",
+            "logging.checkpoint_every=100", "probes.event_every=0", "probes.track_every=0",
+            "optim.margin_warmup=2", "optim.margin_ramp=2", f"out_dir={tmp_path}"]
+    trainer = Trainer(load_config(None, sets))
+    for expected in (0.0, 0.0, 0.5, 1.0):
+        trainer.train_step()
+        assert trainer.model.hierarchy.margin_scale == expected
+    trainer.finish()
+    with pytest.raises(ValueError, match="margin_ramp"):
+        load_config(None, ["optim.margin_ramp=-1"])
+
+
 def test_the_map_rule_under_soft_assignment_is_refused_naming_the_fix() -> None:
     with pytest.raises(ValueError, match="decision='map' applies to assignment='hard'"):
         InferenceConfig(decision="map", assignment="vade")

@@ -146,6 +146,9 @@ class Hierarchy(nn.Module):
         # the trainer's memory dropout (optim.memory_dropout): while training, each level below
         # the top restarts its d^n at zero with this probability per row and step
         self.memory_dropout = 0.0
+        # the trainer's margin schedule (optim.margin_warmup/margin_ramp): while training, eq. 4
+        # uses this fraction of inference.decision_margin; evaluation always the whole margin
+        self.margin_scale = 1.0
         # set by DLH.loss while it filters: only the training objective advances the decision
         # rules' running statistics, never acting or evaluation with a model in train mode
         self.learning = False
@@ -407,6 +410,7 @@ class Hierarchy(nn.Module):
         "anchor"'s static KL of K's fresh posterior (or None).
         """
         rule, recipe, level = self.cfg.inference, self.cfg.loss, self.levels[i]
+        margin = rule.decision_margin * (self.margin_scale if self.training else 1.0)
         logit, h_next = level.change_logit(d, h)
         context = self.context(i, state.top_down)  # eq. 25: c^n cached from t-1
         static = Gaussian(state.mean[i], state.std[i])  # eq. 2: p(s^n_t | e = 0) = q(s^n_{t-1})
@@ -418,11 +422,11 @@ class Hierarchy(nn.Module):
             change_prior = level.predict(d, context)
             if level.decision_stats is None:
                 weight = change_posterior(q, change_prior, static, logit, rule.assignment,
-                                          rule.decision, rule.decision_margin)
+                                          rule.decision, margin)
             else:  # a rule that reads the level's running statistics (decisions.py)
                 weight, kl_static = decisions.decide(
                     rule.decision, q, change_prior, static, level.decision_stats, rule.decision_tolerance,
-                    rule.decision_gamma, rule.decision_warmup, rule.decision_margin)
+                    rule.decision_gamma, rule.decision_warmup, margin)
             weight = torch.where(first, torch.ones_like(weight), weight)
             held = self.hold_upper and self.training  # bootstrapped schedule: static after t = 0
             if held:

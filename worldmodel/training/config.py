@@ -58,6 +58,13 @@ class OptimConfig:
             d^n at zero with this probability per row and step (issue 23; 0: off, the paper):
             where it is dropped its change prior has only c^n from above, so a feature that
             persists is cheapest in the levels above. Evaluation and imagination never drop.
+        margin_warmup, margin_ramp: a schedule for eq. 4's prior odds in training (issue 23;
+            0, 0: off): for the first `margin_warmup` steps levels >= 2 are decided with no
+            margin (the paper's eq. 4), then the margin rises linearly to the model's
+            `inference.decision_margin` over `margin_ramp` steps (0: at once). A margin from
+            the first step keeps an empty upper level from ever changing; after the warm-up
+            the level holds content and the margin only removes its spurious changes.
+            Evaluation, probes and acting always use the model's own margin.
     """
 
     lr: float = 5e-4
@@ -69,6 +76,8 @@ class OptimConfig:
     beta2: float = 0.999
     upper_warmup: int = 0
     memory_dropout: float = 0.0
+    margin_warmup: int = 0
+    margin_ramp: int = 0
 
     def __post_init__(self) -> None:
         if not is_finite_number(self.memory_dropout) or not 0 <= self.memory_dropout < 1:
@@ -82,7 +91,7 @@ class OptimConfig:
             if not is_finite_number(value) or not value >= 0:
                 raise ValueError(f"optim.{name} must be a finite number >= 0, got {value!r}"
                                  + (" (0 disables clipping)" if name == "grad_clip" else ""))
-        for name in ("beta_warmup", "lr_warmup", "upper_warmup"):
+        for name in ("beta_warmup", "lr_warmup", "upper_warmup", "margin_warmup", "margin_ramp"):
             value = getattr(self, name)
             object.__setattr__(self, name, check_int(value, f"optim.{name}", 0, hint="steps"))
         if not is_finite_number(self.beta2) or not 0 < self.beta2 < 1:
@@ -93,6 +102,14 @@ class OptimConfig:
         if self.lr_warmup == 0:
             return self.lr
         return self.lr * min(1.0, (step + 1) / self.lr_warmup)
+
+    def margin_scale(self, step: int) -> float:
+        """The fraction of the model's decision margin used by training step `step` (0-based)."""
+        if step < self.margin_warmup:
+            return 0.0
+        if self.margin_ramp == 0:
+            return 1.0
+        return min(1.0, (step - self.margin_warmup + 1) / self.margin_ramp)
 
     def beta(self, step: int) -> float:
         if self.beta_warmup == 0:

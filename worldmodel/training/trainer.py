@@ -405,6 +405,7 @@ class Trainer:
         torch.manual_seed(_step_seed(cfg.seed, step, runtime.rank))
         beta = cfg.optim.beta(step)
         self.model.hierarchy.hold_upper = step < cfg.optim.upper_warmup  # bootstrapped schedule
+        self.model.hierarchy.margin_scale = cfg.optim.margin_scale(step)  # eq. 4's margin schedule
         kwargs: dict[str, Any] = {"is_first": batch.is_first}
         if cfg.model.reward_head and batch.rewards is not None:
             kwargs["rewards"] = batch.rewards

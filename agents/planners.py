@@ -190,7 +190,42 @@ class Planner(ABC):
         """Refine the sequence distribution from `mean` (H, A); return (action (A,), mean (H, A))."""
 
 
-class CEMPlanner(Planner):
+class _SamplingPlanner(Planner):
+    """CEM's and MPPI's common loop: sample around (mean, std), clip, score, keep the elites, refit."""
+
+    def _optimise(
+        self, model: DLH, state: HierarchicalState, mean: Tensor, low: Tensor, high: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Each iteration samples sequences around (mean, std), clips them to the bounds, scores
+        them in one batched rollout, keeps the best and refits (mean, std) to them (`_refit`:
+        where the planners differ)."""
+        n, k, std0 = self._sampling()
+        std = torch.full_like(mean, std0)
+        states = state.repeat_interleave(n)
+        for _ in range(self.iterations):
+            noise = self._noise((n, *mean.shape), mean.device)
+            actions = torch.maximum(torch.minimum(mean + std * noise, high), low)  # (n, H, A)
+            scores = self._score(model, states, actions)  # (n,)
+            top = scores.topk(k)
+            elites, values = actions[top.indices], top.values  # (k, H, A), (k,)
+            mean, std = self._refit(elites, values)
+        return self._action(mean, elites, values), mean
+
+    @abstractmethod
+    def _sampling(self) -> tuple[int, int, float]:
+        """Sequences sampled per iteration, elites kept, and the starting std."""
+
+    @abstractmethod
+    def _refit(self, elites: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean, std), each (H, A), of the next iteration from the elites (k, H, A) and their
+        scores (k,)."""
+
+    def _action(self, mean: Tensor, elites: Tensor, values: Tensor) -> Tensor:
+        """The action (A,) to take after the last iteration: the mean's first step."""
+        return mean[0]
+
+
+class CEMPlanner(_SamplingPlanner):
     """Cross-entropy method over action sequences (PlaNet, Hafner et al. 2019).
 
     Each iteration samples `candidates` sequences from a diagonal Gaussian over (H, A),
@@ -228,21 +263,14 @@ class CEMPlanner(Planner):
         self.init_std = _check_float("init_std", init_std, 0.0, open_low=True)
         self.min_std = _check_float("min_std", min_std, 0.0)
 
-    def _optimise(self, model, state, mean, low, high):
-        n = self.candidates
-        std = torch.full_like(mean, self.init_std)
-        states = state.repeat_interleave(n)
-        for _ in range(self.iterations):
-            noise = self._noise((n, *mean.shape), mean.device)
-            actions = torch.maximum(torch.minimum(mean + std * noise, high), low)  # (n, H, A)
-            scores = self._score(model, states, actions)  # (n,)
-            elites = actions[scores.topk(self.top_k).indices]  # (k, H, A)
-            mean = elites.mean(0)
-            std = elites.std(0, unbiased=False).clamp_min(self.min_std)
-        return mean[0], mean
+    def _sampling(self) -> tuple[int, int, float]:
+        return self.candidates, self.top_k, self.init_std
+
+    def _refit(self, elites: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        return elites.mean(0), elites.std(0, unbiased=False).clamp_min(self.min_std)
 
 
-class MPPIPlanner(Planner):
+class MPPIPlanner(_SamplingPlanner):
     """MPPI as in TD-MPC2 (Hansen et al. 2024): elites weighted by their exponentiated score.
 
     Each iteration samples `num_samples` sequences around the mean with the current std,
@@ -262,6 +290,8 @@ class MPPIPlanner(Planner):
         sample_elite: return an elite's first action drawn by weight instead of the mean.
     """
 
+    # the two constructors repeat Planner's arguments on purpose: each signature names its own
+    # parameters and defaults (PlaNet's, TD-MPC2's) for the reader and the type checker
     def __init__(
         self,
         horizon: int = 12,
@@ -290,24 +320,24 @@ class MPPIPlanner(Planner):
             raise ValueError(f"min_std must be <= max_std={self.max_std}, got {min_std!r}")
         self.sample_elite = bool(sample_elite)
 
-    def _optimise(self, model, state, mean, low, high):
-        n = self.num_samples
-        std = torch.full_like(mean, self.max_std)
-        states = state.repeat_interleave(n)
-        for _ in range(self.iterations):
-            noise = self._noise((n, *mean.shape), mean.device)
-            actions = torch.maximum(torch.minimum(mean + std * noise, high), low)  # (n, H, A)
-            scores = self._score(model, states, actions)  # (n,)
-            top = scores.topk(self.num_elites)
-            elites, values = actions[top.indices], top.values  # (k, H, A), (k,)
-            weights = torch.exp((values - values.max()) / self.temperature)
-            weights = (weights / weights.sum()).view(-1, 1, 1)  # (k, 1, 1)
-            mean = (weights * elites).sum(0)
-            std = ((weights * (elites - mean) ** 2).sum(0)).sqrt().clamp(self.min_std, self.max_std)
-        if self.sample_elite:
-            pick = torch.multinomial(weights.flatten().cpu(), 1, generator=self.generator)
-            return elites[int(pick)][0], mean
-        return mean[0], mean
+    def _sampling(self) -> tuple[int, int, float]:
+        return self.num_samples, self.num_elites, self.max_std
+
+    def _weights(self, values: Tensor) -> Tensor:
+        """The elites' weights (k, 1, 1): ∝ exp((G − max G) / temperature), summing to 1."""
+        weights = torch.exp((values - values.max()) / self.temperature)
+        return (weights / weights.sum()).view(-1, 1, 1)
+
+    def _refit(self, elites: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        weights = self._weights(values)
+        mean = (weights * elites).sum(0)
+        return mean, ((weights * (elites - mean) ** 2).sum(0)).sqrt().clamp(self.min_std, self.max_std)
+
+    def _action(self, mean: Tensor, elites: Tensor, values: Tensor) -> Tensor:
+        if self.sample_elite:  # TD-MPC2: an elite of the last iteration, drawn by weight
+            pick = torch.multinomial(self._weights(values).flatten().cpu(), 1, generator=self.generator)
+            return elites[int(pick)][0]
+        return mean[0]
 
 
 def make_planner(name: str, **kwargs: Any) -> Planner:

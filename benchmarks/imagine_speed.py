@@ -135,7 +135,9 @@ def pin_change_prob(model: DLH, prob: float) -> None:
 
 
 def same_weights(model: DLH, timescale: str) -> DLH:
-    other = DLH(model.config.replace(inference=model.config.inference.replace(timescale=timescale)))
+    rule = model.config.inference  # a schedule has no boundary level: its default (no effect)
+    boundary = rule.boundary if timescale == "dynamic" else "reinfer"
+    other = DLH(model.config.replace(inference=rule.replace(timescale=timescale, boundary=boundary)))
     other.load_state_dict(model.state_dict())
     other.hierarchy.step_mode = model.hierarchy.step_mode
     return other.eval()

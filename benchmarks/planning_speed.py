@@ -89,7 +89,9 @@ def main() -> None:
         raise SystemExit("planning needs a model with actions (action_dim > 0) and a reward head")
     models = {}
     for mode in ("dynamic", "every_step"):
-        models[mode] = DLH(cfg.replace(inference=cfg.inference.replace(timescale=mode))).eval()
+        boundary = cfg.inference.boundary if mode == "dynamic" else "reinfer"  # no effect under a schedule
+        rule = cfg.inference.replace(timescale=mode, boundary=boundary)
+        models[mode] = DLH(cfg.replace(inference=rule)).eval()
         models[mode].load_state_dict(source.state_dict())  # the same weights
     torch.manual_seed(args.seed)
     state = filtered_state(models["dynamic"], args.context, args.seed)

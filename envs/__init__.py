@@ -2,7 +2,7 @@
 
 - :mod:`envs.pixels`: :class:`PixelObservation`, :class:`ActionRepeat`, :func:`make_pixel_env`.
 - :mod:`envs.point_target`: ``worldmodel/PointTarget-v0``, a pixel env on two timescales.
-- :mod:`envs.recorder`: :class:`EpisodeRecorder`, :func:`record_episodes` (DESIGN §4 ``.npz``).
+- :mod:`envs.recorder`: :class:`EpisodeRecorder`, :func:`record_episodes` (docs/design.md §4 ``.npz``).
 - :mod:`envs.policies`: :func:`make_policy` (callable, ``"random"``, ``"sb3:PATH"``).
 - :mod:`envs.cli`: the ``dlh record`` sub-command.
 

@@ -1,4 +1,4 @@
-"""Record Gymnasium episodes as compressed ``.npz`` files (DESIGN §4, Dreamer layout).
+"""Record Gymnasium episodes as compressed ``.npz`` files (docs/design.md §4, Dreamer layout).
 
 One file per episode of ``T`` steps, holding ``T + 1`` entries per key:
 

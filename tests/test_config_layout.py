@@ -281,3 +281,16 @@ def test_old_flat_keywords_of_the_constructor_move_to_their_section_with_a_depre
         DLHConfig(obs_std=-1.0)
     with pytest.raises(TypeError, match="nonsense"):  # a keyword that never existed stays a TypeError
         DLHConfig(nonsense=1)
+
+
+def test_a_boundary_under_a_fixed_schedule_is_warned_about_naming_the_fix():
+    import warnings
+
+    for timescale in ("clockwork", "every_step"):
+        with pytest.warns(UserWarning, match=rf"boundary='copy' has no effect under timescale='{timescale}'.*"
+                                             r"leave boundary out \(or set it to 'reinfer'\)"):
+            InferenceConfig(timescale=timescale, boundary="copy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        InferenceConfig(timescale="clockwork")  # the default boundary
+        InferenceConfig(timescale="dynamic", boundary="anchor")

@@ -1,4 +1,4 @@
-"""EpisodeRecorder / record_episodes: the DESIGN §4 .npz layout, atomic writes, policies."""
+"""EpisodeRecorder / record_episodes: the docs/design.md §4 .npz layout, atomic writes, policies."""
 
 from __future__ import annotations
 

@@ -91,18 +91,19 @@ class InferenceConfig:
         timescale: "dynamic" (DLH), "clockwork" (CW-VAE schedule) or "every_step".
         clockwork_k: the clockwork base k: level n updates when t mod k^(n-1) = 0.
         assignment: "hard" (eq. 4, the paper's default) or "vade" (soft q(e), eq. 34).
-        boundary: what the first static level K does in filtering (DESIGN §2 step 4):
-            "reinfer" (DESIGN's reading; the default, so that `DLHConfig()` is the paper's
-            model) — a fresh posterior, sampled and decoded, whose KL goes to the static prior
-            (eq. 9); "copy" (what every shipped config that states it uses) — level K keeps its
-            previous sample and top-down output exactly, like every level above it (and as in
-            imagination), so its state KL is 0 at static steps. Under "reinfer" a static level
-            can pass new information to the frame at every step for a small KL, which
-            imagination never reproduces; under "copy" a sample drawn at a change must serve the
-            whole static stretch, which rewards features that persist. "anchor" (experimental:
-            failed in the timescales study, docs/results.md; kept for the studies) — K keeps its
-            sample as under "copy", and its fresh posterior, which reaches no frame, is still
-            pulled toward the static prior by eq. 9's KL. See docs/model.md.
+        boundary: what the first static level K (the lowest with e^n_t = 0) does in filtering
+            under `timescale: dynamic` (docs/design.md §2, step 4). A schedule infers no level it
+            keeps, so it has no such level: there any value but the default has no effect, and is
+            warned about. "reinfer" (the default, so that `DLHConfig()` is the paper's eq. 9 as
+            written) — K gets a fresh posterior, sampled and decoded, whose KL goes to the static
+            prior; a static level can then pass new information to the frame at every step for a
+            small KL, which imagination (where K is copied) never reproduces. "copy" — K keeps its
+            previous sample and top-down output exactly, like every level above it and as in
+            imagination, so its state KL is 0 at static steps and a sample drawn at a change must
+            serve the whole static stretch, which rewards features that persist. "anchor" — K
+            keeps its sample as under "copy", and its fresh posterior, which reaches no frame, is
+            still pulled toward the static prior by eq. 9's KL (a variant for studies). What each
+            did in training: docs/results.md (timescales); see also docs/model.md.
         decision: how the hard rule (eq. 4) weighs the two components: "kl" (the paper:
             the nearer component wins) or "map" (the learned prior odds join the rule:
             change iff KL_change − log p(e=1) < KL_static − log p(e=0), the MAP
@@ -110,9 +111,11 @@ class InferenceConfig:
             "tolerant" and "relative" (worldmodel/decisions.py) keep eq. 4's comparison and
             add the level's running statistics: the static prior widened by its drift for
             the decision only, or a surprise test on log KL_static; hard assignment only.
-        decision_margin: nats the change component must win by (0: the paper). Experimental
-            when trained with: a margin set for training silenced level 2 (docs/results.md);
-            applied after training it is a measurement (benchmarks/reproduce/decision_bench.py).
+        decision_margin: nats the change component must win by in eq. 4 (0: the paper), so
+            that a level changes only on clear evidence. Training scales it by the schedule of
+            `optim.margin_warmup` / `margin_ramp` (default: in full from the first step): a
+            level that holds nothing yet cannot win by a margin, so it would never change
+            (docs/results.md: timescales, decision rules).
         decision_tolerance: "tolerant": the static std is widened in quadrature by this many
             drift scales (the running RMS of the posterior's distance from the static prior
             over static stretches).
@@ -159,6 +162,12 @@ class InferenceConfig:
         if self.decision == "map" and self.assignment != "hard":
             raise ValueError("DLHConfig.inference.decision='map' applies to assignment='hard' (under "
                              "'vade' the prior odds are always in q(e)); use decision='kl' with 'vade'")
+        if self.timescale != "dynamic" and self.boundary != "reinfer":
+            # a warning, not an error: configs stating a boundary are run under schedules as
+            # baselines (benchmarks/reproduce/baselines.sh), and their model files must load
+            warnings.warn(f"DLHConfig.inference.boundary={self.boundary!r} has no effect under "
+                          f"timescale={self.timescale!r} (a schedule keeps no level it infers): leave "
+                          "boundary out (or set it to 'reinfer') with a fixed schedule", stacklevel=3)
         if self.decision in ("tolerant", "relative") and self.assignment != "hard":
             raise ValueError(f"DLHConfig.inference.decision={self.decision!r} needs assignment='hard', "
                              f"got {self.assignment!r}")

@@ -1,4 +1,4 @@
-"""The episode file format (DESIGN §4), in one place for its writers (`envs.recorder`) and its
+"""The episode file format (docs/design.md §4), in one place for its writers (`envs.recorder`) and its
 readers (`worldmodel.data.episodes`, the agent loop).
 
 One compressed ``.npz`` per episode; for steps t = 0..T (length L = T + 1):

@@ -317,8 +317,14 @@ class DLH(nn.Module):
         rewards: Tensor | None = None,
         continues: Tensor | None = None,
         is_first: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, float], ObserveOutput]:
-        """`loss`, also returning the ObserveOutput (for logging reconstructions)."""
+        float_metrics: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor | float], ObserveOutput]:
+        """`loss`, also returning the ObserveOutput (for logging reconstructions).
+
+        `float_metrics=False` leaves the metrics as 0-dim tensors ("beta" stays a float): turning
+        each into a Python float waits for the device, so a caller that logs only some steps (the
+        trainer) converts them on those steps alone.
+        """
         beta = check.check_weight(beta, "beta")
         frames, actions, is_first = self._check_sequence(frames, actions, is_first)
         lead = tuple(frames.shape[:2])
@@ -359,21 +365,23 @@ class DLH(nn.Module):
                 loss = loss + scales[key] * value
         total = loss.mean()
         with torch.no_grad():
-            metrics = {
-                "loss": float(total),
-                "elbo": -float((terms["recon"] + terms["kl"] + terms["factor_kl"]).mean()),
-                "recon": float(terms["recon"].mean()),
-                "kl": float(terms["kl"].mean()),
-                "factor_kl": float(terms["factor_kl"].mean()),
-                "levels_used": float(out.changed.float().sum(-1).mean()),
+            metrics: dict[str, Tensor | float] = {
+                "loss": total.detach(),
+                "elbo": -(terms["recon"] + terms["kl"] + terms["factor_kl"]).mean(),
+                "recon": terms["recon"].mean(),
+                "kl": terms["kl"].mean(),
+                "factor_kl": terms["factor_kl"].mean(),
+                "levels_used": out.changed.float().sum(-1).mean(),
                 "beta": float(beta),
             }
             for n in range(self.config.levels):
-                metrics[f"kl/level{n + 1}"] = float(out.kl[..., n].mean())
-                metrics[f"change_rate/level{n + 1}"] = float(out.changed[..., n].float().mean())
+                metrics[f"kl/level{n + 1}"] = out.kl[..., n].mean()
+                metrics[f"change_rate/level{n + 1}"] = out.changed[..., n].float().mean()
                 if n > 0:
-                    metrics[f"factor_kl/level{n + 1}"] = float(out.factor_kl[..., n].mean())
-            metrics.update({k: float(v.mean()) for k, v in extra.items()})
+                    metrics[f"factor_kl/level{n + 1}"] = out.factor_kl[..., n].mean()
+            metrics.update({k: v.mean() for k, v in extra.items()})
+        if float_metrics:
+            metrics = {k: float(v) for k, v in metrics.items()}
         return total, metrics, out
 
     @staticmethod
@@ -443,7 +451,7 @@ class DLH(nn.Module):
                     0, (batch, span - 1))
         return total / count.clamp_min(1.0)
 
-    def forward(self, *args, **kwargs) -> tuple[Tensor, dict[str, float], ObserveOutput]:
+    def forward(self, *args, **kwargs) -> tuple[Tensor, dict[str, Tensor | float], ObserveOutput]:
         """Same as `loss_and_output` (so that DistributedDataParallel can wrap the model)."""
         return self.loss_and_output(*args, **kwargs)
 

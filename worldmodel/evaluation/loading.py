@@ -11,10 +11,8 @@ overrides apply on top.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +24,13 @@ import yaml
 from ..arguments import check_int
 from ..checkpoint import load
 from ..config import from_dict
-from ..data import Batch, DataConfig, SequenceSource, build_source
+from ..data import Batch, DataConfig, SequenceSource
 from ..files import one_line
 from ..model import DLH
 from ..training.checkpoints import checkpoint_candidates
 from ..training.config import apply_overrides, read_yaml, yaml_problem
 from ..validation import check_memory
+from .context import evaluating, evaluation_source  # noqa: F401 - kept importable here
 
 MODEL_FILE = "model.safetensors"
 
@@ -192,17 +191,6 @@ def _device(name: str) -> torch.device:
     raise ValueError(f"--device must be auto, cpu or cuda[:i], got {name!r}")
 
 
-def evaluation_source(data: DataConfig) -> tuple[SequenceSource, str]:
-    """The test split of the data (the train split when the data set has no test split)."""
-    try:
-        return build_source(data, "test"), "test"
-    except ValueError as exc:  # e.g. an empty test split: use the training data, as the trainer does
-        try:
-            return build_source(data, "train"), "train"
-        except ValueError:
-            raise exc from None
-
-
 def eval_sequences(
     source: SequenceSource, num: int, length: int, seed: int, what: str = "length"
 ) -> tuple[Batch, np.ndarray | None]:
@@ -225,24 +213,6 @@ def eval_sequences(
             f"cannot cut {num} sequence(s) of {length} frames ({what}) from the "
             f"{getattr(source, 'split', '')} data: {exc}"
         ) from exc
-
-
-@contextlib.contextmanager
-def evaluating(model: DLH, seed: int) -> Iterator[None]:
-    """Evaluation mode and a forked random stream seeded with `seed`, both restored on exit.
-
-    The measurements run in eval mode with their own noise, so they neither depend on nor move
-    the caller's random stream, and a model in training comes back in training (also on error).
-    """
-    was_training = model.training
-    model.eval()
-    device = model.device
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            yield
-    finally:
-        model.train(was_training)
 
 
 __all__ = ["evaluating", "Resolved", "resolve", "resolve_model_file", "model_file_candidates",

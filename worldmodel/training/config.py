@@ -33,20 +33,19 @@ class OptimConfig:
     """Adam with the paper's settings (App. A.1) and the β warm-up of the KL terms.
 
     Attributes:
-        lr, eps: Adam learning rate and epsilon. The paper's 5e-4 and 1e-4 are for its summed
-            ELBO (batch 100 × 100 frames); our loss is a per-frame mean, and under a clip to
-            `grad_clip` every update has norm ≤ 100 over millions of weights, so ε = 1e-4
-            swamped the gradients of level 2's networks (they moved at 0.1–4 % of the nominal
-            rate); 1e-8 is the paper's ε at our loss scale (docs/results.md, timescales).
+        lr, eps: Adam learning rate and epsilon. Our loss is a per-frame mean where the paper's
+            (App. A.1: 5e-4, 1e-4) sums over its batch of 100 × 100 frames, so the paper's ε is
+            1e-8 at our scale; a larger ε swamps the small, clipped gradients of the upper
+            levels' networks, which then hardly move (docs/results.md, timescales §1).
         beta_max: the final β; β = beta_max · min(1, step / beta_warmup).
         beta_warmup: steps over which β rises linearly from 0 (10k in the paper).
-        grad_clip: clip the global gradient norm to this value (0 disables). The per-frame
-            ELBO's gradient norm falls from ~3e5 to ~4e3 in the first few hundred steps; clipped
-            below it, Adam sees normalised gradients, which is what lets the decoder start using
-            the latents (without the clip the early posterior collapse lasted > 1,000 steps).
-        beta2: Adam's second-moment decay (PyTorch default 0.999). The gradient norm of a
-            per-frame ELBO falls ~100× in the first few hundred steps (background learned);
-            with a long second-moment memory Adam then under-steps for thousands of steps.
+        grad_clip: clip the global gradient norm to this value (0 disables). A per-frame ELBO's
+            gradient norm starts orders of magnitude above its later level; clipped, Adam sees
+            normalised gradients from the start, which lets the decoder start using the latents
+            (the early posterior collapse ends sooner: docs/results.md, timescales §2).
+        beta2: Adam's second-moment decay (PyTorch default 0.999). The first, largest gradients
+            of a per-frame ELBO fill the second-moment estimate; the longer its memory, the
+            longer Adam under-steps after the gradient norm has fallen.
         lr_warmup: steps over which the learning rate rises linearly from lr/lr_warmup to lr
             (0: constant lr).
         upper_warmup: a bootstrapped schedule (issue 23, candidate d; 0: off, the paper):

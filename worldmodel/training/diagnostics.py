@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import SequenceSource
+from ..evaluation.context import evaluating
 from ..evaluation.events import level_event_scores
 
 NETWORKS = ("posterior", "prior", "temporal", "factor", "factor_cell", "decoder", "encoder")
@@ -146,13 +147,11 @@ class EventProbe:
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
         changed = []
-        for lo in range(0, self.frames.shape[0], self.batch_size):
-            out = model.observe(self.frames[lo:lo + self.batch_size].to(model.device))
-            changed.append(out.changed.cpu())
-        model.train(was_training)
+        with evaluating(model):  # the noise of the stream as it stands (the trainer's step)
+            for lo in range(0, self.frames.shape[0], self.batch_size):
+                out = model.observe(self.frames[lo:lo + self.batch_size].to(model.device))
+                changed.append(out.changed.cpu())
         report = level_event_scores(torch.cat(changed), self.truth, tolerances=(0, 1))
         metrics = {}
         for level, entry in report.items():

@@ -1,5 +1,9 @@
 """The one trainer for every mode and data set: `train(cfg)`.
 
+`Trainer` holds the model, the optimiser and the loop; the run folder (lock, resume, records) is a
+`RunFolder`, and the loop's periodic work — scalars, media, probes, checkpoints — is a list of
+hooks, each with its own interval (`training.hooks`).
+
 Step k uses the data batch `batch_at(source, seed, k, rank)` and sampling noise seeded from
 (seed, k, rank), so a run resumed from the checkpoint of step k continues with exactly the
 losses an uninterrupted run would have had.
@@ -10,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
-import json
 import math
 import os
 import time
@@ -25,33 +28,17 @@ from tqdm.auto import tqdm
 
 from ..data import Batch, SequenceSource, build_source
 from ..data.base import batch_at
-from ..files import (
-    FolderInUse,
-    FolderLock,
-    atomic_write_text,
-    check_output_folder,
-    naming,
-    one_line,
-    remove_stale_temporaries,
-)
+from ..evaluation.context import evaluating, evaluation_source
+from ..files import FolderInUse, FolderLock
 from ..model import DLH
 from ..video import write_gif
 from . import distributed
-from .checkpoints import (
-    CheckpointContents,
-    CorruptCheckpoint,
-    checkpoint_candidates,
-    checkpoint_dir,
-    latest_checkpoint,
-    non_finite_tensors,
-    read_checkpoint,
-    restore,
-    save_checkpoint,
-    set_aside,
-)
-from .config import TrainConfig, dump_config, resume_changes
+from .checkpoints import non_finite_tensors
+from .config import TrainConfig
 from .diagnostics import EventProbe, HealthCheck, ParameterGroups
+from .hooks import CheckpointHook, Hook, LogHook, MediaHook, ScalarsHook
 from .monitor import Monitor, rollout_media
+from .run_folder import RunFolder
 from .threads import SlowdownWatch, configure_threads
 
 
@@ -63,13 +50,6 @@ class TrainingDiverged(RuntimeError):
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) stopped `Trainer.fit`; the message says at which step and from which
     checkpoint `--resume` continues (what was written stays intact: every file is atomic)."""
-
-
-def _last_good(run_dir: Path) -> str:
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        return "There is no good checkpoint (none was written with finite weights)"
-    return f"The last good checkpoint is {ckpt} (--resume continues from it)"
 
 
 def _check_action_size(source: SequenceSource, cfg: TrainConfig) -> None:
@@ -119,33 +99,8 @@ def _autocast(runtime: distributed.Runtime, precision: str) -> contextlib.Abstra
     return torch.autocast(device_type=runtime.device.type, dtype=torch.bfloat16)
 
 
-def _media_batch(cfg: TrainConfig):
-    """Fixed evaluation windows for logged videos (test split when it exists)."""
-    try:
-        source = build_source(cfg.data, "test")
-    except ValueError as err:
-        print(f"media: no test split ({one_line(err)}); logged videos use training windows", flush=True)
-        source = build_source(cfg.data, "train")
-    media = cfg.logging
-    length = media.rollout_context + media.rollout_horizon
-    try:
-        return source.eval_batch(media.media_sequences, length, seed=cfg.seed), media.rollout_context
-    except ValueError:  # data with short videos (e.g. 20-frame Moving MNIST): use what fits
-        length = cfg.data.seq_len
-        context = max(1, min(media.rollout_context, length // 2))
-        warnings.warn(f"media: videos shorter than logging.rollout_context + rollout_horizon = "
-                      f"{media.rollout_context + media.rollout_horizon}; logged rollouts use {length} "
-                      f"frames, {context} of context (logging.rollout_context={media.rollout_context} "
-                      "lowered)", stacklevel=3)
-        return source.eval_batch(media.media_sequences, length, seed=cfg.seed), context
-
-
 #: The Trainers of this process by run folder (real path), to refuse a second on one folder.
 _TRAINING: dict[str, weakref.ref] = {}
-
-
-def _key(run_dir: Path) -> str:
-    return os.path.realpath(run_dir)
 
 
 def _claim_for_training(trainer: Trainer) -> None:
@@ -153,7 +108,7 @@ def _claim_for_training(trainer: Trainer) -> None:
     another Trainer has trained there and is neither finished nor dropped (the folder lock is
     shared within a process, so it cannot tell them apart): both would write the same
     checkpoints and logs."""
-    key = _key(trainer.run_dir)
+    key = os.path.realpath(trainer.run_dir)
     ref = _TRAINING.get(key)
     if ref is not None and ref() is not None and ref() is not trainer:
         gc.collect()  # a dropped Trainer in a reference cycle: collected, it no longer counts
@@ -193,6 +148,12 @@ class Trainer:
     Trainer on it in the same process, while one that trained there is referenced and not
     finished, is a `FolderInUse` too.
 
+    After every optimiser step the loop runs `hooks` (`training.hooks`), in order: scalars
+    (`logging.log_every`), media (`logging.media_every`), the event probe (`probes.event_every`),
+    the tracking probe (`probes.track_every`) and the checkpoint (`logging.checkpoint_every`),
+    each at the multiples of its own interval and at the end; append a `Hook` for more. The run
+    folder's lock, resume checks and records are `run` (`RunFolder`).
+
     Args:
         cfg: the run's configuration.
         resume: continue from the latest checkpoint in `cfg.out_dir`.
@@ -213,50 +174,62 @@ class Trainer:
         requested: Collection[str] = (),
     ) -> None:
         self.cfg = cfg
-        self.run_dir = run_dir = Path(cfg.out_dir)
-        check_output_folder(run_dir)
+        self.run = RunFolder(cfg.out_dir)
         self.runtime = runtime = distributed.setup(cfg.device)
-        if runtime.device.type == "cpu" or cfg.threads:
+        self._set_up_compute()
+        torch.manual_seed(cfg.seed)  # identical initialisation on every rank
+        self.model = DLH(cfg.model).to(runtime.device)
+        self.model.hierarchy.memory_dropout = cfg.optim.memory_dropout  # training only (hierarchy.py)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, eps=cfg.optim.eps,
+                                          betas=(0.9, cfg.optim.beta2))
+        if runtime.is_main:  # one process writes a run: a second is refused, naming the first's PID
+            self.run.claim()
+        self.step, self.finished = self.run.start(cfg, self.model, self.optimizer, runtime, resume,
+                                                  requested)
+        self.resumed_from = self.step
+        self.progress = progress and runtime.is_main
+        self.monitor = Monitor(self.run.path, enabled=False)
+        self.hooks: list[Hook] = []
+        self.bar: tqdm | None = None
+        self.last: dict[str, float] = {}
+        self.bad_in_a_row = 0
+        self.checkpoint_due = False  # a checkpoint postponed past non-finite steps
+        self.started = time.perf_counter()
+        if not self.finished:
+            self._set_up_training(progress, resume, source, media_batch)
+
+    # ------------------------------------------------------------------ set-up
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
+
+    @property
+    def lock(self) -> FolderLock | None:
+        return self.run.lock
+
+    def _set_up_compute(self) -> None:
+        """Threads, precision and the per-process batch, checked before anything is built."""
+        cfg, device = self.cfg, self.runtime.device
+        if device.type == "cpu" or cfg.threads:
             self.threads, self.threads_reason = configure_threads(cfg.threads)
         else:
             self.threads, self.threads_reason = torch.get_num_threads(), "torch default"
-        self.slowdown = SlowdownWatch(self.threads if runtime.device.type == "cpu" else 1)
-        self.precision, self.precision_reason = resolve_precision(cfg.precision, runtime.device)
-        self.run_mode = f"{runtime.device.type}, {self.threads} threads, {self.precision}"
-        self._step_seconds = 0.0
-        if runtime.device.type == "cpu":
+        self.slowdown = SlowdownWatch(self.threads if device.type == "cpu" else 1)
+        self.precision, self.precision_reason = resolve_precision(cfg.precision, device)
+        self.run_mode = f"{device.type}, {self.threads} threads, {self.precision}"
+        if device.type == "cpu":
             torch.set_flush_denormal(True)
-        if cfg.data.batch_size % runtime.world_size:
+        if cfg.data.batch_size % self.runtime.world_size:
             raise ValueError(
                 f"data.batch_size={cfg.data.batch_size} must be divisible by the "
-                f"{runtime.world_size} processes"
+                f"{self.runtime.world_size} processes"
             )
-        self.local_batch = cfg.data.batch_size // runtime.world_size
-        torch.manual_seed(cfg.seed)  # identical initialisation on every rank
-        self.model = model = DLH(cfg.model).to(runtime.device)
-        model.hierarchy.memory_dropout = cfg.optim.memory_dropout  # training only (hierarchy.py)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, eps=cfg.optim.eps,
-                                          betas=(0.9, cfg.optim.beta2))
-        self.step = 0
-        self.finished = False
-        self.lock = None
-        if runtime.is_main:  # one process writes a run: a second is refused, naming the first's PID
-            self.lock = FolderLock(run_dir, "training this run").acquire()
-            weakref.finalize(self, self.lock.release)
-            stale = [p for folder in (run_dir, checkpoint_dir(run_dir), run_dir / "media")
-                     for p in remove_stale_temporaries(folder)]
-            if stale:
-                warnings.warn(f"removed {len(stale)} temporaries left by interrupted writes: "
-                              f"{', '.join(str(p) for p in stale[:3])}{' ...' if len(stale) > 3 else ''}",
-                              stacklevel=2)
-        if resume:
-            self._resume(requested)
-        else:
-            self._refuse_an_earlier_run()
-        self.resumed_from = self.step
-        if self.finished:
-            self.monitor = Monitor(run_dir, enabled=False)
-            return
+        self.local_batch = cfg.data.batch_size // self.runtime.world_size
+
+    def _set_up_training(self, progress: bool, resume: bool, source: SequenceSource | None,
+                         media_batch: Batch | None) -> None:
+        """The data, the logs and the hooks of a run that has steps left."""
+        cfg, runtime, model = self.cfg, self.runtime, self.model
         if runtime.is_main and (progress or runtime.device.type == "cpu"):
             print(f"training on {self.run_mode} (threads: {self.threads_reason}; "
                   f"precision: {self.precision_reason})", flush=True)
@@ -270,150 +243,91 @@ class Trainer:
         _check_action_size(self.source, cfg)
         if cfg.data.seq_len == 1 and runtime.is_main and not resume:
             warnings.warn("data.seq_len=1: every training window is one frame, so nothing temporal is "
-                          "learned (transitions, level changes); use data.seq_len >= 2", stacklevel=2)
-        self.monitor = Monitor(run_dir, enabled=runtime.is_main, purge_step=self.step if resume else None)
-        self.media_batch, self.media_context = None, cfg.logging.rollout_context
+                          "learned (transitions, level changes); use data.seq_len >= 2", stacklevel=3)
+        self.monitor = self.run.monitor(enabled=runtime.is_main, purge_step=self.step if resume else None)
         if runtime.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-            if media_batch is not None:
-                self.media_batch = media_batch
-                context = max(1, media_batch.frames.shape[1] // 2)
-                self.media_context = min(cfg.logging.rollout_context, context)
-                if self.media_context < cfg.logging.rollout_context:
-                    warnings.warn(f"media: the given windows hold {media_batch.frames.shape[1]} frames; "
-                                  f"logged rollouts use {self.media_context} of context "
-                                  f"(logging.rollout_context={cfg.logging.rollout_context} lowered)",
-                                  stacklevel=2)
-            else:
-                self.media_batch, self.media_context = _media_batch(cfg)
-        self.progress = progress and runtime.is_main
+            self.run.write_config(cfg)
         self.groups = ParameterGroups(model)
-        self.health = HealthCheck(cfg.model.levels, cfg.optim.beta_warmup, cfg.probes.collapse_kl,
-                                  cfg.probes.frozen_ratio)
-        self.event_probe = None
-        if runtime.is_main and cfg.probes.event_every and cfg.model.levels >= 2:
-            try:
-                probe_source = build_source(cfg.data, "test")
-            except ValueError as err:
-                print(f"event probe: no test split ({one_line(err)}); it reads training data", flush=True)
-                probe_source = self.source
-            self.event_probe = EventProbe.build(probe_source, cfg.probes.event_sequences,
-                                                cfg.probes.event_length, cfg.seed)
+        self._set_up_measurements(media_batch)
+        self.hooks = self._default_hooks()
+
+    def _set_up_measurements(self, media_batch: Batch | None) -> None:
+        """The media windows, the event probe and the tracking probe's data (rank 0 only): all
+        from the test split, or from the training data where the data has none (said once)."""
+        cfg, probes = self.cfg, self.cfg.probes
+        self.media_batch, self.media_context = None, cfg.logging.rollout_context
+        self.event_probe: EventProbe | None = None
         self.track_source: SequenceSource | None = None
-        if runtime.is_main and cfg.probes.track_every:
+        if not self.runtime.is_main:
+            return
+        events = bool(probes.event_every) and cfg.model.levels >= 2
+        uses = {"logged videos": media_batch is None, "the event probe": events,
+                "the tracking probe": bool(probes.track_every)}
+        held_out = self.source
+        if any(uses.values()):
+            held_out, split = evaluation_source(cfg.data, self.source)
+            if split == "train":
+                print(f"the data has no test split: {', '.join(k for k, v in uses.items() if v)} read the "
+                      "training data", flush=True)
+        if media_batch is None:
+            self.media_batch, self.media_context = _media_windows(held_out, cfg)
+        else:
+            self.media_batch = media_batch
+            self.media_context = min(cfg.logging.rollout_context, max(1, media_batch.frames.shape[1] // 2))
+            if self.media_context < cfg.logging.rollout_context:
+                warnings.warn(f"media: the given windows hold {media_batch.frames.shape[1]} frames; "
+                              f"logged rollouts use {self.media_context} of context "
+                              f"(logging.rollout_context={cfg.logging.rollout_context} lowered)",
+                              stacklevel=4)
+        if events:
+            self.event_probe = EventProbe.build(held_out, probes.event_sequences, probes.event_length,
+                                                cfg.seed)
+        if probes.track_every:
             from ..evaluation.tracking import reads_objects  # evaluation imports training
 
-            try:
-                track_source = build_source(cfg.data, "test")
-            except ValueError:
-                track_source = self.source
-            if reads_objects(track_source) and not track_source.action_dim:
-                self.track_source = track_source
-        self.bad_in_a_row = 0
-        self.checkpoint_due = False  # a checkpoint postponed past non-finite steps
-        self.window: dict[str, list[float]] = {}
-        self.last: dict[str, float] = {}
-        self.started = time.perf_counter()
-        self._interval_start, self._interval_steps = time.perf_counter(), 0
+            if reads_objects(held_out) and not held_out.action_dim:
+                self.track_source = held_out
 
-    # ------------------------------------------------------------------ start or resume
-    def _refuse_an_earlier_run(self) -> None:
-        """A fresh run must not mix its outputs into an earlier run's folder."""
-        run_dir = self.run_dir
-        if latest_checkpoint(run_dir) is not None:
-            raise ValueError(
-                f"{run_dir} already holds checkpoints: pass --resume to continue that run, "
-                "or choose another out_dir (--set out_dir=...)"
-            )
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.is_file() and metrics.stat().st_size > 0:
-            raise ValueError(
-                f"{run_dir} holds {metrics.name} of an earlier run that stopped before its first "
-                "checkpoint: pass --resume to start that run over from step 0 (its logs are "
-                "replaced), or choose another out_dir (--set out_dir=...)"
-            )
-
-    def _stored_summary(self) -> dict[str, Any]:
-        """The run's summary.json; {} when absent or unreadable (the run then finishes again)."""
-        path = self.run_dir / "summary.json"
-        if not path.is_file():
-            return {}
-        try:
-            stored = json.loads(path.read_bytes().decode("utf-8"))
-        except ValueError as exc:
-            warnings.warn(f"{path}: not valid JSON ({exc}); it will be rewritten", stacklevel=3)
-            return {}
-        return stored if isinstance(stored, dict) else {}
-
-    def _resume(self, requested: Collection[str]) -> None:
-        """Load the newest readable checkpoint after checking the config against its own."""
-        cfg, run_dir, runtime = self.cfg, self.run_dir, self.runtime
-        contents: CheckpointContents | None = None
-        changes: dict[str, tuple[Any, Any]] = {}
-        skipped: list[tuple[Path, str]] = []
-        for path in checkpoint_candidates(run_dir):
-            try:
-                contents = read_checkpoint(path)
-                stored = contents.info.get("config")
-                if isinstance(stored, dict):
-                    changes = resume_changes(stored, cfg, requested, where=str(path / "trainer.json"))
-                else:
-                    warnings.warn(f"{path / 'trainer.json'} holds no config: the resumed run's settings "
-                                  "were not checked against it", stacklevel=3)
-                restore(contents, self.model, self.optimizer)
-            except CorruptCheckpoint as exc:
-                warnings.warn(f"--resume: {exc}; falling back to the checkpoint before it", stacklevel=3)
-                skipped.append((path, str(exc)))
-                contents = None
-                continue
-            break
-        if contents is None:
-            if skipped:
-                raise ValueError(f"--resume: no readable checkpoint in {checkpoint_dir(run_dir)}: "
-                                 + "; ".join(problem for _, problem in skipped))
-            warnings.warn(f"--resume: no checkpoint in {run_dir}; starting from step 0", stacklevel=3)
-            return
-        self.step = step = contents.step
-        if step > cfg.steps:
-            raise ValueError(f"steps={cfg.steps} is below the step of {contents.path} ({step}): "
-                             f"set steps >= {step} to resume this run")
-        for group in self.optimizer.param_groups:  # optim.lr may have changed (on request)
-            group["lr"] = cfg.optim.lr_at(step)
-        if step == cfg.steps and self._stored_summary().get("steps") == step:
-            self.finished = True
-            return
-        distributed.barrier(runtime)
-        if runtime.is_main:
-            for path, _ in skipped:
-                set_aside(path)
-            shown = "; ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
-            print(f"resuming {run_dir} from {contents.path.name} (step {step})"
-                  + (f" with changed settings: {shown}" if shown else ""), flush=True)
-            record = {"step": step, "checkpoint": contents.path.name,
-                      "changes": {key: [old, new] for key, (old, new) in changes.items()},
-                      "skipped": [problem for _, problem in skipped], "time": time.time()}
-            with naming(run_dir / "resumes.jsonl"), (run_dir / "resumes.jsonl").open("a") as f:
-                f.write(json.dumps(record) + "\n")
+    def _default_hooks(self) -> list[Hook]:
+        """Scalars, media, event probe, tracking probe, checkpoint — in this order, each at its
+        interval (the measurements on rank 0 only)."""
+        cfg = self.cfg
+        health = HealthCheck(cfg.model.levels, cfg.optim.beta_warmup, cfg.probes.collapse_kl,
+                             cfg.probes.frozen_ratio)
+        hooks: list[Hook] = [LogHook(cfg.logging.log_every, health, self.slowdown)]
+        if self.media_batch is not None and cfg.logging.media_every:
+            hooks.append(MediaHook(cfg.logging.media_every))
+        if self.event_probe is not None:
+            hooks.append(ScalarsHook(cfg.probes.event_every, lambda trainer: trainer.probe_events()))
+        if self.track_source is not None:
+            hooks.append(ScalarsHook(cfg.probes.track_every, lambda trainer: trainer.track()))
+        hooks.append(CheckpointHook(cfg.logging.checkpoint_every))
+        return hooks
 
     # ------------------------------------------------------------------ one step
-    def train_step(self) -> dict[str, float] | None:
-        """One optimiser step on the batch of the current step; None if it was skipped."""
+    def train_step(self) -> dict[str, Any] | None:
+        """One optimiser step on the batch of the current step; None if it was skipped.
+
+        The metrics are 0-dim tensors still on the device, but for floats ("grad_norm", "beta", and
+        the per-network norms of the last step of each logging interval): the log hook turns them
+        into floats on the steps it logs, so no other step waits for the device to report them.
+        """
         cfg, runtime, step = self.cfg, self.runtime, self.step
         batch = batch_at(self.source, cfg.seed, step, self.local_batch, cfg.data.seq_len, runtime.rank)
         batch = batch.to(runtime.device)
+        # the model draws its noise from torch's global generator (it takes no generator yet): seeded per step
         torch.manual_seed(_step_seed(cfg.seed, step, runtime.rank))
         beta = cfg.optim.beta(step)
         self.model.hierarchy.hold_upper = step < cfg.optim.upper_warmup  # bootstrapped schedule
         self.model.hierarchy.margin_scale = cfg.optim.margin_scale(step)  # eq. 4's margin schedule
-        kwargs: dict[str, Any] = {"is_first": batch.is_first}
+        kwargs: dict[str, Any] = {"is_first": batch.is_first, "float_metrics": False}
         if cfg.model.reward_head and batch.rewards is not None:
             kwargs["rewards"] = batch.rewards
         if cfg.model.continue_head and batch.continues is not None:
             kwargs["continues"] = batch.continues
         with _autocast(runtime, self.precision):
             loss, metrics, _ = self.wrapped(batch.frames, batch.actions, beta, **kwargs)
-        bad = distributed.any_true(not math.isfinite(metrics["loss"]), runtime)
+        bad = distributed.any_true(not math.isfinite(float(metrics["loss"])), runtime)  # read every step
         grad_norm = float("nan")
         # per-network diagnostics are measured on the last step of each logging interval
         log_step = (step + 1) % cfg.logging.log_every == 0
@@ -434,7 +348,7 @@ class Trainer:
             if self.bad_in_a_row >= cfg.max_bad_steps:
                 raise TrainingDiverged(
                     f"{self.bad_in_a_row} non-finite steps in a row at step {step}; stopping. "
-                    f"{_last_good(self.run_dir)}; try a lower optim.lr, an optim.grad_clip "
+                    f"{self.run.last_good()}; try a lower optim.lr, an optim.grad_clip "
                     "or precision=fp32 (--set KEY=VALUE with --resume)"
                 )
             return None
@@ -450,47 +364,10 @@ class Trainer:
             metrics.update(self.groups.relative_updates(before))
         return metrics
 
-    def _after_step(self, metrics: dict[str, float] | None, bar: tqdm, end: int) -> None:
-        cfg, done = self.cfg, self.step
-        bar.update(1)
-        if metrics is not None:
-            self._interval_steps += 1
-            for key, value in metrics.items():
-                self.window.setdefault(key, []).append(value)
-            if self.progress:  # shown at the bar's next (rate-limited) refresh
-                bar.set_postfix(loss=f"{metrics['loss']:.1f}", L=f"{metrics['levels_used']:.2f}",
-                                beta=f"{metrics['beta']:.2f}", refresh=False)
-        if (done % cfg.logging.log_every == 0 or done == end) and self.window:
-            elapsed = time.perf_counter() - self._interval_start
-            self.last = {k: sum(v) / len(v) for k, v in self.window.items()}
-            frames = cfg.data.batch_size * cfg.data.seq_len * self._interval_steps
-            self.last["frames_per_s"] = frames / max(elapsed, 1e-9)
-            self.last["lr"] = self.optimizer.param_groups[0]["lr"]
-            if self._interval_steps:  # the optimiser steps alone (no logging, media, probes)
-                self.slowdown.update(self._step_seconds / self._interval_steps)
-            self._step_seconds = 0.0
-            self.last.update(self.health.check(done, self.last))
-            self.monitor.scalars(done, self.last)
-            self.window.clear()
-            self._interval_start, self._interval_steps = time.perf_counter(), 0
-        every = cfg.logging
-        if self.runtime.is_main and every.media_every and done % every.media_every == 0 and done != end:
-            self.media()
-        if self.event_probe is not None and (done % cfg.probes.event_every == 0 or done == end):
-            events = self.event_probe(self.model)
-            self.last.update(events)
-            self.monitor.scalars(done, events)
-        if self.track_source is not None and (done % cfg.probes.track_every == 0 or done == end):
-            tracked = self.track()
-            self.last.update(tracked)
-            self.monitor.scalars(done, tracked)
-        if done % every.checkpoint_every == 0 or done == end or (self.checkpoint_due and metrics is not None):
-            self.checkpoint()
-
     def train_steps(self, count: int, run_end: int | None = None) -> dict[str, float]:
-        """Run `count` optimiser steps (with logging and checkpoints); returns the last metrics.
+        """Run `count` optimiser steps, each followed by the hooks; returns the last logged metrics.
 
-        The work due "at the end" (last scalars, event probe, tracking, checkpoint) runs at the
+        The hooks due "at the end" (last scalars, event probe, tracking, checkpoint) fire at the
         end of this call — what the agent loop wants after each round — or, with `run_end`,
         only when that step is reached (a run driven in blocks, as `benchmarks/train_speed.py
         --trainer-overhead` does, then does the work of one run).
@@ -502,17 +379,28 @@ class Trainer:
             _claim_for_training(self)
         stop = self.step + count
         end = stop if run_end is None else run_end
-        bar = tqdm(total=end, initial=self.step, disable=not self.progress, dynamic_ncols=True,
-                   mininterval=1.0, desc=f"train ({self.run_mode})")
+        self.bar = tqdm(total=end, initial=self.step, disable=not self.progress, dynamic_ncols=True,
+                        mininterval=1.0, desc=f"train ({self.run_mode})")
         try:
             while self.step < stop:
                 started = time.perf_counter()
                 metrics = self.train_step()
-                self._step_seconds += time.perf_counter() - started
-                self._after_step(metrics, bar, end)
+                seconds = time.perf_counter() - started
+                self.bar.update(1)
+                for hook in self.hooks:
+                    hook.on_step(self, metrics, seconds)
+                    if hook.due(self.step, end):
+                        hook.fire(self)
         finally:
-            bar.close()
+            self.bar.close()
+            self.bar = None
         return self.last
+
+    def show_progress(self, logged: dict[str, float]) -> None:
+        """The logged means on the progress bar (shown at its next, rate-limited, refresh)."""
+        if self.bar is not None and self.progress:
+            self.bar.set_postfix(loss=f"{logged['loss']:.1f}", L=f"{logged['levels_used']:.2f}",
+                                 beta=f"{logged['beta']:.2f}", refresh=False)
 
     # ------------------------------------------------------------------ outputs
     def checkpoint(self) -> Path | None:
@@ -537,29 +425,29 @@ class Trainer:
                 warnings.warn(f"step {self.step}: checkpoint postponed: {reason}", stacklevel=2)
             return None
         if self.runtime.is_main:
-            path = save_checkpoint(self.run_dir, self.step, self.model, self.optimizer,
-                                   {"metrics": self.last, "config": self.cfg.to_dict()},
-                                   keep=self.cfg.logging.keep_checkpoints)
+            path = self.run.save_checkpoint(self.step, self.model, self.optimizer, self.cfg, self.last)
         self.checkpoint_due = False
         distributed.barrier(self.runtime)
         return path
 
     def media(self) -> dict[str, Any]:
         """Log reconstruction and rollout videos of the media batch; returns their scores."""
-        model, cfg = self.model, self.cfg
-        model.eval()
         batch = self.media_batch.to(self.runtime.device)
-        torch.manual_seed(_step_seed(cfg.seed, self.step, 10_000))
-        with _autocast(self.runtime, self.precision):
-            result = rollout_media(model, batch.frames, self.media_context,
+        with evaluating(self.model), _autocast(self.runtime, self.precision):
+            # global, as in train_step: the event probe after the media at this step reads on from here
+            torch.manual_seed(_step_seed(self.cfg.seed, self.step, 10_000))
+            result = rollout_media(self.model, batch.frames, self.media_context,
                                    batch.frames.shape[1] - self.media_context, batch.actions)
-        model.train()
         self.monitor.video("reconstruction", self.step, result["recon"])
         self.monitor.video("rollout", self.step, result["rollout"])
         self.monitor.scalars(self.step, {
             "eval/rollout_ssim": result["ssim"], "eval/rollout_psnr": result["psnr"],
             "eval/rollout_levels_used": result["levels_used"]})
         return result
+
+    def probe_events(self) -> dict[str, float]:
+        """Event precision/recall/F1 of each level (`events/*`, `EventProbe`) of the current weights."""
+        return self.event_probe(self.model)
 
     def track(self) -> dict[str, float]:
         """Open-loop tracking scores (`track/*`), linear level probes and the swap test of level
@@ -571,9 +459,7 @@ class Trainer:
 
         cfg, model = self.cfg, self.model
         started = time.perf_counter()
-        was_training = model.training
-        model.eval()
-        try:
+        with evaluating(model):  # each measurement forks and seeds its own random stream
             scores = tracking_scores(
                 model, self.track_source, context=cfg.logging.rollout_context,
                 horizon=cfg.logging.rollout_horizon,
@@ -582,8 +468,6 @@ class Trainer:
             probes = level_probes(model, self.track_source, seed=cfg.seed) or {}
             if model.config.levels >= 2:  # the swap test: which level the frame follows
                 probes.update(level_usage(model, self.track_source, seed=cfg.seed))
-        finally:
-            model.train(was_training)
         out = {f"track/{key}": value for key, value in scores.items()}
         out.update({f"probe/{key}": value for key, value in probes.items()})
         out["track/seconds"] = time.perf_counter() - started
@@ -596,7 +480,9 @@ class Trainer:
             self.monitor.close()
             distributed.teardown(self.runtime)
             raise TrainingDiverged(f"the weights hold NaN or inf at step {self.step}; no model written. "
-                                   f"{_last_good(self.run_dir)}")
+                                   f"{self.run.last_good()}")
+        for hook in self.hooks:
+            hook.on_end(self)
         if self.runtime.is_main:
             result = self.media()
             rollout_gif = write_gif(self.run_dir / "rollout.gif", result["rollout"], fps=8, upscale=2)
@@ -617,36 +503,41 @@ class Trainer:
                 "rollout_gif": str(rollout_gif),
                 "model": str(self.run_dir / "model.safetensors"),
             }
-            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=1))
+            self.run.write_summary(summary)
         self.monitor.close()
         distributed.teardown(self.runtime)
-        if self.lock is not None:
-            self.lock.release()
+        self.run.release()
         return summary
 
     def fit(self) -> dict[str, Any]:
         """Train up to `cfg.steps` and finish; a finished run returns its stored summary."""
         if self.finished:
             distributed.teardown(self.runtime)
-            if self.lock is not None:
-                self.lock.release()
+            self.run.release()
             if not self.runtime.is_main:
                 return {}
-            return {**self._stored_summary(), "already_finished": True}
+            return {**self.run.stored_summary(), "already_finished": True}
         try:
             self.train_steps(max(0, self.cfg.steps - self.step))
             return self.finish()
         except KeyboardInterrupt:
-            raise TrainingInterrupted(self._interrupted()) from None
+            raise TrainingInterrupted(self.run.interrupted(self.step, self.cfg.steps)) from None
 
-    def _interrupted(self) -> str:
-        """Where a Ctrl-C stopped the run and how to go on."""
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is None:
-            return (f"interrupted at step {self.step} of {self.cfg.steps}; no checkpoint was written yet "
-                    f"in {self.run_dir} (run the command again to start over)")
-        return (f"interrupted at step {self.step} of {self.cfg.steps}; the latest checkpoint is {ckpt}: "
-                "run the same command with --resume to continue from it")
+
+def _media_windows(source: SequenceSource, cfg: TrainConfig) -> tuple[Batch, int]:
+    """Fixed evaluation windows of `source` for logged videos, and their frames of context."""
+    media = cfg.logging
+    length = media.rollout_context + media.rollout_horizon
+    try:
+        return source.eval_batch(media.media_sequences, length, seed=cfg.seed), media.rollout_context
+    except ValueError:  # data with short videos (e.g. 20-frame Moving MNIST): use what fits
+        length = cfg.data.seq_len
+        context = max(1, min(media.rollout_context, length // 2))
+        warnings.warn(f"media: videos shorter than logging.rollout_context + rollout_horizon = "
+                      f"{media.rollout_context + media.rollout_horizon}; logged rollouts use {length} "
+                      f"frames, {context} of context (logging.rollout_context={media.rollout_context} "
+                      "lowered)", stacklevel=5)
+        return source.eval_batch(media.media_sequences, length, seed=cfg.seed), context
 
 
 def train(

@@ -300,6 +300,39 @@ def test_the_margin_schedule_scales_eq4s_margin_in_training_only(tmp_path) -> No
         load_config(None, ["optim.margin_ramp=-1"])
 
 
+def test_held_twice_trains_the_probe_and_reverses_the_lower_posteriors_gradient() -> None:
+    from worldmodel.losses import reverse_gradient
+
+    x = torch.randn(4, requires_grad=True)
+    (reverse_gradient(x, 3.0) * 2).sum().backward()
+    assert torch.equal(x.grad, torch.full((4,), -6.0))
+    model = tiny(2, loss=LossConfig(obs_std=0.1, held_twice=5.0))
+    plain = tiny(2, loss=LossConfig(obs_std=0.1))
+    assert plain.held_twice_probes is None and len(model.held_twice_probes) == 1
+    missing = set(model.state_dict()) - set(plain.state_dict())
+    assert missing and all(k.startswith("held_twice_probes.") for k in missing)
+    torch.manual_seed(4)
+    loss, metrics = model.loss(frames(), beta=1.0)
+    assert metrics["held_twice"] > 0
+    elbo = -(metrics["recon"] + metrics["kl"] + metrics["factor_kl"])
+    assert metrics["elbo"] == pytest.approx(elbo, rel=1e-5)  # not part of the ELBO
+    # the probe's own gradient descends its error; level 1's posterior gets −weight × that gradient
+    probe, posterior = model.held_twice_probes[0], model.hierarchy.levels[0].posterior
+    grads = torch.autograd.grad(loss, list(probe.parameters()))
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+    # the reversed term reaches level 1's posterior only: not the level above, not the encoder
+    _, _, out = model.loss_and_output(frames(3, 1), beta=1.0)
+    term = model._held_twice(frames(3, 1), [out.state], 5.0).sum()
+    upper = list(model.hierarchy.levels[1].parameters()) + list(model.encoder.parameters())
+    assert all(g is None for g in torch.autograd.grad(term, upper, allow_unused=True))
+    lower = torch.autograd.grad(term, list(posterior.parameters()), allow_unused=True)
+    assert all(g is not None for g in lower)
+    with pytest.raises(ValueError, match="held_twice"):
+        tiny(1, loss=LossConfig(held_twice=1.0))
+    with pytest.raises(ValueError, match="held_twice"):
+        LossConfig(held_twice=-1.0)
+
+
 def test_the_map_rule_under_soft_assignment_is_refused_naming_the_fix() -> None:
     with pytest.raises(ValueError, match="decision='map' applies to assignment='hard'"):
         InferenceConfig(decision="map", assignment="vade")

@@ -207,6 +207,15 @@ class LossConfig:
             one floor per level in nats: the loss pays max(f_n, Σ_t KL^n_t) over each window, so
             a level may hold up to f_n nats a window (what persists through it) without pressure
             to drop it, while a level that changes at every step soon pays in full.
+        held_twice: a cost for a feature held by two levels (ours, issue 23; 0: off, the
+            paper's ELBO). For each level n >= 2 a small probe learns to predict level n's
+            posterior mean (detached, standardised over the batch) from level n−1's posterior
+            mean, and level n−1's posterior network is trained *against* it with this weight
+            (gradient reversal, DANN-style; its inputs x^{n−1} and c^{n−1} are detached so the
+            reversal changes only what the posterior keeps, never what the level above sends
+            down). A lower level then keeps nothing the level above already holds, and the
+            decoder must read such a feature from above. The probes' own error is trained with
+            weight 1 and is not part of the ELBO.
     """
 
     obs_std: float = 1.0
@@ -219,8 +228,10 @@ class LossConfig:
     overshoot: int = 0
     overshoot_scale: float = 1.0
     window_free_nats: tuple[float, ...] | None = None
+    held_twice: float = 0.0
 
     def __post_init__(self) -> None:
+        _check_number("loss.held_twice", self.held_twice, at_least=0.0)
         if self.window_free_nats is not None:
             free = self.window_free_nats
             if isinstance(free, (str, bytes)) or not isinstance(free, (list, tuple)):
@@ -380,6 +391,10 @@ class DLHConfig:
         for name in ("reward_head", "continue_head", "posterior_reads_d"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"DLHConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.loss.held_twice > 0 and (self.levels < 2 or self.posterior_reads_d):
+            raise ValueError("DLHConfig.loss.held_twice needs levels >= 2 and posterior_reads_d false "
+                             f"(got levels={self.levels}, posterior_reads_d={self.posterior_reads_d}): "
+                             "set loss.held_twice to 0")
         levels = _check_ints("action_levels", self.action_levels, self.levels)
         object.__setattr__(self, "action_levels", levels)
         for name in ("enc_hidden", "dec_hidden", "state_hidden", "factor_hidden", "head_hidden"):

@@ -11,6 +11,7 @@ time, in nats per frame:
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .distributions import bernoulli_nll, gaussian_nll
@@ -52,4 +53,24 @@ def continue_nll(logits: Tensor, target: Tensor) -> Tensor:
     return bernoulli_nll(logits.float(), target)
 
 
-__all__ = ["elbo_terms", "reward_nll", "continue_nll"]
+
+
+class _Reverse(torch.autograd.Function):
+    """Identity forward; the gradient multiplied by −weight backward (DANN's gradient reversal)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: float) -> Tensor:  # type: ignore[override]
+        ctx.weight = weight
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return -ctx.weight * grad, None
+
+
+def reverse_gradient(x: Tensor, weight: float) -> Tensor:
+    """x unchanged; what flows back through it is −weight × the gradient (an adversary's input)."""
+    return _Reverse.apply(x, weight)
+
+
+__all__ = ["elbo_terms", "reward_nll", "continue_nll", "reverse_gradient"]

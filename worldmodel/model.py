@@ -27,7 +27,7 @@ from .distributions import Gaussian, kl_gaussian
 from .fastpath import one_rollout
 from .files import atomic_write
 from .hierarchy import Hierarchy
-from .losses import continue_nll, elbo_terms, reward_nll
+from .losses import continue_nll, elbo_terms, reverse_gradient, reward_nll
 from .networks import MLP, ConvDecoder, ConvEncoder, initialize
 from .state import HierarchicalState, ObserveOutput, Trajectory
 
@@ -53,6 +53,10 @@ class DLH(nn.Module):
         self.hierarchy = Hierarchy(cfg)
         self.reward_head = MLP(cfg.feature_dim, cfg.head_hidden, 1) if cfg.reward_head else None
         self.continue_head = MLP(cfg.feature_dim, cfg.head_hidden, 1) if cfg.continue_head else None
+        # loss.held_twice: probe n−2 predicts level n's posterior mean from level n−1's (issue 23)
+        self.held_twice_probes = nn.ModuleList(
+            MLP(cfg.level_s_dim(n - 1), cfg.state_hidden, cfg.level_s_dim(n)) for n in range(2, cfg.levels + 1)
+        ) if cfg.loss.held_twice > 0 else None
         for module in (self.encoder, self.decoder, self.reward_head, self.continue_head):
             if module is not None:
                 initialize(module, cfg.init)  # the levels initialise their own networks
@@ -355,6 +359,9 @@ class DLH(nn.Module):
         if recipe.overshoot > 1:  # latent overshooting of level 1's prior (PlaNet), scaled like the KL
             extra["overshoot_kl"] = self._overshoot_kl(states, actions, is_first, recipe.overshoot)
             loss = loss + beta * recipe.overshoot_scale * extra["overshoot_kl"]
+        if recipe.held_twice > 0:  # what a level keeps that the level above holds (issue 23)
+            extra["held_twice"] = self._held_twice(frames, states, recipe.held_twice)
+            loss = loss + extra["held_twice"]
         if rewards is not None:
             extra["reward_nll"] = reward_nll(self.predict_reward(out.features), rewards)
         if continues is not None:
@@ -383,6 +390,30 @@ class DLH(nn.Module):
         if float_metrics:
             metrics = {k: float(v) for k, v in metrics.items()}
         return total, metrics, out
+
+    def _held_twice(self, frames: Tensor, states: list[HierarchicalState], weight: float) -> Tensor:
+        """`loss.held_twice`: the probes' error, (B, T), summed over the level pairs.
+
+        For each level n >= 2, level n−1's posterior is recomputed from its detached inputs
+        (x^{n−1} of the frame, the context c^{n−1} it read) so that only its own network is
+        trained against the probe; the probe predicts level n's posterior mean, detached and
+        standardised over batch and time. Minimising this trains the probe; the reversed
+        gradient trains level n−1's posterior to keep nothing the probe can read level n from.
+        """
+        assert self.held_twice_probes is not None
+        batch, steps = frames.shape[:2]
+        with torch.no_grad():
+            x1 = self.encoder(frames.flatten(0, 1)).unflatten(0, (batch, steps))
+            xs = self.hierarchy.bottom_up(x1)
+        total = frames.new_zeros(batch, steps)
+        for n, probe in enumerate(self.held_twice_probes, start=1):  # 0-based upper level n
+            context = torch.stack([s.top_down[n] for s in states], 1).detach()  # c^{n-1} read by level n-1
+            lower = self.hierarchy.levels[n - 1].infer(xs[n - 1], context).mean  # (B, T, S)
+            upper = torch.stack([s.mean[n] for s in states], 1).detach()
+            upper = (upper - upper.mean((0, 1))) / upper.std((0, 1)).clamp_min(1e-3)
+            guess = probe(reverse_gradient(lower, weight))
+            total = total + (guess - upper).square().mean(-1)
+        return total
 
     @staticmethod
     def _window_free_extra(kl: Tensor, floors: tuple[float, ...]) -> Tensor:

@@ -31,7 +31,7 @@ def run_sequence(rule: str, offsets: list[float], drift=lambda k: 0.05,
     for k in range(updates):  # a static stretch: the posterior drifts
         q = gaussian(drift(k) * torch.randn(16, S, generator=gen), 0.02)
         weight, kl_static = decide(rule, q, change, static, stats, 2.0, 2.0, 0)
-        update(stats, q, static, kl_static, torch.ones(16, dtype=torch.bool), weight > 0.5, 0.05)
+        stats = update(stats, q, static, kl_static, torch.ones(16, dtype=torch.bool), weight > 0.5, 0.05)
     static, change = gaussian(torch.zeros(1, S), 0.02), gaussian(torch.zeros(1, S), 1.0)
     ours, eq4 = [], []
     for off in offsets:
@@ -72,7 +72,7 @@ def test_an_empty_level_never_changes_and_stays_finite(rule):
         weight, kl_static = decide(rule, static, change, static, stats, 2.0, 2.0, 0)
         e = weight > 0.5
         assert not e.any()
-        update(stats, static, static, kl_static, torch.ones(4, dtype=torch.bool), e, 0.05)
+        stats = update(stats, static, static, kl_static, torch.ones(4, dtype=torch.bool), e, 0.05)
     assert torch.isfinite(stats).all()
 
 
@@ -85,7 +85,7 @@ def test_the_warm_up_is_eq4():
         weight, kl_static = decide("relative", q, change, static, stats, 2.0, 50.0, 3)
         e = weight > 0.5
         assert torch.equal(e, paper(q, change, static))
-        update(stats, q, static, kl_static, torch.ones(3, dtype=torch.bool), e, 0.1)
+        stats = update(stats, q, static, kl_static, torch.ones(3, dtype=torch.bool), e, 0.1)
     assert warm(stats, 3)
     assert not (decide("relative", q, change, static, stats, 2.0, 50.0, 3)[0] > 0.5).any()
 
@@ -93,8 +93,8 @@ def test_the_warm_up_is_eq4():
 def test_rows_not_decided_do_not_move_the_statistics():
     stats = initial_stats(S)
     q, static = gaussian(torch.full((2, S), 0.3), 0.02), gaussian(torch.zeros(2, S), 0.02)
-    update(stats, q, static, kl_gaussian(q, static), torch.zeros(2, dtype=torch.bool),
-           torch.zeros(2, dtype=torch.bool), 0.1)
+    stats = update(stats, q, static, kl_gaussian(q, static), torch.zeros(2, dtype=torch.bool),
+                  torch.zeros(2, dtype=torch.bool), 0.1)
     assert torch.equal(stats, initial_stats(S))
 
 

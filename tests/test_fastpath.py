@@ -56,13 +56,26 @@ def test_regrouped_weights_are_cached_and_rebuilt_when_stale():
     assert _agree(level)
 
 
-def test_edits_through_data_need_clear_fused():
-    """`p.data` edits bypass PyTorch's version counter: `clear_fused` rebuilds (documented)."""
+def test_edits_through_data_are_seen_without_clear_fused():
+    """`p.data` edits bypass PyTorch's version counter; the staleness check compares values,
+    so the regrouped weights rebuild all the same. `clear_fused` frees them (rebuilt on use)."""
     level = tiny_model(levels=2).hierarchy.levels[0]
-    fused_weights(level)
+    first = fused_weights(level)
     level.prior._linears[0].weight.data.mul_(3.0)
+    assert fused_weights(level) is not first and _agree(level)
+    level.temporal.weight_hh.data[0, 0] += 1.0  # one value of one parameter
+    second = fused_weights(level)
+    assert second is not first and _agree(level)
     clear_fused(level)
-    assert _agree(level)
+    assert fused_weights(level) is not second and _agree(level)
+
+
+def test_the_staleness_check_reads_no_private_attribute():
+    import inspect
+
+    import worldmodel.fastpath as fastpath
+
+    assert "_version" not in inspect.getsource(fastpath)
 
 
 @pytest.mark.parametrize("gather_below", [0.0, 1.0])

@@ -153,7 +153,7 @@ def test_a_reassigned_level_is_the_one_the_step_runs():
 
 def test_gaussian_rsample_is_the_only_draw_of_filtering(monkeypatch):
     """Filtering's samples come from `Gaussian.rsample` alone (what the reset test relies on)."""
-    monkeypatch.setattr(Gaussian, "rsample", lambda self: self.mean)
+    monkeypatch.setattr(Gaussian, "rsample", lambda self, generator=None: self.mean)
     model = tiny_model(levels=3)
     a = model.observe(random_frames(2, 4))
     b = model.observe(random_frames(2, 4))

@@ -32,11 +32,12 @@ def test_levels_above_the_highest_changing_level_run_no_network(batch, prior_fac
     state = model.observe(random_frames(batch, 4)).state
     counts = _count_calls(model)
     horizon = 60
+    carry = model.hierarchy.carry(state)
     for _ in range(horizon):
         before = Counter(counts)
-        state, e = model.hierarchy.imagine_step(state, None, sample_e=True)
+        carry, levels = model.hierarchy.imagine_step(carry, None, sample_e=True)
         step = counts - before
-        active = torch.stack(e, 1).any(0)  # levels changing in some row
+        active = torch.stack([level.changed for level in levels], 1).any(0)  # levels changing in some row
         top = int(active.nonzero().max())  # 0-based highest changing level
         for n in range(1, 5):
             calls = {name: step[(n, name)] for name in NETWORKS}
@@ -150,12 +151,13 @@ def test_fused_step_runs_no_network_above_the_highest_changing_level(monkeypatch
 
     monkeypatch.setattr(fastpath, "fused_weights", counted)
     torch.manual_seed(0)
+    carry = model.hierarchy.carry(state)
     with torch.no_grad():
         for _ in range(40):
             before = Counter(counts)
-            state, e = model.hierarchy.imagine_step(state, None, sample_e=True)
+            carry, levels = model.hierarchy.imagine_step(carry, None, sample_e=True)
             step = counts - before
-            top = int(torch.stack(e, 1).any(0).nonzero().max())
+            top = int(torch.stack([level.changed for level in levels], 1).any(0).nonzero().max())
             for n in range(1, 5):
                 heavy = step[(n, "fused")] + step[(n, "prior")] + step[(n, "decoder")] + step[(n, "temporal")]
                 if n - 1 <= top:

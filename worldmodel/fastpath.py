@@ -20,6 +20,7 @@ import contextlib
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,34 @@ from .networks import MLP
 
 STEP_MODES = ("fused", "eager", "compiled")
 
-# (d, context, noise, weights, min_std) -> (s, mean, std, c^{n-1}, d')
-Route = Callable[[Tensor, Tensor, Tensor, tuple, float], tuple[Tensor, ...]]
+
+
+class ChangeStep(NamedTuple):
+    """One changing level's imagination step on its active rows (eq. 11, 12, 14)."""
+
+    s: Tensor  # (B, S) the sample s^n ~ p(s^n | d^n, c^n)
+    mean: Tensor  # (B, S) the change prior's mean
+    std: Tensor  # (B, S) and std
+    below: Tensor  # (B, C) c^{n-1} = f_dec^n(s^n, c^n)
+    d_next: Tensor | None  # (B, D) d^n_{t+1}; None for a level whose transition takes the action
+
+
+class FusedWeights(NamedTuple):
+    """A level's prior, decoder and GRU regrouped for `fused_change_step` (transposed for addmm)."""
+
+    by_d: Tensor  # d -> first prior layer and GRU hidden side
+    bias_d: Tensor
+    by_c: Tensor  # c -> first prior layer and first decoder layer
+    by_s: Tensor  # s -> first decoder layer and GRU input side
+    bias_s: Tensor
+    prior_rest: tuple  # ((weight, bias), ...) of the prior's further layers
+    decoder_rest: tuple
+    prior_width: int  # width of the prior's first layer
+    decoder_width: int
+
+
+# (d, context, noise, weights, min_std) -> the step
+Route = Callable[[Tensor, Tensor, Tensor, FusedWeights, float], ChangeStep]
 
 
 class Rows:
@@ -84,21 +111,21 @@ def step_route(mode: str, x: Tensor, compiled: Callable[[], Route]) -> Route | N
     return compiled() if mode == "compiled" else fused_change_step
 
 
-def change_step(level: Level, d: Tensor, context: Tensor, route: Route | None) -> tuple:
+def change_step(level: Level, d: Tensor, context: Tensor, route: Route | None,
+                generator: torch.Generator | None = None) -> ChangeStep:
     """One changing level's imagination step on its active rows: d (B, D), context (B, C).
 
-    Returns s, mean, std (B, S), c^{n-1} (B, C) and d^n_{t+1} (B, D) — or None in place of
-    d' for a level whose transition takes the action (its advance is owed, see
+    d_next is None for a level whose transition takes the action (its advance is owed, see
     `hierarchy.Hierarchy.pay_owed`). `route` None is the reference path; a level that takes
-    the action always runs it.
+    the action always runs it. The noise comes from `generator` (None: torch's global RNG).
     """
     if route is None or level.takes_action or not (level.prior_reads_d and level.prior_reads_c):
         dist = level.predict(d, context)  # eq. 14
-        s = dist.rsample()
+        s = dist.rsample(generator)
         below = level.top_down(s, context)  # eq. 11
         d_next = None if level.takes_action else level.transition(s, d, None)  # eq. 12
-        return s, dist.mean, dist.std, below, d_next
-    noise = torch.randn(d.shape[0], level.s_dim, device=d.device, dtype=torch.float32)
+        return ChangeStep(s, dist.mean, dist.std, below, d_next)
+    noise = torch.randn(d.shape[0], level.s_dim, device=d.device, dtype=torch.float32, generator=generator)
     return route(d, context, noise, fused_weights(level), level.min_std)
 
 
@@ -110,7 +137,8 @@ def compile_route() -> Route:
     """
     step = torch.compile(fused_change_step)
 
-    def compiled(d: Tensor, context: Tensor, noise: Tensor, weights: tuple, min_std: float) -> tuple:
+    def compiled(d: Tensor, context: Tensor, noise: Tensor, weights: FusedWeights,
+                 min_std: float) -> ChangeStep:
         if d.shape[0] > 1:
             for t in (d, context, noise):
                 torch._dynamo.mark_dynamic(t, 0)
@@ -121,26 +149,35 @@ def compile_route() -> Route:
 
 # ---------------------------------------------------------------------- regrouped weights
 class _Fused:
-    """The regrouped weights of one level and what they were built from."""
+    """The regrouped weights of one level and a copy of the parameters they were built from.
+
+    Fresh means: the level's networks are the same objects and every parameter equals, in
+    device, dtype, shape and value, the copy taken when the weights were built. Comparing the
+    values (one pass over the level's weights, no private attributes) is exact whatever
+    changed them — an optimiser step, `load_state_dict`, `.to`, a replaced parameter or an
+    in-place edit through `p.data`, which PyTorch's version counter does not see — so no caller
+    has to remember to invalidate the cache.
+    """
 
     def __init__(self, level: Level) -> None:
         self.nets = (level.prior, level.decoder, level.temporal)  # held: identities stay unique
         # the parameter tables of every module involved, found once (a few µs per check)
         self.tables = [m._parameters for net in self.nets for m in net.modules()]
-        self.params = self._params()  # held, so that their ids cannot be reused
-        self.key = self._key()
         with torch.no_grad():
+            self.source = [p.detach().clone() for p in self._params()]
             self.weights = _regroup(*self.nets)
 
     def _params(self) -> list[Tensor]:
         return [p for table in self.tables for p in table.values() if p is not None]
 
-    def _key(self) -> list[tuple[int, int, int]]:
-        return [(id(p), p.data_ptr(), p._version) for p in self._params()]
-
     def fresh(self, level: Level) -> bool:
         nets = (level.prior, level.decoder, level.temporal)
-        return all(a is b for a, b in zip(self.nets, nets)) and self._key() == self.key
+        if not all(a is b for a, b in zip(self.nets, nets)):
+            return False
+        params = self._params()
+        return len(params) == len(self.source) and all(
+            p.device == q.device and p.dtype == q.dtype and torch.equal(p, q)
+            for p, q in zip(params, self.source))
 
 
 # level -> its regrouped weights; weak, so that a dropped model frees its copies
@@ -164,13 +201,11 @@ def one_rollout() -> Iterator[None]:
         _ROLLOUT.checked = outer
 
 
-def fused_weights(level: Level) -> tuple:
+def fused_weights(level: Level) -> FusedWeights:
     """The regrouped weights of `fused_change_step` for `level`, rebuilt whenever stale.
 
-    Stale means: a network of the level or one of its parameters was replaced, a parameter
-    moved (`.to`, `p.data = ...`) or was updated in place (an optimiser step,
-    `load_state_dict`: PyTorch's version counter). In-place edits through `p.data` bypass
-    that counter: call `clear_fused` after them. Inside `one_rollout` the check runs once per
+    Stale means: a network of the level was replaced or a parameter's value, device or dtype
+    differs from when they were built (`_Fused`). Inside `one_rollout` the check runs once per
     level.
     """
     cached = _FUSED.get(level)
@@ -185,14 +220,15 @@ def fused_weights(level: Level) -> tuple:
 
 
 def clear_fused(level: Level | None = None) -> None:
-    """Drop the regrouped weights of `level` (all levels if None); they rebuild on next use."""
+    """Drop the regrouped weights of `level` (all levels if None), freeing their memory; they
+    rebuild on next use (staleness needs no call: `fused_weights` compares the values)."""
     if level is None:
         _FUSED.clear()
     else:
         _FUSED.pop(level, None)
 
 
-def _regroup(prior: MLP, decoder: MLP, gru: torch.nn.GRUCell) -> tuple:
+def _regroup(prior: MLP, decoder: MLP, gru: torch.nn.GRUCell) -> FusedWeights:
     """Weights of `fused_change_step`, transposed for `addmm`, inputs shared across networks."""
     d_dim, s_dim = gru.hidden_size, gru.input_size
     p0, d0 = prior._linears[0], decoder._linears[0]
@@ -203,7 +239,8 @@ def _regroup(prior: MLP, decoder: MLP, gru: torch.nn.GRUCell) -> tuple:
     bias_s = torch.cat([d0.bias, gru.bias_ih])
     prior_rest = tuple((m.weight.t().contiguous(), m.bias.detach()) for m in prior._linears[1:])
     decoder_rest = tuple((m.weight.t().contiguous(), m.bias.detach()) for m in decoder._linears[1:])
-    return (by_d, bias_d, by_c, by_s, bias_s, prior_rest, decoder_rest, p0.out_features, d0.out_features)
+    return FusedWeights(by_d, bias_d, by_c, by_s, bias_s, prior_rest, decoder_rest, p0.out_features,
+                        d0.out_features)
 
 
 def _mlp_rest(h: Tensor, layers: tuple) -> Tensor:
@@ -212,8 +249,8 @@ def _mlp_rest(h: Tensor, layers: tuple) -> Tensor:
     return h
 
 
-def fused_change_step(d: Tensor, context: Tensor, noise: Tensor, weights: tuple,
-                      min_std: float) -> tuple[Tensor, ...]:
+def fused_change_step(d: Tensor, context: Tensor, noise: Tensor, weights: FusedWeights,
+                      min_std: float) -> ChangeStep:
     """A changing level's whole imagination step on its regrouped weights (no autograd).
 
     The same arithmetic as `Level.predict` → sample (mean + std·noise) → `Level.top_down` →
@@ -223,8 +260,7 @@ def fused_change_step(d: Tensor, context: Tensor, noise: Tensor, weights: tuple,
     per-network path up to float rounding (≈1e-7); the random draw is `noise` (B, S), so both
     paths consume the random stream identically. `weights` = `fused_weights(level)`. Only for
     levels that take no action (their GRU runs in the same step), outside autograd and
-    autocast. A pure function of tensors (no host synchronisation). Returns s, mean, std
-    (B, S), c^{n-1} (B, C) and d' (B, D).
+    autocast. A pure function of tensors (no host synchronisation).
     """
     by_d, bias_d, by_c, by_s, bias_s, prior_rest, decoder_rest, prior_width, decoder_width = weights
     from_d = torch.addmm(bias_d, d, by_d)  # (B, Hp + 3D)
@@ -240,8 +276,9 @@ def fused_change_step(d: Tensor, context: Tensor, noise: Tensor, weights: tuple,
     reset = torch.sigmoid(i_r + h_r)
     update = torch.sigmoid(i_z + h_z)
     candidate = torch.tanh(torch.addcmul(i_n, reset, h_n))
-    return s, mean, std, below, torch.lerp(candidate, d, update)  # (1 − z)·n + z·d
+    return ChangeStep(s, mean, std, below, torch.lerp(candidate, d, update))  # (1 − z)·n + z·d
 
 
-__all__ = ["Rows", "STEP_MODES", "change_step", "step_route", "compile_route", "fused_change_step",
+__all__ = ["Rows", "STEP_MODES", "ChangeStep", "FusedWeights", "change_step", "step_route", "compile_route",
+           "fused_change_step",
            "fused_weights", "clear_fused", "one_rollout"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from worldmodel import DLH, DLHConfig, InferenceConfig, LossConfig, load
-from worldmodel.decisions import decide, initial_stats, update, warm
+from worldmodel.decisions import agree_across_ranks, decide, initial_stats, update, warm
 from worldmodel.distributions import Gaussian, kl_gaussian
 
 S = 8
@@ -134,3 +134,83 @@ def test_the_papers_rule_keeps_no_statistics_and_running_rules_need_hard_assignm
         small("relative", assignment="vade")
     with pytest.raises(ValueError, match="decision_rate"):
         small("relative", decision_rate=0.0)
+
+
+def test_acting_with_a_model_in_train_mode_leaves_the_statistics_unchanged():
+    """An agent acting with the trainer's model (train mode) filters and plans; only the
+    training loss advances the statistics (issue 26)."""
+    import numpy as np
+    from gymnasium import spaces
+
+    from agents.mpc import LatentMPCAgent
+    from agents.planners import CEMPlanner
+
+    torch.manual_seed(0)
+    cfg = small("relative")
+    model = DLH(DLHConfig(**{**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__},
+                             "action_dim": 2, "reward_head": True}))
+    model.train()
+    before = model.hierarchy.levels[1].decision_stats.clone()
+    agent = LatentMPCAgent(model, CEMPlanner(horizon=3, candidates=8, iterations=2, top_k=2, seed=0),
+                           spaces.Box(-1.0, 1.0, (2,), np.float32), seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        agent.act(rng.integers(0, 256, (16, 16, 1), dtype=np.uint8))
+    assert model.training
+    assert torch.equal(model.hierarchy.levels[1].decision_stats, before)
+    hierarchy = model.hierarchy  # the step itself: the statistics pass through unless asked
+    carry = hierarchy.carry(agent.state)
+    with torch.inference_mode():
+        xs = hierarchy.bottom_up(model.encoder(torch.rand(1, 1, 16, 16)))
+        new, _ = hierarchy.infer_step(carry, xs, torch.zeros(1, 2))
+    assert new.stats[1] is carry.stats[1]
+
+
+def test_agree_across_ranks_is_the_identity_in_one_process():
+    old, new = initial_stats(S), initial_stats(S) + 1
+    assert agree_across_ranks(old, new) is new
+
+
+def _ranks_worker(rank: int, world: int, path: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
+    try:
+        # the reduction: rank 0 updates by +2, rank 1 by +4, rank 2 (if any) not at all
+        old = torch.zeros(4)
+        new = old + 2.0 * (rank + 1) if rank < 2 else old
+        reduced = agree_across_ranks(old, new)
+        # the training loss: each rank filters its own frames; the buffers must stay equal
+        torch.manual_seed(0)
+        model = DLH(small("relative"))
+        torch.manual_seed(100 + rank)
+        for _ in range(2):
+            model.loss(torch.rand(2, 5, 1, 16, 16))
+        stats = model.hierarchy.levels[1].decision_stats
+        gathered = [torch.zeros_like(stats) for _ in range(world)]
+        dist.all_gather(gathered, stats)
+        torch.save({"reduced": reduced, "stats": gathered}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_keep_the_same_statistics_under_gloo(tmp_path):
+    """Two gloo processes filter different frames: every rank applies the mean of the ranks'
+    updates, so their buffers are equal (DDP would otherwise keep rank 0's)."""
+    import torch.multiprocessing as mp
+
+    world = 2
+    mp.spawn(_ranks_worker, args=(world, str(tmp_path / "store"), str(tmp_path / "out")), nprocs=world)
+    results = [torch.load(tmp_path / f"out.{rank}") for rank in range(world)]
+    for r in results:
+        assert torch.equal(r["reduced"], torch.full((4,), 3.0))  # mean of +2 and +4
+        assert torch.equal(r["stats"][0], r["stats"][1])
+        assert r["stats"][0][0] == 8  # 4 updates a window, 2 windows: the counter advances once a step
+    torch.manual_seed(0)
+    alone = DLH(small("relative"))
+    torch.manual_seed(100)
+    for _ in range(2):
+        alone.loss(torch.rand(2, 5, 1, 16, 16))
+    alone_stats = alone.hierarchy.levels[1].decision_stats
+    assert not torch.equal(alone_stats, results[0]["stats"][0])  # both ranks' frames counted

@@ -34,6 +34,12 @@ from .state import HierarchicalState, ObserveOutput, Trajectory
 Policy = Callable[[HierarchicalState], Tensor]
 
 
+def _check_generator(generator: object) -> torch.Generator | None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
 class DLH(nn.Module):
     """Dynamic Latent Hierarchy world model; see the module docstring for the API."""
 
@@ -151,6 +157,8 @@ class DLH(nn.Module):
         actions: Tensor | None = None,
         is_first: Tensor | None = None,
         state: HierarchicalState | None = None,
+        *,
+        generator: torch.Generator | None = None,
     ) -> ObserveOutput:
         """Filter a sequence of frames into the hierarchical state.
 
@@ -161,12 +169,13 @@ class DLH(nn.Module):
                 the model takes no actions.
             is_first: (B, T) bool (or 0/1), episode starts: the state of those rows resets there.
             state: the state to continue from (default: the initial state).
+            generator: the source of the posterior samples (None: torch's global RNG).
 
         Raises:
             ValueError: naming the argument, for any input that does not fit the model.
         """
         frames, actions, is_first = self._check_sequence(frames, actions, is_first)
-        return self._filter(frames, actions, is_first, state)[0]
+        return self._filter(frames, actions, is_first, state, generator=_check_generator(generator))[0]
 
     def _check_sequence(
         self, frames: object, actions: object, is_first: object
@@ -231,8 +240,7 @@ class DLH(nn.Module):
         if isinstance(gather_below, bool) or not isinstance(gather_below, numbers.Real) \
                 or not 0 <= gather_below <= 1:
             raise ValueError(f"gather_below: expected a number in [0, 1], got {gather_below!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+        generator = _check_generator(generator)
         self._check_rollout_memory(batch, horizon)
         policy = actions if callable(actions) else None
         if policy is None:

@@ -30,8 +30,11 @@ only the action of the step where it is next read, not the actions in between (l
 read at every step). `pay_owed` (called at one point of each step's bottom-up loop, once per
 level, where its read mask is known) and `still_owed` are the whole rule.
 
-The fast routes of imagination (fused/compiled level step, gathered rows) live in
-`fastpath.py`. Levels are 0-based in code (level n of the paper is `levels[n - 1]`).
+The fast routes of imagination live in `fastpath.py`: `Rows` decides whether a level runs on
+gathered rows or on all rows masked, `change_step` whether a changing level runs its networks
+one by one or fused. With `gather_below=0` and `step_mode="eager"` the step here is the
+dense-mask reference the fast routes are tested against (tests/test_fastpath.py,
+tests/test_imagine_cost.py). Levels are 0-based in code (level n of the paper is `levels[n - 1]`).
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ def balanced_kl(q: Gaussian, p: Gaussian, alpha: float, prior_grad: bool = True)
 
 
 
-@dataclass
+@dataclass(slots=True)
 class Carry:
     """What a step carries to the next besides its inputs (Dreamer's `step(carry, inputs)`).
 
@@ -109,7 +112,7 @@ class Carry:
     generator: torch.Generator | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
     """Stage 1 of a filtering step for one level, each (B,) unless said.
 
@@ -131,7 +134,7 @@ class Decision:
     anchor_kl: Tensor | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Filtered:
     """One level's outcome of a filtering step, each (B,): e^n_t (bool `changed`), whether it
     was inferred (bool `evaluated`), the state KL (eq. 9), the factor KL (eq. 8c) and
@@ -144,14 +147,14 @@ class Filtered:
     change_prob: Tensor
 
 
-@dataclass
+@dataclass(slots=True)
 class Imagined:
     """One level's outcome of an imagination step: e^n (B,) bool, sampled (eq. 15)."""
 
     changed: Tensor
 
 
-@dataclass
+@dataclass(slots=True)
 class Sampled:
     """Stage 1 of an imagination step for one level: where it changes (`rows`), where it was
     read (`read` (B,) bool: e^{n-1} = 1; under a schedule, where it changes), the prior
@@ -162,7 +165,7 @@ class Sampled:
     factor: Tensor
 
 
-@dataclass
+@dataclass(slots=True)
 class Posterior:
     """Stage 2 of filtering for one level, on its rows: the sample of q(s^n | x^n, c^n) (eq. 13)
     with its mean and std (B, S), c^{n-1} (B, C) (eq. 11) and the state KL of q (eq. 8b, 9)."""
@@ -174,7 +177,7 @@ class Posterior:
     kl: Tensor
 
 
-@dataclass
+@dataclass(slots=True)
 class TopDown:
     """The top-down pass: per level s^n, its distribution and c^{n-1} (all rows), and what each
     level's step returned on its rows (None where it ran on no row)."""
@@ -354,18 +357,18 @@ class Hierarchy(nn.Module):
 
     # ----------------------------------------------------------------- the owed transition
     def pay_owed(
-        self, i: int, state: HierarchicalState, d: Tensor, read: Tensor, action: Tensor | None,
+        self, i: int, level: Level, state: HierarchicalState, d: Tensor, read: Tensor, action: Tensor | None,
         gather_below: float = 0.0,
     ) -> Tensor:
-        """d^n of level i (0-based) once it has paid, where it is `read` (B,) bool, the advance
-        it owes: d^n <- f_tem^n(s^n, d^n, a_t) with this step's action (eq. 12).
+        """d^n of `level` = levels[i] (0-based i) once it has paid, where it is `read` (B,) bool,
+        the advance it owes: d^n <- f_tem^n(s^n, d^n, a_t) with this step's action (eq. 12).
 
         Levels that take no action owe nothing (they advance right after a change). Each step
         calls it once per level, where the level's `read` mask is known and before its d^n is read.
         """
-        if not self.levels[i].takes_action:
+        if not level.takes_action:  # the level object, not self.levels[i]: indexing a ModuleList is slow
             return d
-        return self._advance(i, Rows(state.pending[:, i] & read, gather_below), state.s[i], d, action)
+        return self._advance(level, Rows(state.pending[:, i] & read, gather_below), state.s[i], d, action)
 
     def still_owed(self, state: HierarchicalState, read: list[Tensor], changed: list[Tensor]) -> Tensor:
         """`pending` (B, N) after a step: a level that takes the action owes its advance where
@@ -376,12 +379,13 @@ class Hierarchy(nn.Module):
                 for i, level in enumerate(self.levels)]
         return torch.stack(owed, 1)
 
-    def _advance(self, i: int, sel: Rows, s: Tensor, d: Tensor, action: Tensor | None) -> Tensor:
-        """d^n <- f_tem^n(s^n, d^n[, a]) on the rows `sel` (eq. 12)."""
+    @staticmethod
+    def _advance(level: Level, sel: Rows, s: Tensor, d: Tensor, action: Tensor | None) -> Tensor:
+        """d^n <- f_tem^n(s^n, d^n[, a]) of `level` on the rows `sel` (eq. 12)."""
         if sel.kind == "none":
             return d
         act = sel.take(action) if action is not None else None
-        return sel.put(self.levels[i].transition(sel.take(s), sel.take(d), act), d)
+        return sel.put(level.transition(sel.take(s), sel.take(d), act), d)
 
     def _read(self, i: int, below: Tensor, t: Tensor) -> Tensor:
         """Where level i ≥ 1 (0-based) is read, given e^{n-1} (B,) bool: where the level below
@@ -452,7 +456,7 @@ class Hierarchy(nn.Module):
         td = self._top_down(state, rows, posterior)
         kl = [self._paid_kl(run, sel, x) for run, sel, x in zip(td.runs, rows, decided)]
         # 4. d^n_{t+1} where e^n_t = 1 (eq. 12); levels taking the action owe it instead
-        d = [d[i] if level.takes_action else self._advance(i, Rows(e), td.s[i], d[i], None)
+        d = [d[i] if level.takes_action else self._advance(level, Rows(e), td.s[i], d[i], None)
              for i, (level, e) in enumerate(zip(levels, changed))]
         new_state = HierarchicalState(
             s=td.s, mean=td.mean, std=td.std, d=d, top_down=td.top_down, t=state.t + 1,
@@ -485,9 +489,9 @@ class Hierarchy(nn.Module):
         ones = torch.ones(batch, dtype=torch.bool, device=first.device)
         nan = torch.full((batch,), float("nan"), device=first.device)
         d, decided = list(state.d), []
-        for i in range(len(d)):
+        for i, level in enumerate(self.levels):
             read = ones if i == 0 else self._read(i, decided[-1].changed, state.t)
-            d[i] = self.pay_owed(i, state, d[i], read, action)  # eq. 12: the one point of payment
+            d[i] = self.pay_owed(i, level, state, d[i], read, action)  # eq. 12: the one point of payment
             if i == 0:  # e^1 = 1
                 one = torch.ones(batch, device=first.device)
                 decided.append(Decision(ones, ones, one, torch.zeros(batch, device=first.device), one.clone(),
@@ -615,7 +619,7 @@ class Hierarchy(nn.Module):
 
         Returns d^n per level once the owed advances are paid, and where each level changes.
         """
-        dynamic, levels = self.cfg.inference.timescale == "dynamic", list(self.levels)
+        timescale, levels = self.cfg.inference.timescale, list(self.levels)
         first = state.t == 0
         any_first = bool(first.any())
         d, sampled = list(state.d), []
@@ -624,10 +628,10 @@ class Hierarchy(nn.Module):
             if below.kind == "none":  # eq. 5: nothing to decide above a level that is static
                 sampled.append(Sampled(below, below.mask, state.factor[i]))
                 continue
-            clockwork = i > 0 and self.cfg.inference.timescale == "clockwork"
+            clockwork = i > 0 and timescale == "clockwork"
             read = Rows(self._read(i, below.mask, state.t), gather_below) if clockwork else below
-            d[i] = self.pay_owed(i, state, d[i], read.mask, action, gather_below)  # eq. 12: the one point
-            if i == 0 or not dynamic:  # level 1, or a schedule: the level changes wherever read
+            d[i] = self.pay_owed(i, level, state, d[i], read.mask, action, gather_below)  # eq. 12: paid here
+            if i == 0 or timescale != "dynamic":  # level 1, or a schedule: it changes wherever read
                 sampled.append(Sampled(read, read.mask, state.factor[i]))
                 continue
             logit, h = level.change_logit(below.take(d[i]), below.take(state.factor[i]))  # eq. 15

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import random_frames, tiny_model
+from worldmodel import fastpath
 
 NETWORKS = ("decoder", "temporal", "posterior", "prior", "factor", "factor_cell")
 
@@ -120,13 +121,15 @@ def test_fused_step_gives_the_per_network_rollout(overrides, gather_below):
 
 
 def test_fused_weights_follow_parameter_updates():
-    """An optimiser step (in-place update) or load_state_dict invalidates the regrouped weights."""
+    """load_state_dict invalidates the regrouped weights; an in-place edit outside an optimiser is
+    followed by `clear_fused` (an optimiser step: test_fastpath.py)."""
     model = tiny_model(levels=2).eval()
     state = model.observe(random_frames(2, 3)).state
     _rollout(model, state, "fused")  # builds the cache
-    with torch.no_grad():
+    with torch.no_grad():  # edited in place outside an optimiser: clear_fused (fastpath._Fused)
         for p in model.hierarchy.levels[0].parameters():
             p.mul_(1.5)
+    fastpath.clear_fused()
     eager = _rollout(model, state, "eager")
     torch.testing.assert_close(_rollout(model, state, "fused").features, eager.features, rtol=1e-5, atol=1e-5)
     other = tiny_model(seed=7, levels=2)

@@ -22,10 +22,10 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .level import Level
 from .networks import MLP
@@ -149,43 +149,53 @@ def compile_route() -> Route:
 
 
 # ---------------------------------------------------------------------- regrouped weights
-class _Fused:
-    """The regrouped weights of one level and a copy of the parameters they were built from.
+# Staleness. The regrouped weights are a copy, so they go stale when the level's weights
+# change. Comparing every value at every rollout is exact but cost ≈ 3 % of a batch-1 rollout
+# (a pass over 2 × 1 MB per paper-sized level, and the caches it evicts), and PyTorch's version
+# counter is private. So the key is: the networks' and parameters' identities; each
+# parameter's storage address (`.to`, `p.data = ...`, a replaced parameter; the old storages
+# are held, so an address cannot come back); and a generation counter that every optimiser
+# step (a global post-step hook) and every `load_state_dict` into a fused network (a post-load
+# hook) bump. Any other in-place edit (`with torch.no_grad(): p.mul_(…)`, `p.data.copy_(…)`,
+# EMA, a DDP broadcast) must be followed by `clear_fused()` — the rule for code that changes
+# weights outside an optimiser.
+_GENERATION = [0]
 
-    Fresh means: the level's networks are the same objects and every parameter equals, in
-    device, dtype, shape and value, the copy taken when the weights were built. Comparing the
-    values (one pass over the level's weights, no private attributes) is exact whatever
-    changed them — an optimiser step, `load_state_dict`, `.to`, a replaced parameter or an
-    in-place edit through `p.data`, which PyTorch's version counter does not see — so no caller
-    has to remember to invalidate the cache.
-    """
+
+def _bump(*_: object) -> None:
+    _GENERATION[0] += 1
+
+
+register_optimizer_step_post_hook(_bump)
+_HOOKED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # modules with the post-load hook
+
+
+class _Fused:
+    """The regrouped weights of one level and the key they were built under (see above)."""
 
     def __init__(self, level: Level) -> None:
         self.nets = (level.prior, level.decoder, level.temporal)  # held: identities stay unique
+        for module in (m for net in self.nets for m in net.modules()):
+            if module not in _HOOKED:
+                module.register_load_state_dict_post_hook(_bump)
+                _HOOKED.add(module)
         # the parameter tables of every module involved, found once (a few µs per check)
         self.tables = [m._parameters for net in self.nets for m in net.modules()]
+        # held, so that neither a parameter's id nor its storage's address can be reused
+        self.params = [(p, p.detach()) for p in self._params()]
+        self.key = self._key()
         with torch.no_grad():
-            self.source = [p.detach().clone() for p in self._params()]
             self.weights = _regroup(*self.nets)
 
     def _params(self) -> list[Tensor]:
         return [p for table in self.tables for p in table.values() if p is not None]
 
+    def _key(self) -> tuple[int, list[tuple[int, int]]]:
+        return _GENERATION[0], [(id(p), p.data_ptr()) for p in self._params()]
+
     def fresh(self, level: Level) -> bool:
         nets = (level.prior, level.decoder, level.temporal)
-        if not all(a is b for a, b in zip(self.nets, nets)):
-            return False
-        params = self._params()
-        return len(params) == len(self.source) and all(map(_same, params, self.source))
-
-
-def _same(p: Tensor, copy: Tensor) -> bool:
-    """Whether parameter p equals its copy exactly (device, dtype, shape, every value)."""
-    if p.device != copy.device or p.dtype != copy.dtype or p.shape != copy.shape:
-        return False
-    if p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64) and p.numel() > 4096:
-        return bool(np.array_equal(p.detach().numpy(), copy.numpy()))  # large: ≈ 3× faster on CPU
-    return torch.equal(p, copy)
+        return all(a is b for a, b in zip(self.nets, nets)) and self._key() == self.key
 
 
 # level -> its regrouped weights; weak, so that a dropped model frees its copies
@@ -200,7 +210,7 @@ _ROLLOUT = threading.local()
 def one_rollout() -> Iterator[None]:
     """Within one open-loop rollout the weights do not change: each level's regrouped weights
     are checked for staleness once, at its first step, instead of at every step (the check
-    compares every parameter of the level with its copy)."""
+    walks every parameter of the level)."""
     outer = getattr(_ROLLOUT, "checked", None)
     _ROLLOUT.checked = set()
     try:
@@ -212,8 +222,9 @@ def one_rollout() -> Iterator[None]:
 def fused_weights(level: Level) -> FusedWeights:
     """The regrouped weights of `fused_change_step` for `level`, rebuilt whenever stale.
 
-    Stale means: a network of the level was replaced or a parameter's value, device or dtype
-    differs from when they were built (`_Fused`). Inside `one_rollout` the check runs once per
+    Stale means: a network or parameter of the level was replaced or moved, an optimiser
+    stepped or a state dict was loaded since they were built; after any other in-place edit of
+    the weights call `clear_fused` (see `_Fused`). Inside `one_rollout` the check runs once per
     level.
     """
     cached = _FUSED.get(level)
@@ -228,8 +239,9 @@ def fused_weights(level: Level) -> FusedWeights:
 
 
 def clear_fused(level: Level | None = None) -> None:
-    """Drop the regrouped weights of `level` (all levels if None), freeing their memory; they
-    rebuild on next use (staleness needs no call: `fused_weights` compares the values)."""
+    """Drop the regrouped weights of `level` (all levels if None); they rebuild on next use.
+    Call it after editing a level's weights in place outside an optimiser step or
+    `load_state_dict` (e.g. `with torch.no_grad(): p.mul_(2)`, `p.data.copy_(...)`)."""
     if level is None:
         _FUSED.clear()
     else:

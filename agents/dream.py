@@ -509,10 +509,12 @@ class DreamVecEnv(VectorEnv):
         e (B, N) bool) — what ``model.imagine(state, 1, actions[:, None])`` computes (the same step
         function and noise, tests/test_dream_env.py), without checking again, at every step, a
         state the dream made itself (that walks every tensor: ≈ 1 ms a step at B = 1000)."""
+        hierarchy = self.model.hierarchy
         with one_rollout():
-            state, changed = self.model.hierarchy.imagine_step(state, actions, self.sample_e, 1.0)
+            carry, levels = hierarchy.imagine_step(hierarchy.carry(state), actions, self.sample_e, 1.0)
+        state = carry.state
         features = torch.cat([x for s, d in zip(state.s, state.d) for x in (s, d)], -1)  # = model.features
-        return state, features, torch.stack(changed, 1)
+        return state, features, torch.stack([level.changed for level in levels], 1)
 
     def _reward(self, features: Tensor) -> Tensor:
         """The reward head's mean (B,) (``model.predict_reward`` on features the dream made)."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from worldmodel import DLH, DLHConfig, InferenceConfig, LossConfig, load
-from worldmodel.decisions import decide, initial_stats, update, warm
+from worldmodel.decisions import agree_across_ranks, decide, initial_stats, update, warm
 from worldmodel.distributions import Gaussian, kl_gaussian
 
 S = 8
@@ -31,7 +31,7 @@ def run_sequence(rule: str, offsets: list[float], drift=lambda k: 0.05,
     for k in range(updates):  # a static stretch: the posterior drifts
         q = gaussian(drift(k) * torch.randn(16, S, generator=gen), 0.02)
         weight, kl_static = decide(rule, q, change, static, stats, 2.0, 2.0, 0)
-        update(stats, q, static, kl_static, torch.ones(16, dtype=torch.bool), weight > 0.5, 0.05)
+        stats = update(stats, q, static, kl_static, torch.ones(16, dtype=torch.bool), weight > 0.5, 0.05)
     static, change = gaussian(torch.zeros(1, S), 0.02), gaussian(torch.zeros(1, S), 1.0)
     ours, eq4 = [], []
     for off in offsets:
@@ -72,7 +72,7 @@ def test_an_empty_level_never_changes_and_stays_finite(rule):
         weight, kl_static = decide(rule, static, change, static, stats, 2.0, 2.0, 0)
         e = weight > 0.5
         assert not e.any()
-        update(stats, static, static, kl_static, torch.ones(4, dtype=torch.bool), e, 0.05)
+        stats = update(stats, static, static, kl_static, torch.ones(4, dtype=torch.bool), e, 0.05)
     assert torch.isfinite(stats).all()
 
 
@@ -85,7 +85,7 @@ def test_the_warm_up_is_eq4():
         weight, kl_static = decide("relative", q, change, static, stats, 2.0, 50.0, 3)
         e = weight > 0.5
         assert torch.equal(e, paper(q, change, static))
-        update(stats, q, static, kl_static, torch.ones(3, dtype=torch.bool), e, 0.1)
+        stats = update(stats, q, static, kl_static, torch.ones(3, dtype=torch.bool), e, 0.1)
     assert warm(stats, 3)
     assert not (decide("relative", q, change, static, stats, 2.0, 50.0, 3)[0] > 0.5).any()
 
@@ -93,8 +93,8 @@ def test_the_warm_up_is_eq4():
 def test_rows_not_decided_do_not_move_the_statistics():
     stats = initial_stats(S)
     q, static = gaussian(torch.full((2, S), 0.3), 0.02), gaussian(torch.zeros(2, S), 0.02)
-    update(stats, q, static, kl_gaussian(q, static), torch.zeros(2, dtype=torch.bool),
-           torch.zeros(2, dtype=torch.bool), 0.1)
+    stats = update(stats, q, static, kl_gaussian(q, static), torch.zeros(2, dtype=torch.bool),
+                  torch.zeros(2, dtype=torch.bool), 0.1)
     assert torch.equal(stats, initial_stats(S))
 
 
@@ -134,3 +134,83 @@ def test_the_papers_rule_keeps_no_statistics_and_running_rules_need_hard_assignm
         small("relative", assignment="vade")
     with pytest.raises(ValueError, match="decision_rate"):
         small("relative", decision_rate=0.0)
+
+
+def test_acting_with_a_model_in_train_mode_leaves_the_statistics_unchanged():
+    """An agent acting with the trainer's model (train mode) filters and plans; only the
+    training loss advances the statistics (issue 26)."""
+    import numpy as np
+    from gymnasium import spaces
+
+    from agents.mpc import LatentMPCAgent
+    from agents.planners import CEMPlanner
+
+    torch.manual_seed(0)
+    cfg = small("relative")
+    model = DLH(DLHConfig(**{**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__},
+                             "action_dim": 2, "reward_head": True}))
+    model.train()
+    before = model.hierarchy.levels[1].decision_stats.clone()
+    agent = LatentMPCAgent(model, CEMPlanner(horizon=3, candidates=8, iterations=2, top_k=2, seed=0),
+                           spaces.Box(-1.0, 1.0, (2,), np.float32), seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        agent.act(rng.integers(0, 256, (16, 16, 1), dtype=np.uint8))
+    assert model.training
+    assert torch.equal(model.hierarchy.levels[1].decision_stats, before)
+    hierarchy = model.hierarchy  # the step itself: the statistics pass through unless asked
+    carry = hierarchy.carry(agent.state)
+    with torch.inference_mode():
+        xs = hierarchy.bottom_up(model.encoder(torch.rand(1, 1, 16, 16)))
+        new, _ = hierarchy.infer_step(carry, xs, torch.zeros(1, 2))
+    assert new.stats[1] is carry.stats[1]
+
+
+def test_agree_across_ranks_is_the_identity_in_one_process():
+    old, new = initial_stats(S), initial_stats(S) + 1
+    assert agree_across_ranks(old, new) is new
+
+
+def _ranks_worker(rank: int, world: int, path: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
+    try:
+        # the reduction: rank 0 updates by +2, rank 1 by +4, rank 2 (if any) not at all
+        old = torch.zeros(4)
+        new = old + 2.0 * (rank + 1) if rank < 2 else old
+        reduced = agree_across_ranks(old, new)
+        # the training loss: each rank filters its own frames; the buffers must stay equal
+        torch.manual_seed(0)
+        model = DLH(small("relative"))
+        torch.manual_seed(100 + rank)
+        for _ in range(2):
+            model.loss(torch.rand(2, 5, 1, 16, 16))
+        stats = model.hierarchy.levels[1].decision_stats
+        gathered = [torch.zeros_like(stats) for _ in range(world)]
+        dist.all_gather(gathered, stats)
+        torch.save({"reduced": reduced, "stats": gathered}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_keep_the_same_statistics_under_gloo(tmp_path):
+    """Two gloo processes filter different frames: every rank applies the mean of the ranks'
+    updates, so their buffers are equal (DDP would otherwise keep rank 0's)."""
+    import torch.multiprocessing as mp
+
+    world = 2
+    mp.spawn(_ranks_worker, args=(world, str(tmp_path / "store"), str(tmp_path / "out")), nprocs=world)
+    results = [torch.load(tmp_path / f"out.{rank}") for rank in range(world)]
+    for r in results:
+        assert torch.equal(r["reduced"], torch.full((4,), 3.0))  # mean of +2 and +4
+        assert torch.equal(r["stats"][0], r["stats"][1])
+        assert r["stats"][0][0] == 8  # 4 updates a window, 2 windows: the counter advances once a step
+    torch.manual_seed(0)
+    alone = DLH(small("relative"))
+    torch.manual_seed(100)
+    for _ in range(2):
+        alone.loss(torch.rand(2, 5, 1, 16, 16))
+    alone_stats = alone.hierarchy.levels[1].decision_stats
+    assert not torch.equal(alone_stats, results[0]["stats"][0])  # both ranks' frames counted

@@ -42,9 +42,17 @@ def test_regrouped_weights_are_cached_and_rebuilt_when_stale():
     level = model.hierarchy.levels[0]
     first = fused_weights(level)
     assert fused_weights(level) is first  # cached
-    with torch.no_grad():  # an optimiser step: in place
-        level.prior._linears[0].weight.mul_(1.5)
+    optimizer = torch.optim.SGD(level.parameters(), lr=0.5)  # an optimiser step: in place
+    for p in level.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
     assert fused_weights(level) is not first and _agree(level)
+    second = fused_weights(level)
+    level.load_state_dict(tiny_model(seed=3, levels=2).hierarchy.levels[0].state_dict())  # loaded weights
+    assert fused_weights(level) is not second and _agree(level)
+    third = fused_weights(level)
+    level.prior.load_state_dict(tiny_model(seed=4, levels=2).hierarchy.levels[0].prior.state_dict())
+    assert fused_weights(level) is not third and _agree(level)  # into one network of the level
     # a replaced network
     level.decoder = type(level.decoder)(level.decoder.in_dim, (32,), level.decoder.out_dim)
     assert _agree(level)
@@ -56,13 +64,26 @@ def test_regrouped_weights_are_cached_and_rebuilt_when_stale():
     assert _agree(level)
 
 
-def test_edits_through_data_need_clear_fused():
-    """`p.data` edits bypass PyTorch's version counter: `clear_fused` rebuilds (documented)."""
+def test_in_place_edits_outside_an_optimiser_are_followed_by_clear_fused():
+    """No public version counter sees `with torch.no_grad(): p.mul_(...)` or `p.data` edits:
+    `clear_fused` is the documented call after them; the weights rebuild on next use."""
     level = tiny_model(levels=2).hierarchy.levels[0]
-    fused_weights(level)
+    first = fused_weights(level)
     level.prior._linears[0].weight.data.mul_(3.0)
+    with torch.no_grad():
+        level.temporal.weight_hh[0, 0] += 1.0
     clear_fused(level)
+    assert fused_weights(level) is not first and _agree(level)
+    clear_fused()  # all levels
     assert _agree(level)
+
+
+def test_the_staleness_check_reads_no_private_attribute():
+    import inspect
+
+    import worldmodel.fastpath as fastpath
+
+    assert "_version" not in inspect.getsource(fastpath)
 
 
 @pytest.mark.parametrize("gather_below", [0.0, 1.0])

@@ -153,7 +153,7 @@ def test_a_reassigned_level_is_the_one_the_step_runs():
 
 def test_gaussian_rsample_is_the_only_draw_of_filtering(monkeypatch):
     """Filtering's samples come from `Gaussian.rsample` alone (what the reset test relies on)."""
-    monkeypatch.setattr(Gaussian, "rsample", lambda self: self.mean)
+    monkeypatch.setattr(Gaussian, "rsample", lambda self, generator=None: self.mean)
     model = tiny_model(levels=3)
     a = model.observe(random_frames(2, 4))
     b = model.observe(random_frames(2, 4))
@@ -166,3 +166,81 @@ def test_vade_factor_kl_is_the_bernoulli_kl():
     p = torch.sigmoid(logit)
     ref = w * torch.log(w / p) + (1 - w) * torch.log((1 - w) / (1 - p))
     torch.testing.assert_close(kl_bernoulli(w, logit), ref, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- the carry (issue 26)
+def test_the_steps_take_a_carry_and_return_typed_per_level_results():
+    from worldmodel.hierarchy import Carry, Filtered, Imagined
+
+    model = tiny_model(levels=3).eval()
+    hierarchy, frames = model.hierarchy, random_frames(4, 2)
+    carry = hierarchy.carry(model.initial_state(4))
+    assert isinstance(carry, Carry) and carry.generator is None and len(carry.stats) == 3
+    with torch.no_grad():
+        xs = hierarchy.bottom_up(model.encoder(frames[:, 0]))
+        carry, levels = hierarchy.infer_step(carry, xs, None)
+        assert isinstance(carry, Carry) and len(levels) == 3
+        for level in levels:
+            assert isinstance(level, Filtered)
+            assert level.changed.dtype == torch.bool and level.changed.shape == (4,)
+            assert level.kl.shape == level.factor_kl.shape == level.change_prob.shape == (4,)
+        assert levels[0].changed.all() and levels[0].evaluated.all()
+        carry, imagined = hierarchy.imagine_step(carry, None)
+    assert all(isinstance(level, Imagined) and level.changed.shape == (4,) for level in imagined)
+    assert carry.state.t.tolist() == [2] * 4
+
+
+def test_is_first_resets_rows_inside_the_step():
+    model = tiny_model(levels=2).eval()
+    hierarchy, frames = model.hierarchy, random_frames(3, 3)
+    with torch.no_grad():
+        state = model.observe(frames[:, :2]).state
+        xs = hierarchy.bottom_up(model.encoder(frames[:, 2]))
+        reset = torch.tensor([True, False, True])
+        torch.manual_seed(0)
+        inside = hierarchy.infer_step(hierarchy.carry(state), xs, None, reset)[0].state
+        torch.manual_seed(0)
+        restarted = model.initial_state(3).where(reset, state)
+        outside = hierarchy.infer_step(hierarchy.carry(restarted), xs, None)[0].state
+    for a, b in zip(inside.s + inside.d + [inside.t], outside.s + outside.d + [outside.t]):
+        assert torch.equal(a, b)
+    assert inside.t.tolist() == [1, 3, 1]
+
+
+@pytest.mark.parametrize("step_mode", ["fused", "eager"])
+def test_a_generator_in_the_carry_gives_reproducible_draws_whatever_the_global_rng(step_mode):
+    model = tiny_model(levels=3).eval()
+    model.hierarchy.step_mode = step_mode
+    frames = random_frames(5, 4)
+
+    def run(global_seed: int):
+        torch.manual_seed(global_seed)
+        g = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            out = model.observe(frames, generator=g)
+            traj = model.imagine(out.state, 6, generator=g)
+        return out.features, traj.features, traj.changed
+
+    a, b = run(0), run(1)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        default = model.observe(frames).features
+    assert not torch.equal(default, a[0])  # the generator, not the global RNG, drew them
+    state = torch.manual_seed(3).get_state()
+    with torch.no_grad():
+        start = model.observe(frames, generator=torch.Generator()).state
+        model.imagine(start, 2, generator=torch.Generator())
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG was not touched
+    with pytest.raises(ValueError, match="generator"):
+        model.imagine(model.initial_state(1), 2, generator=7)
+
+
+def test_memory_dropout_draws_from_the_carrys_generator():
+    hierarchy = tiny_model(levels=3).hierarchy
+    d = [torch.ones(200, 2) for _ in range(3)]
+    a = hierarchy.drop_memory(d, 0.5, torch.Generator().manual_seed(1))
+    torch.manual_seed(9)
+    b = hierarchy.drop_memory(d, 0.5, torch.Generator().manual_seed(1))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))

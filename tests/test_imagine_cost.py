@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import random_frames, tiny_model
+from worldmodel import fastpath
 
 NETWORKS = ("decoder", "temporal", "posterior", "prior", "factor", "factor_cell")
 
@@ -32,11 +33,12 @@ def test_levels_above_the_highest_changing_level_run_no_network(batch, prior_fac
     state = model.observe(random_frames(batch, 4)).state
     counts = _count_calls(model)
     horizon = 60
+    carry = model.hierarchy.carry(state)
     for _ in range(horizon):
         before = Counter(counts)
-        state, e = model.hierarchy.imagine_step(state, None, sample_e=True)
+        carry, levels = model.hierarchy.imagine_step(carry, None, sample_e=True)
         step = counts - before
-        active = torch.stack(e, 1).any(0)  # levels changing in some row
+        active = torch.stack([level.changed for level in levels], 1).any(0)  # levels changing in some row
         top = int(active.nonzero().max())  # 0-based highest changing level
         for n in range(1, 5):
             calls = {name: step[(n, name)] for name in NETWORKS}
@@ -119,13 +121,15 @@ def test_fused_step_gives_the_per_network_rollout(overrides, gather_below):
 
 
 def test_fused_weights_follow_parameter_updates():
-    """An optimiser step (in-place update) or load_state_dict invalidates the regrouped weights."""
+    """load_state_dict invalidates the regrouped weights; an in-place edit outside an optimiser is
+    followed by `clear_fused` (an optimiser step: test_fastpath.py)."""
     model = tiny_model(levels=2).eval()
     state = model.observe(random_frames(2, 3)).state
     _rollout(model, state, "fused")  # builds the cache
-    with torch.no_grad():
+    with torch.no_grad():  # edited in place outside an optimiser: clear_fused (fastpath._Fused)
         for p in model.hierarchy.levels[0].parameters():
             p.mul_(1.5)
+    fastpath.clear_fused()
     eager = _rollout(model, state, "eager")
     torch.testing.assert_close(_rollout(model, state, "fused").features, eager.features, rtol=1e-5, atol=1e-5)
     other = tiny_model(seed=7, levels=2)
@@ -150,12 +154,13 @@ def test_fused_step_runs_no_network_above_the_highest_changing_level(monkeypatch
 
     monkeypatch.setattr(fastpath, "fused_weights", counted)
     torch.manual_seed(0)
+    carry = model.hierarchy.carry(state)
     with torch.no_grad():
         for _ in range(40):
             before = Counter(counts)
-            state, e = model.hierarchy.imagine_step(state, None, sample_e=True)
+            carry, levels = model.hierarchy.imagine_step(carry, None, sample_e=True)
             step = counts - before
-            top = int(torch.stack(e, 1).any(0).nonzero().max())
+            top = int(torch.stack([level.changed for level in levels], 1).any(0).nonzero().max())
             for n in range(1, 5):
                 heavy = step[(n, "fused")] + step[(n, "prior")] + step[(n, "decoder")] + step[(n, "temporal")]
                 if n - 1 <= top:

@@ -219,7 +219,7 @@ def test_overshooting_matches_chains_computed_one_at_a_time(monkeypatch) -> None
     with torch.no_grad():
         _, states = model._filter(frames(2, 6), None, None, None)
         from worldmodel import distributions
-        monkeypatch.setattr(distributions.Gaussian, "rsample", lambda self: self.mean)
+        monkeypatch.setattr(distributions.Gaussian, "rsample", lambda self, generator=None: self.mean)
         fast = model._overshoot_kl(states, None, None, 3)
         slow = _overshoot_reference(model, states, 3)
     assert torch.allclose(fast, slow, rtol=1e-4, atol=1e-4)

@@ -303,7 +303,7 @@ def test_actions_enter_the_transition_and_is_first_resets(monkeypatch):
     # filtering of frames[0, 3:] alone
     from worldmodel.distributions import Gaussian
 
-    monkeypatch.setattr(Gaussian, "rsample", lambda self: self.mean)
+    monkeypatch.setattr(Gaussian, "rsample", lambda self, generator=None: self.mean)
     whole = model.observe(frames, a1, is_first=is_first)
     tail = model.observe(frames[:1, 3:], a1[:1, 3:])
     assert tail.changed.shape == (1, 3, 2)

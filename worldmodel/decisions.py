@@ -19,11 +19,12 @@ here keep eq. 4's comparison and add what the level has learned about its own dr
 
 Both run the paper's rule for their first `decision_warmup` training updates (a schedule: eq. 4
 alone while the level has no content yet), then their own. The statistics are a buffer per
-level (n ≥ 2), updated only by the training objective (`DLH.loss` with the model in train
-mode) from the rows where e^n was decided (not a sequence's first step), with exponential
-averaging at `decision_rate` per update (one update per filtering step, from the batch's rows);
-they are saved with the model and frozen in evaluation, imagination and acting — `observe`,
-`observe_step` and `imagine` never move them, whatever the model's mode.
+level (n ≥ 2), updated only where the caller asks for it — the training objective (`DLH.loss`)
+passes `update_stats=True` to `Hierarchy.infer_step` — from the rows where e^n was decided (not a
+sequence's first step), with exponential averaging at `decision_rate` per update (one update per
+filtering step, from the batch's rows; under torch.distributed the ranks' updates are averaged,
+`agree_across_ranks`); they are saved with the model and frozen in evaluation, imagination and
+acting — `observe`, `observe_step` and `imagine` never move them, whatever the model's mode.
 
 Layout of a level's buffer (float32, size 3 + |s|):
   [0] updates so far, [1] running mean of log KL_static, [2] running variance of log KL_static,
@@ -91,8 +92,9 @@ def decide(
 
 @torch.no_grad()
 def update(stats: Tensor, q: Gaussian, static: Gaussian, kl_static: Tensor, rows: Tensor,
-           changed: Tensor, rate: float) -> None:
-    """Fold one filtering step into a level's statistics, in place.
+           changed: Tensor, rate: float) -> Tensor:
+    """A level's statistics with one filtering step folded in: a new tensor (`stats` is not
+    modified; the same tensor back where no row was decided).
 
     kl_static: (B,) KL[q' ‖ static prior], as `decide` returned it; rows: (B,) bool, where
     e^n was decided; changed: (B,) bool, the decision. The log static
@@ -102,7 +104,8 @@ def update(stats: Tensor, q: Gaussian, static: Gaussian, kl_static: Tensor, rows
     stretch shows), each dimension clipped at 3× its running scale once one exists.
     """
     if not bool(rows.any()):
-        return
+        return stats
+    stats = stats.clone()
     log_kl = torch.log(kl_static[rows].float().clamp_min(_LOG_FLOOR))
     first = float(stats[0]) == 0
     mean, var = stats[1], stats[2]
@@ -125,6 +128,29 @@ def update(stats: Tensor, q: Gaussian, static: Gaussian, kl_static: Tensor, rows
         else:
             stats[3:] = drift2.mean(0)
     stats[0] += 1
+    return stats
+
+
+@torch.no_grad()
+def agree_across_ranks(old: Tensor, new: Tensor) -> Tensor:
+    """The statistics every rank keeps after an update: `new` in a single process; under
+    torch.distributed, `old` plus the mean of the ranks' updates (new − old) over the ranks
+    that updated (a rank whose rows decided nothing contributes no update and is not counted,
+    so the update counter [0] advances by 1 when any rank updated).
+
+    Every rank starts from the same `old` (they all apply the same reduced update), so the
+    buffers stay equal on every rank; without it each rank's buffer would drift apart and DDP's
+    buffer broadcast would keep rank 0's alone. All ranks must call it at the same points
+    (once per level with statistics and filtering step of the training loss), whatever their rows.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+            or torch.distributed.get_world_size() == 1:
+        return new
+    delta = new - old  # `update` returns `old` itself where this rank decided no row
+    packed = torch.cat([delta, delta.new_ones(1) if new is not old else delta.new_zeros(1)])
+    torch.distributed.all_reduce(packed)  # sum over ranks
+    ranks = float(packed[-1])
+    return old if ranks == 0 else old + packed[:-1] / ranks
 
 
 def describe(stats: Tensor) -> dict[str, float]:
@@ -134,5 +160,5 @@ def describe(stats: Tensor) -> dict[str, float]:
             "kl_median": math.exp(float(stats[1])), "drift_rms": float(stats[3:].mean().sqrt())}
 
 
-__all__ = ["RUNNING_RULES", "decide", "update", "initial_stats", "stats_size", "surprise",
-           "tolerant_static", "warm", "describe"]
+__all__ = ["RUNNING_RULES", "decide", "update", "agree_across_ranks", "initial_stats", "stats_size",
+           "surprise", "tolerant_static", "warm", "describe"]

@@ -22,9 +22,14 @@ class Gaussian(NamedTuple):
     mean: Tensor
     std: Tensor
 
-    def rsample(self) -> Tensor:
-        """A reparametrised sample (..., S)."""
-        return torch.addcmul(self.mean, self.std, torch.randn_like(self.mean))
+    def rsample(self, generator: torch.Generator | None = None) -> Tensor:
+        """A reparametrised sample (..., S), its noise from `generator` (None: torch's global RNG)."""
+        if generator is None:
+            noise = torch.randn_like(self.mean)
+        else:
+            noise = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype,
+                                device=self.mean.device)
+        return torch.addcmul(self.mean, self.std, noise)
 
 
 def gaussian_from_params(params: Tensor, min_std: float) -> Gaussian:

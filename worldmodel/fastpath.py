@@ -20,18 +20,46 @@ import contextlib
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .level import Level
 from .networks import MLP
 
 STEP_MODES = ("fused", "eager", "compiled")
 
-# (d, context, noise, weights, min_std) -> (s, mean, std, c^{n-1}, d')
-Route = Callable[[Tensor, Tensor, Tensor, tuple, float], tuple[Tensor, ...]]
+
+
+class ChangeStep(NamedTuple):
+    """One changing level's imagination step on its active rows (eq. 11, 12, 14)."""
+
+    s: Tensor  # (B, S) the sample s^n ~ p(s^n | d^n, c^n)
+    mean: Tensor  # (B, S) the change prior's mean
+    std: Tensor  # (B, S) and std
+    below: Tensor  # (B, C) c^{n-1} = f_dec^n(s^n, c^n)
+    d_next: Tensor | None  # (B, D) d^n_{t+1}; None for a level whose transition takes the action
+
+
+class FusedWeights(NamedTuple):
+    """A level's prior, decoder and GRU regrouped for `fused_change_step` (transposed for addmm)."""
+
+    by_d: Tensor  # d -> first prior layer and GRU hidden side
+    bias_d: Tensor
+    by_c: Tensor  # c -> first prior layer and first decoder layer
+    by_s: Tensor  # s -> first decoder layer and GRU input side
+    bias_s: Tensor
+    prior_rest: tuple  # ((weight, bias), ...) of the prior's further layers
+    decoder_rest: tuple
+    prior_width: int  # width of the prior's first layer
+    decoder_width: int
+
+
+# (d, context, noise, weights, min_std) -> the step
+Route = Callable[[Tensor, Tensor, Tensor, FusedWeights, float], ChangeStep]
 
 
 class Rows:
@@ -84,21 +112,21 @@ def step_route(mode: str, x: Tensor, compiled: Callable[[], Route]) -> Route | N
     return compiled() if mode == "compiled" else fused_change_step
 
 
-def change_step(level: Level, d: Tensor, context: Tensor, route: Route | None) -> tuple:
+def change_step(level: Level, d: Tensor, context: Tensor, route: Route | None,
+                generator: torch.Generator | None = None) -> ChangeStep:
     """One changing level's imagination step on its active rows: d (B, D), context (B, C).
 
-    Returns s, mean, std (B, S), c^{n-1} (B, C) and d^n_{t+1} (B, D) — or None in place of
-    d' for a level whose transition takes the action (its advance is owed, see
+    d_next is None for a level whose transition takes the action (its advance is owed, see
     `hierarchy.Hierarchy.pay_owed`). `route` None is the reference path; a level that takes
-    the action always runs it.
+    the action always runs it. The noise comes from `generator` (None: torch's global RNG).
     """
     if route is None or level.takes_action or not (level.prior_reads_d and level.prior_reads_c):
         dist = level.predict(d, context)  # eq. 14
-        s = dist.rsample()
+        s = dist.rsample(generator)
         below = level.top_down(s, context)  # eq. 11
         d_next = None if level.takes_action else level.transition(s, d, None)  # eq. 12
-        return s, dist.mean, dist.std, below, d_next
-    noise = torch.randn(d.shape[0], level.s_dim, device=d.device, dtype=torch.float32)
+        return ChangeStep(s, dist.mean, dist.std, below, d_next)
+    noise = torch.randn(d.shape[0], level.s_dim, device=d.device, dtype=torch.float32, generator=generator)
     return route(d, context, noise, fused_weights(level), level.min_std)
 
 
@@ -110,7 +138,8 @@ def compile_route() -> Route:
     """
     step = torch.compile(fused_change_step)
 
-    def compiled(d: Tensor, context: Tensor, noise: Tensor, weights: tuple, min_std: float) -> tuple:
+    def compiled(d: Tensor, context: Tensor, noise: Tensor, weights: FusedWeights,
+                 min_std: float) -> ChangeStep:
         if d.shape[0] > 1:
             for t in (d, context, noise):
                 torch._dynamo.mark_dynamic(t, 0)
@@ -120,14 +149,40 @@ def compile_route() -> Route:
 
 
 # ---------------------------------------------------------------------- regrouped weights
+# Staleness. The regrouped weights are a copy, so they go stale when the level's weights
+# change. Comparing every value at every rollout is exact but cost ≈ 3 % of a batch-1 rollout
+# (a pass over 2 × 1 MB per paper-sized level, and the caches it evicts), and PyTorch's version
+# counter is private. So the key is: the networks' and parameters' identities; each
+# parameter's storage address (`.to`, `p.data = ...`, a replaced parameter; the old storages
+# are held, so an address cannot come back); and a generation counter that every optimiser
+# step (a global post-step hook) and every `load_state_dict` into a fused network (a post-load
+# hook) bump. Any other in-place edit (`with torch.no_grad(): p.mul_(…)`, `p.data.copy_(…)`,
+# EMA, a DDP broadcast) must be followed by `clear_fused()` — the rule for code that changes
+# weights outside an optimiser.
+_GENERATION = [0]
+
+
+def _bump(*_: object) -> None:
+    _GENERATION[0] += 1
+
+
+register_optimizer_step_post_hook(_bump)
+_HOOKED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # modules with the post-load hook
+
+
 class _Fused:
-    """The regrouped weights of one level and what they were built from."""
+    """The regrouped weights of one level and the key they were built under (see above)."""
 
     def __init__(self, level: Level) -> None:
         self.nets = (level.prior, level.decoder, level.temporal)  # held: identities stay unique
+        for module in (m for net in self.nets for m in net.modules()):
+            if module not in _HOOKED:
+                module.register_load_state_dict_post_hook(_bump)
+                _HOOKED.add(module)
         # the parameter tables of every module involved, found once (a few µs per check)
         self.tables = [m._parameters for net in self.nets for m in net.modules()]
-        self.params = self._params()  # held, so that their ids cannot be reused
+        # held, so that neither a parameter's id nor its storage's address can be reused
+        self.params = [(p, p.detach()) for p in self._params()]
         self.key = self._key()
         with torch.no_grad():
             self.weights = _regroup(*self.nets)
@@ -135,8 +190,8 @@ class _Fused:
     def _params(self) -> list[Tensor]:
         return [p for table in self.tables for p in table.values() if p is not None]
 
-    def _key(self) -> list[tuple[int, int, int]]:
-        return [(id(p), p.data_ptr(), p._version) for p in self._params()]
+    def _key(self) -> tuple[int, list[tuple[int, int]]]:
+        return _GENERATION[0], [(id(p), p.data_ptr()) for p in self._params()]
 
     def fresh(self, level: Level) -> bool:
         nets = (level.prior, level.decoder, level.temporal)
@@ -155,7 +210,7 @@ _ROLLOUT = threading.local()
 def one_rollout() -> Iterator[None]:
     """Within one open-loop rollout the weights do not change: each level's regrouped weights
     are checked for staleness once, at its first step, instead of at every step (the check
-    walks every parameter: ≈ 25 µs a step at batch 1, 8 % of a paper-sized imagined step)."""
+    walks every parameter of the level)."""
     outer = getattr(_ROLLOUT, "checked", None)
     _ROLLOUT.checked = set()
     try:
@@ -164,13 +219,12 @@ def one_rollout() -> Iterator[None]:
         _ROLLOUT.checked = outer
 
 
-def fused_weights(level: Level) -> tuple:
+def fused_weights(level: Level) -> FusedWeights:
     """The regrouped weights of `fused_change_step` for `level`, rebuilt whenever stale.
 
-    Stale means: a network of the level or one of its parameters was replaced, a parameter
-    moved (`.to`, `p.data = ...`) or was updated in place (an optimiser step,
-    `load_state_dict`: PyTorch's version counter). In-place edits through `p.data` bypass
-    that counter: call `clear_fused` after them. Inside `one_rollout` the check runs once per
+    Stale means: a network or parameter of the level was replaced or moved, an optimiser
+    stepped or a state dict was loaded since they were built; after any other in-place edit of
+    the weights call `clear_fused` (see `_Fused`). Inside `one_rollout` the check runs once per
     level.
     """
     cached = _FUSED.get(level)
@@ -185,14 +239,16 @@ def fused_weights(level: Level) -> tuple:
 
 
 def clear_fused(level: Level | None = None) -> None:
-    """Drop the regrouped weights of `level` (all levels if None); they rebuild on next use."""
+    """Drop the regrouped weights of `level` (all levels if None); they rebuild on next use.
+    Call it after editing a level's weights in place outside an optimiser step or
+    `load_state_dict` (e.g. `with torch.no_grad(): p.mul_(2)`, `p.data.copy_(...)`)."""
     if level is None:
         _FUSED.clear()
     else:
         _FUSED.pop(level, None)
 
 
-def _regroup(prior: MLP, decoder: MLP, gru: torch.nn.GRUCell) -> tuple:
+def _regroup(prior: MLP, decoder: MLP, gru: torch.nn.GRUCell) -> FusedWeights:
     """Weights of `fused_change_step`, transposed for `addmm`, inputs shared across networks."""
     d_dim, s_dim = gru.hidden_size, gru.input_size
     p0, d0 = prior._linears[0], decoder._linears[0]
@@ -203,7 +259,8 @@ def _regroup(prior: MLP, decoder: MLP, gru: torch.nn.GRUCell) -> tuple:
     bias_s = torch.cat([d0.bias, gru.bias_ih])
     prior_rest = tuple((m.weight.t().contiguous(), m.bias.detach()) for m in prior._linears[1:])
     decoder_rest = tuple((m.weight.t().contiguous(), m.bias.detach()) for m in decoder._linears[1:])
-    return (by_d, bias_d, by_c, by_s, bias_s, prior_rest, decoder_rest, p0.out_features, d0.out_features)
+    return FusedWeights(by_d, bias_d, by_c, by_s, bias_s, prior_rest, decoder_rest, p0.out_features,
+                        d0.out_features)
 
 
 def _mlp_rest(h: Tensor, layers: tuple) -> Tensor:
@@ -212,8 +269,8 @@ def _mlp_rest(h: Tensor, layers: tuple) -> Tensor:
     return h
 
 
-def fused_change_step(d: Tensor, context: Tensor, noise: Tensor, weights: tuple,
-                      min_std: float) -> tuple[Tensor, ...]:
+def fused_change_step(d: Tensor, context: Tensor, noise: Tensor, weights: FusedWeights,
+                      min_std: float) -> ChangeStep:
     """A changing level's whole imagination step on its regrouped weights (no autograd).
 
     The same arithmetic as `Level.predict` → sample (mean + std·noise) → `Level.top_down` →
@@ -223,8 +280,7 @@ def fused_change_step(d: Tensor, context: Tensor, noise: Tensor, weights: tuple,
     per-network path up to float rounding (≈1e-7); the random draw is `noise` (B, S), so both
     paths consume the random stream identically. `weights` = `fused_weights(level)`. Only for
     levels that take no action (their GRU runs in the same step), outside autograd and
-    autocast. A pure function of tensors (no host synchronisation). Returns s, mean, std
-    (B, S), c^{n-1} (B, C) and d' (B, D).
+    autocast. A pure function of tensors (no host synchronisation).
     """
     by_d, bias_d, by_c, by_s, bias_s, prior_rest, decoder_rest, prior_width, decoder_width = weights
     from_d = torch.addmm(bias_d, d, by_d)  # (B, Hp + 3D)
@@ -240,8 +296,9 @@ def fused_change_step(d: Tensor, context: Tensor, noise: Tensor, weights: tuple,
     reset = torch.sigmoid(i_r + h_r)
     update = torch.sigmoid(i_z + h_z)
     candidate = torch.tanh(torch.addcmul(i_n, reset, h_n))
-    return s, mean, std, below, torch.lerp(candidate, d, update)  # (1 − z)·n + z·d
+    return ChangeStep(s, mean, std, below, torch.lerp(candidate, d, update))  # (1 − z)·n + z·d
 
 
-__all__ = ["Rows", "STEP_MODES", "change_step", "step_route", "compile_route", "fused_change_step",
+__all__ = ["Rows", "STEP_MODES", "ChangeStep", "FusedWeights", "change_step", "step_route", "compile_route",
+           "fused_change_step",
            "fused_weights", "clear_fused", "one_rollout"]

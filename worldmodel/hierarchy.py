@@ -7,8 +7,16 @@ Both steps read top to bottom in the same stages:
    draw from the prior factor p(e^n | d^n) (eq. 15) when imagining;
 2. top-down from the highest level that runs to level 1: s^n from the posterior (eq. 13)
    or the change prior (eq. 14), then c^{n-1} = f_dec^n(s^n, c^n) (eq. 11);
-3. filtering: the KL terms of the loss (eq. 8b/9, 8c);
+3. filtering: the KL terms of the loss (eq. 8b/9, 8c) — the state KL of a level is computed
+   as its posterior is formed, before its sample (autograd sums gradients in the order the
+   graph was built: a later KL would round the gradients differently);
 4. the temporal advance d^n_{t+1} = f_tem^n(s^n_t, d^n_t) of the levels that changed (eq. 12).
+
+Each step is a pure function `step(carry, inputs) -> (carry, per-level results)`: the `Carry`
+holds the state, the decision rules' running statistics and an optional torch.Generator (None:
+the global RNG, the default numbers); resets (`is_first`) are applied inside `infer_step`; the
+statistics advance only when the caller passes `update_stats=True` (the training loss), and
+the caller stores them (`keep_stats`). Results are small dataclasses (`Filtered`, `Imagined`).
 
 A level that does not run keeps its state and cached c^{n-1} exactly and runs no network,
 so the work of a step grows with the number of active levels, not with N.
@@ -19,16 +27,21 @@ frame (`actions[:, t+1]`, Dreamer's convention). It owes the advance (`state.pen
 pays it, with the action of that step, at the next step where it is read — where e^n is
 decided (e^{n-1} = 1) or, under a schedule, where it changes. A level above 1 therefore sees
 only the action of the step where it is next read, not the actions in between (level 1 is
-read at every step). `pay_owed` and `still_owed` are the whole rule.
+read at every step). `pay_owed` (called at one point of each step's bottom-up loop, once per
+level, where its read mask is known) and `still_owed` are the whole rule.
 
-The fast routes of imagination (fused/compiled level step, gathered rows) live in
-`fastpath.py`. Levels are 0-based in code (level n of the paper is `levels[n - 1]`).
+The fast routes of imagination live in `fastpath.py`: `Rows` decides whether a level runs on
+gathered rows or on all rows masked, `change_step` whether a changing level runs its networks
+one by one or fused. With `gather_below=0` and `step_mode="eager"` the step here is the
+dense-mask reference the fast routes are tested against (tests/test_fastpath.py,
+tests/test_imagine_cost.py). Levels are 0-based in code (level n of the paper is `levels[n - 1]`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +49,7 @@ from torch import Tensor, nn
 from . import decisions
 from .config import DLHConfig
 from .distributions import Gaussian, bernoulli_nll, kl_bernoulli, kl_gaussian
-from .fastpath import STEP_MODES, Route, Rows, change_step, compile_route, step_route
+from .fastpath import STEP_MODES, ChangeStep, Route, Rows, change_step, compile_route, step_route
 from .level import Level
 from .state import HierarchicalState
 
@@ -84,36 +97,96 @@ def balanced_kl(q: Gaussian, p: Gaussian, alpha: float, prior_grad: bool = True)
 
 
 
-@dataclass
-class Decisions:
-    """Stage 1 of a filtering step, one (B,) tensor per level (column 0 is level 1, e = 1).
+@dataclass(slots=True)
+class Carry:
+    """What a step carries to the next besides its inputs (Dreamer's `step(carry, inputs)`).
 
-    changed: e^n_t. evaluated: where e^n_t was decided (e^{n-1}_t = 1; under a schedule,
-    where the level changes). weight: q(e^n_t = 1), eq. 9's weight of the change component.
-    factor_kl: eq. 8c where e^n_t was inferred, else 0. change_prob: p(e^n = 1 | ·) where
-    inferred, else NaN. anchor_kl: boundary "anchor" only, the static KL of level K's fresh
-    posterior (None elsewhere). d: temporal states once owed transitions are paid. factor:
-    the recurrent prior factor's states h^n.
+    state: the hierarchical state after the previous step.
+    stats: per level, the decision rule's running statistics (`decisions.py`; None for a level
+        without them). Only `infer_step(..., update_stats=True)` returns them advanced.
+    generator: the source of every random draw of a step (None: torch's global RNG).
     """
 
-    changed: list[Tensor]
-    evaluated: list[Tensor]
-    weight: list[Tensor]
-    factor_kl: list[Tensor]
-    change_prob: list[Tensor]
-    anchor_kl: list[Tensor | None]
-    d: list[Tensor]
-    factor: list[Tensor]
+    state: HierarchicalState
+    stats: tuple[Tensor | None, ...]
+    generator: torch.Generator | None = None
 
-    def add(self, changed: Tensor, evaluated: Tensor, weight: Tensor, factor_kl: Tensor,
-            change_prob: Tensor, anchor_kl: Tensor | None) -> None:
-        """Append the next level's outcome."""
-        self.changed.append(changed)
-        self.evaluated.append(evaluated)
-        self.weight.append(weight)
-        self.factor_kl.append(factor_kl)
-        self.change_prob.append(change_prob)
-        self.anchor_kl.append(anchor_kl)
+
+@dataclass(slots=True)
+class Decision:
+    """Stage 1 of a filtering step for one level, each (B,) unless said.
+
+    changed: e^n_t (bool). read: where the level was read — e^n_t decided (e^{n-1}_t = 1) or,
+    under a schedule, where it changes. weight: q(e^n_t = 1), eq. 9's weight of the change
+    component. factor_kl: eq. 8c where e^n_t was inferred, else 0. change_prob: p(e^n = 1 | ·)
+    where inferred, else NaN. factor: (B, H) the prior factor's next state h^n. stats: the
+    decision rule's statistics after the step (None: no rule with statistics). anchor_kl:
+    boundary "anchor" only, the static KL of level K's fresh posterior.
+    """
+
+    changed: Tensor
+    read: Tensor
+    weight: Tensor
+    factor_kl: Tensor
+    change_prob: Tensor
+    factor: Tensor
+    stats: Tensor | None = None
+    anchor_kl: Tensor | None = None
+
+
+@dataclass(slots=True)
+class Filtered:
+    """One level's outcome of a filtering step, each (B,): e^n_t (bool `changed`), whether it
+    was inferred (bool `evaluated`), the state KL (eq. 9), the factor KL (eq. 8c) and
+    p(e^n = 1 | ·) (NaN where not inferred)."""
+
+    changed: Tensor
+    evaluated: Tensor
+    kl: Tensor
+    factor_kl: Tensor
+    change_prob: Tensor
+
+
+@dataclass(slots=True)
+class Imagined:
+    """One level's outcome of an imagination step: e^n (B,) bool, sampled (eq. 15)."""
+
+    changed: Tensor
+
+
+@dataclass(slots=True)
+class Sampled:
+    """Stage 1 of an imagination step for one level: where it changes (`rows`), where it was
+    read (`read` (B,) bool: e^{n-1} = 1; under a schedule, where it changes), the prior
+    factor's next state h^n (B, H)."""
+
+    rows: Rows
+    read: Tensor
+    factor: Tensor
+
+
+@dataclass(slots=True)
+class Posterior:
+    """Stage 2 of filtering for one level, on its rows: the sample of q(s^n | x^n, c^n) (eq. 13)
+    with its mean and std (B, S), c^{n-1} (B, C) (eq. 11) and the state KL of q (eq. 8b, 9)."""
+
+    s: Tensor
+    mean: Tensor
+    std: Tensor
+    below: Tensor
+    kl: Tensor
+
+
+@dataclass(slots=True)
+class TopDown:
+    """The top-down pass: per level s^n, its distribution and c^{n-1} (all rows), and what each
+    level's step returned on its rows (None where it ran on no row)."""
+
+    s: list[Tensor]
+    mean: list[Tensor]
+    std: list[Tensor]
+    top_down: list[Tensor]
+    runs: list[Any]
 
 
 def _restart(d: list[Tensor], masks: list[Tensor | None]) -> list[Tensor]:
@@ -126,8 +199,8 @@ def _restart(d: list[Tensor], masks: list[Tensor | None]) -> list[Tensor]:
     return d
 
 
-# run_level(i, rows, context) -> (s, mean, std, c^{n-1}, extra) on the active rows
-LevelFn = Callable[[int, Rows, Tensor], tuple]
+# run_level(i, rows, context) -> the level's step on its rows (Posterior or fastpath.ChangeStep)
+LevelFn = Callable[[int, Rows, Tensor], Any]
 
 
 class Hierarchy(nn.Module):
@@ -149,9 +222,6 @@ class Hierarchy(nn.Module):
         # the trainer's margin schedule (optim.margin_warmup/margin_ramp): while training, eq. 4
         # uses this fraction of inference.decision_margin; evaluation always the whole margin
         self.margin_scale = 1.0
-        # set by DLH.loss while it filters: only the training objective advances the decision
-        # rules' running statistics, never acting or evaluation with a model in train mode
-        self.learning = False
 
     @property
     def step_mode(self) -> str:
@@ -199,6 +269,23 @@ class Hierarchy(nn.Module):
             t=torch.zeros(batch_size, dtype=torch.long, device=device),
             factor=[torch.zeros(batch_size, level.factor_size, device=device) for level in self.levels],
         )
+
+    def carry(self, state: HierarchicalState, generator: torch.Generator | None = None) -> Carry:
+        """The carry of a step from `state`: the levels' decision statistics as they are now."""
+        return Carry(state, tuple(level.decision_stats for level in self.levels), generator)
+
+    @torch.no_grad()
+    def keep_stats(self, stats: tuple[Tensor | None, ...]) -> None:
+        """Store statistics a training step advanced (`Carry.stats`) in the levels' buffers."""
+        for level, new in zip(self.levels, stats):
+            if new is not None and new is not level.decision_stats:
+                level.decision_stats.copy_(new)
+
+    def reset(self, state: HierarchicalState, is_first: Tensor | None) -> HierarchicalState:
+        """`state` with the rows where is_first (B,) bool is True back at the initial state."""
+        if is_first is None or not bool(is_first.any()):
+            return state
+        return self.initial_state(state.batch_size).where(is_first, state)
 
     def bottom_up(self, x1: Tensor) -> list[Tensor]:
         """x^1 (..., X) -> [x^1, ..., x^N] via x^{n+1} = f_enc^n(x^n) (eq. 10)."""
@@ -258,28 +345,30 @@ class Hierarchy(nn.Module):
             return d
         return _restart(d, changed[1:])
 
-    def drop_memory(self, d: list[Tensor], rate: float) -> list[Tensor]:
+    def drop_memory(self, d: list[Tensor], rate: float,
+                    generator: torch.Generator | None = None) -> list[Tensor]:
         """Memory dropout: d^n <- 0 for n < N on each row with probability `rate` (training only).
 
         Where a level's memory is dropped, its change prior reads only c^n from above, so what
         persists is cheapest to keep in the levels above (issue 23); the top level keeps its d^N.
         """
-        return _restart(d, [torch.rand(x.shape[0], device=x.device) < rate for x in d[:-1]])
+        drop = [torch.rand(x.shape[0], device=x.device, generator=generator) < rate for x in d[:-1]]
+        return _restart(d, drop)
 
     # ----------------------------------------------------------------- the owed transition
     def pay_owed(
-        self, i: int, state: HierarchicalState, d: Tensor, read: Tensor, action: Tensor | None,
+        self, i: int, level: Level, state: HierarchicalState, d: Tensor, read: Tensor, action: Tensor | None,
         gather_below: float = 0.0,
     ) -> Tensor:
-        """d^n of level i (0-based) once it has paid, where it is `read` (B,) bool, the advance
-        it owes: d^n <- f_tem^n(s^n, d^n, a_t) with this step's action (eq. 12).
+        """d^n of `level` = levels[i] (0-based i) once it has paid, where it is `read` (B,) bool,
+        the advance it owes: d^n <- f_tem^n(s^n, d^n, a_t) with this step's action (eq. 12).
 
-        Levels that take no action owe nothing (they advance right after a change). Call it
-        before the level's d^n is read in a step, with `read` = where it is read.
+        Levels that take no action owe nothing (they advance right after a change). Each step
+        calls it once per level, where the level's `read` mask is known and before its d^n is read.
         """
-        if not self.levels[i].takes_action:
+        if not level.takes_action:  # the level object, not self.levels[i]: indexing a ModuleList is slow
             return d
-        return self._advance(i, Rows(state.pending[:, i] & read, gather_below), state.s[i], d, action)
+        return self._advance(level, Rows(state.pending[:, i] & read, gather_below), state.s[i], d, action)
 
     def still_owed(self, state: HierarchicalState, read: list[Tensor], changed: list[Tensor]) -> Tensor:
         """`pending` (B, N) after a step: a level that takes the action owes its advance where
@@ -290,128 +379,143 @@ class Hierarchy(nn.Module):
                 for i, level in enumerate(self.levels)]
         return torch.stack(owed, 1)
 
-    def _advance(self, i: int, sel: Rows, s: Tensor, d: Tensor, action: Tensor | None) -> Tensor:
-        """d^n <- f_tem^n(s^n, d^n[, a]) on the rows `sel` (eq. 12)."""
+    @staticmethod
+    def _advance(level: Level, sel: Rows, s: Tensor, d: Tensor, action: Tensor | None) -> Tensor:
+        """d^n <- f_tem^n(s^n, d^n[, a]) of `level` on the rows `sel` (eq. 12)."""
         if sel.kind == "none":
             return d
         act = sel.take(action) if action is not None else None
-        return sel.put(self.levels[i].transition(sel.take(s), sel.take(d), act), d)
+        return sel.put(level.transition(sel.take(s), sel.take(d), act), d)
+
+    def _read(self, i: int, below: Tensor, t: Tensor) -> Tensor:
+        """Where level i ≥ 1 (0-based) is read, given e^{n-1} (B,) bool: where the level below
+        changed (eq. 5) and, under the clockwork schedule, its turn comes."""
+        if self.cfg.inference.timescale == "clockwork":
+            return below & self._clockwork(i, t)
+        return below
 
     # ----------------------------------------------------------------- shared top-down pass
-    def _top_down(self, state: HierarchicalState, rows: list[Rows], run_level: LevelFn) -> tuple:
+    def _top_down(self, state: HierarchicalState, rows: list[Rows], run_level: LevelFn) -> TopDown:
         """From the highest level that runs down to level 1: s^n, its distribution and c^{n-1}.
 
-        `rows[i]` selects where level i runs; `run_level(i, rows[i], context)` returns
-        (s, mean, std, c^{n-1}, extra) on those rows. Rows where a level does not run keep
-        their sample, distribution and cached top-down output exactly.
-        Returns new (s, mean, std, top_down) lists and the per-level `extra` (None where the
-        level ran on no row).
+        `rows[i]` selects where level i runs; `run_level(i, rows[i], context)` returns its step
+        on those rows (with `s`, `mean`, `std` and c^{n-1} `below`). Rows where a level does
+        not run keep their sample, distribution and cached top-down output exactly.
         """
         s, mean, std, top_down = list(state.s), list(state.mean), list(state.std), list(state.top_down)
-        extra: list = [None] * len(s)
+        runs: list[Any] = [None] * len(s)
         for i in reversed(range(len(s))):
             sel = rows[i]
             if sel.kind == "none":
                 continue
             context = sel.take(self.context(i, top_down))
-            sample, dist_mean, dist_std, below, extra[i] = run_level(i, sel, context)
-            s[i] = sel.put(sample, s[i])
-            mean[i] = sel.put(dist_mean, mean[i])
-            std[i] = sel.put(dist_std, std[i])
-            top_down[i] = sel.put(below, top_down[i])
-        return s, mean, std, top_down, extra
+            run = runs[i] = run_level(i, sel, context)
+            s[i] = sel.put(run.s, s[i])
+            mean[i] = sel.put(run.mean, mean[i])
+            std[i] = sel.put(run.std, std[i])
+            top_down[i] = sel.put(run.below, top_down[i])
+        return TopDown(s, mean, std, top_down, runs)
 
     # ----------------------------------------------------------------- filtering
     def infer_step(
-        self, state: HierarchicalState, xs: list[Tensor], action: Tensor | None
-    ) -> tuple[HierarchicalState, dict[str, Tensor]]:
-        """Filter one observation given its bottom-up features (Algorithm 1).
+        self, carry: Carry, xs: list[Tensor], action: Tensor | None, is_first: Tensor | None = None,
+        *, update_stats: bool = False,
+    ) -> tuple[Carry, list[Filtered]]:
+        """Filter one observation given its bottom-up features (Algorithm 1): a pure function of
+        the carry and the inputs.
 
         Args:
-            state: the state after the previous step (t = 0 rows start a sequence).
+            carry: state, decision statistics and generator after the previous step.
             xs: per level (B, X), the bottom-up features x^n_t of the frame.
             action: (B, A) the action that led to this frame, or None.
+            is_first: (B,) bool, rows that start an episode here (reset first), or None.
+            update_stats: advance the decision rules' statistics (the training objective only).
         Returns:
-            the new state and per-step tensors, each (B, N): "changed" (bool e^n_t),
-            "evaluated" (bool, e^n_t was inferred), "kl" (state KL, eq. 9), "factor_kl"
-            (eq. 8c), "change_prob" (p(e^n = 1 | d^n), NaN where not inferred).
+            the new carry and, per level, what the step decided and the KL terms it pays.
         """
-        levels = list(self.levels)
-        # 1. e^n_t bottom-up (eq. 4, 5, 25)
-        dec = self._decide(state, xs, action)
-        dec.d = self.restart_below(dec.d, dec.changed)  # option: VTA's restart (no-op by default)
+        levels, cfg, g = list(self.levels), self.cfg.inference, carry.generator
+        state = self.reset(carry.state, is_first)  # Dreamer's convention: resets inside the step
+        # 1. e^n_t bottom-up (eq. 4, 5, 25); owed advances paid where a level is read (eq. 12)
+        d, decided = self._decide(state, carry.stats, xs, action, update_stats)
+        changed = [x.changed for x in decided]
+        d = self.restart_below(d, changed)  # option: VTA's restart (no-op by default)
         if self.memory_dropout > 0 and self.training:  # the trainer's memory dropout (off by default)
-            dec.d = self.drop_memory(dec.d, self.memory_dropout)
+            d = self.drop_memory(d, self.memory_dropout, g)
         # 2. top-down (eq. 11, 13): the levels that changed and, under boundary "reinfer",
-        #    level K (the first static one, DESIGN §2 step 4); levels above K are held
-        ran = dec.evaluated if self.cfg.inference.boundary == "reinfer" else dec.changed
-        rows = [Rows(mask) for mask in ran]  # filtering runs dense: masked rows
+        #    level K (the first static one, docs/model.md); levels above K are held
+        rows = [Rows(x.read if cfg.boundary == "reinfer" else x.changed) for x in decided]  # dense
 
-        def posterior(i: int, sel: Rows, context: Tensor) -> tuple:
-            q = levels[i].infer(sel.take(xs[i]), context, sel.take(dec.d[i]))
-            kl = self._state_kl(i, q, sel.take(dec.d[i]), context, state, dec.weight[i])  # 3. (eq. 9)
-            sample = q.rsample()
-            return sample, q.mean, q.std, levels[i].top_down(sample, context), kl
+        def posterior(i: int, sel: Rows, context: Tensor) -> Posterior:
+            q = levels[i].infer(sel.take(xs[i]), context, sel.take(d[i]))  # eq. 13
+            # 3. the state KL (eq. 8b, 9), computed here, before the sample: autograd sums
+            #    gradients in the order the graph was built, so a later KL rounds them differently
+            kl = self._state_kl(i, q, sel.take(d[i]), context, state, decided[i].weight)
+            sample = q.rsample(g)
+            return Posterior(sample, q.mean, q.std, levels[i].top_down(sample, context), kl)  # eq. 11
 
-        s, mean, std, top_down, kls = self._top_down(state, rows, posterior)
-        # 3. the state KL where a level ran (eq. 8b/9) plus boundary "anchor"'s static KL at K
-        zeros = torch.zeros_like(dec.weight[0])
-        kl = [zeros if k is None else torch.where(r.mask, k, torch.zeros_like(k)) for k, r in zip(kls, rows)]
-        kl = [k if a is None else k + a for k, a in zip(kl, dec.anchor_kl)]
+        td = self._top_down(state, rows, posterior)
+        kl = [self._paid_kl(run, sel, x) for run, sel, x in zip(td.runs, rows, decided)]
         # 4. d^n_{t+1} where e^n_t = 1 (eq. 12); levels taking the action owe it instead
-        d = [dec.d[i] if level.takes_action else self._advance(i, Rows(e), s[i], dec.d[i], None)
-             for i, (level, e) in enumerate(zip(levels, dec.changed))]
+        d = [d[i] if level.takes_action else self._advance(level, Rows(e), td.s[i], d[i], None)
+             for i, (level, e) in enumerate(zip(levels, changed))]
         new_state = HierarchicalState(
-            s=s, mean=mean, std=std, d=d, top_down=top_down, t=state.t + 1, factor=dec.factor,
-            pending=self.still_owed(state, dec.evaluated, dec.changed),
+            s=td.s, mean=td.mean, std=td.std, d=d, top_down=td.top_down, t=state.t + 1,
+            factor=[x.factor for x in decided],
+            pending=self.still_owed(state, [x.read for x in decided], changed),
         )
-        info = {
-            "changed": torch.stack(dec.changed, 1),
-            "evaluated": torch.stack(dec.evaluated, 1),
-            "kl": torch.stack(kl, 1),
-            "factor_kl": torch.stack(dec.factor_kl, 1),
-            "change_prob": torch.stack(dec.change_prob, 1),
-        }
-        return new_state, info
+        stats = tuple(x.stats for x in decided)
+        results = [Filtered(x.changed, x.read, k, x.factor_kl, x.change_prob) for x, k in zip(decided, kl)]
+        return Carry(new_state, stats, g), results
 
-    def _decide(self, state: HierarchicalState, xs: list[Tensor], action: Tensor | None) -> Decisions:
-        """Stage 1 of filtering: e^n_t for every level, bottom-up (eq. 4, 5; schedules)."""
-        timescale, batch = self.cfg.inference.timescale, state.batch_size
-        first = state.t == 0
+    @staticmethod
+    def _paid_kl(run: Posterior | None, rows: Rows, decided: Decision) -> Tensor:
+        """The state KL (B,) of a level where it ran, 0 elsewhere, plus boundary "anchor"'s
+        static KL at level K."""
+        if run is None:
+            kl = torch.zeros_like(decided.weight)
+        else:
+            kl = torch.where(rows.mask, run.kl, torch.zeros_like(run.kl))
+        return kl if decided.anchor_kl is None else kl + decided.anchor_kl
+
+    def _decide(
+        self, state: HierarchicalState, stats: tuple[Tensor | None, ...], xs: list[Tensor],
+        action: Tensor | None, update_stats: bool,
+    ) -> tuple[list[Tensor], list[Decision]]:
+        """Stage 1 of filtering: e^n_t for every level, bottom-up (eq. 4, 5; schedules).
+
+        Returns d^n per level once the owed advances are paid, and each level's decision.
+        """
+        timescale, batch, first = self.cfg.inference.timescale, state.batch_size, state.t == 0
         ones = torch.ones(batch, dtype=torch.bool, device=first.device)
         nan = torch.full((batch,), float("nan"), device=first.device)
-        d, factor = list(state.d), list(state.factor)
-        d[0] = self.pay_owed(0, state, d[0], ones, action)
-        one, zero = torch.ones(batch, device=first.device), torch.zeros(batch, device=first.device)
-        dec = Decisions([ones], [ones], [one], [zero], [one.clone()], [None], d, factor)  # e^1 = 1
-        for i in range(1, len(d)):
-            candidate = dec.changed[i - 1]  # eq. 5: nothing changes above a static level
-            if timescale != "dynamic":  # a schedule: no decision; a held level runs nothing
-                e = candidate & (ones if timescale == "every_step" else self._clockwork(i, state.t))
-                d[i] = self.pay_owed(i, state, d[i], e, action)
-                dec.add(e, e, e.float(), torch.zeros(batch, device=first.device), nan, None)
+        d, decided = list(state.d), []
+        for i, level in enumerate(self.levels):
+            read = ones if i == 0 else self._read(i, decided[-1].changed, state.t)
+            d[i] = self.pay_owed(i, level, state, d[i], read, action)  # eq. 12: the one point of payment
+            if i == 0:  # e^1 = 1
+                one = torch.ones(batch, device=first.device)
+                decided.append(Decision(ones, ones, one, torch.zeros(batch, device=first.device), one.clone(),
+                                        state.factor[0]))
+            elif timescale != "dynamic":  # a schedule: no decision; a held level runs nothing
+                zero = torch.zeros(batch, device=first.device)
+                decided.append(Decision(read, read, read.float(), zero, nan, state.factor[i]))
             else:
-                d[i] = self.pay_owed(i, state, d[i], candidate, action)
-                e, weight, fkl, prob, factor[i], anchor = self._infer_e(
-                    i, state, xs[i], d[i], factor[i], candidate, first)
-                dec.add(e, candidate, weight, fkl, torch.where(candidate & ~first, prob, nan), anchor)
-        return dec
+                decided.append(self._infer_e(i, state, stats[i], xs[i], d[i], read, first, update_stats))
+        return d, decided
 
     def _infer_e(
-        self, i: int, state: HierarchicalState, x: Tensor, d: Tensor, h: Tensor, candidate: Tensor,
-        first: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        self, i: int, state: HierarchicalState, stats: Tensor | None, x: Tensor, d: Tensor,
+        candidate: Tensor, first: Tensor, update_stats: bool,
+    ) -> Decision:
         """e^n_t of level i (0-based) on the rows `candidate` (e^{n-1}_t = 1), by eq. 4.
 
         The candidate posterior q'(s^n) reads the context of the levels above at their
         previous states (eq. 25); the decision carries no gradient; every level changes at a
-        sequence's first step. Returns e (bool), q(e = 1), the factor KL (eq. 8c, 0 where not
-        inferred), p(e = 1 | ·) (detached), the prior factor's next state h^n, and boundary
-        "anchor"'s static KL of K's fresh posterior (or None).
+        sequence's first step.
         """
         rule, recipe, level = self.cfg.inference, self.cfg.loss, self.levels[i]
         margin = rule.decision_margin * (self.margin_scale if self.training else 1.0)
-        logit, h_next = level.change_logit(d, h)
+        logit, h_next = level.change_logit(d, state.factor[i])
         context = self.context(i, state.top_down)  # eq. 25: c^n cached from t-1
         static = Gaussian(state.mean[i], state.std[i])  # eq. 2: p(s^n_t | e = 0) = q(s^n_{t-1})
         # boundary "anchor" trains this candidate posterior: compute it once, with grad
@@ -420,21 +524,21 @@ class Hierarchy(nn.Module):
             q = level.infer(x, context, d) if fresh is None else Gaussian(fresh.mean.detach(),
                                                                        fresh.std.detach())
             change_prior = level.predict(d, context)
-            if level.decision_stats is None:
+            if stats is None:
                 weight = change_posterior(q, change_prior, static, logit, rule.assignment,
                                           rule.decision, margin)
             else:  # a rule that reads the level's running statistics (decisions.py)
                 weight, kl_static = decisions.decide(
-                    rule.decision, q, change_prior, static, level.decision_stats, rule.decision_tolerance,
+                    rule.decision, q, change_prior, static, stats, rule.decision_tolerance,
                     rule.decision_gamma, rule.decision_warmup, margin)
             weight = torch.where(first, torch.ones_like(weight), weight)
             held = self.hold_upper and self.training  # bootstrapped schedule: static after t = 0
             if held:
                 weight = first.to(weight.dtype)
         e = candidate & (weight > 0.5)
-        if level.decision_stats is not None and self.training and self.learning:
-            decisions.update(level.decision_stats, q, static, kl_static, candidate & ~first, e,
-                             rule.decision_rate)
+        if stats is not None and update_stats:  # the caller's say: the training objective only
+            new = decisions.update(stats, q, static, kl_static, candidate & ~first, e, rule.decision_rate)
+            stats = decisions.agree_across_ranks(stats, new)
         boundary = candidate & ~e  # level K: the first static level
         anchor = None
         if fresh is not None and bool(boundary.any()):
@@ -443,12 +547,14 @@ class Hierarchy(nn.Module):
             static_kl = balanced_kl(fresh, static, recipe.kl_balance, recipe.static_prior_grad)
             anchor = torch.where(boundary, static_kl, torch.zeros_like(static_kl))
         if level.factor_cell is not None:  # ticks where e^n was decided, restarts on a change
-            h_next = torch.where(candidate.unsqueeze(1), h_next, h)
+            h_next = torch.where(candidate.unsqueeze(1), h_next, state.factor[i])
             h_next = torch.where(e.unsqueeze(1), torch.zeros_like(h_next), h_next)
         # eq. 8c: KL[q(e) ‖ p(e)]; for a one-hot q(e) it is −log p(e = the inferred value)
         fkl = bernoulli_nll(logit, e.float()) if rule.assignment == "hard" else kl_bernoulli(weight, logit)
         fkl = torch.where(candidate & ~first & (not held), fkl, torch.zeros_like(fkl))
-        return e, weight, fkl, torch.sigmoid(logit.detach()), h_next, anchor
+        prob = torch.sigmoid(logit.detach())  # p(e = 1 | ·) where inferred, else NaN
+        prob = torch.where(candidate & ~first, prob, torch.full_like(prob, float("nan")))
+        return Decision(e, candidate, weight, fkl, prob, h_next, stats, anchor)
 
     def _state_kl(
         self, i: int, q: Gaussian, d: Tensor, context: Tensor, state: HierarchicalState, weight: Tensor,
@@ -469,81 +575,76 @@ class Hierarchy(nn.Module):
 
     # ----------------------------------------------------------------- imagination
     def imagine_step(
-        self,
-        state: HierarchicalState,
-        action: Tensor | None,
-        sample_e: bool = True,
-        gather_below: float = 1.0,
-    ) -> tuple[HierarchicalState, list[Tensor]]:
+        self, carry: Carry, action: Tensor | None, sample_e: bool = True, gather_below: float = 1.0,
+    ) -> tuple[Carry, list[Imagined]]:
         """One open-loop step: sample e^n ~ p(e^n | d^n[, h^n]) bottom-up while e^{n-1} = 1, then
-        sample s^n from the change prior for the changing levels, top-down.
+        s^n from the change prior for the changing levels, top-down. A pure function of the carry
+        (the decision statistics pass through) and the action (B, A) (or None).
 
         Levels above the highest changing level K' keep their state and cached top-down
         output exactly and run no network (level K'+1 only evaluates its prior factor to
-        decide that it is static). `gather_below`: see `fastpath.Rows`. Returns the new state
-        and e per level, (B,) bool each.
+        decide that it is static). `sample_e` False takes the mode of e^n; `gather_below`: see
+        `fastpath.Rows`. Returns the new carry and e^n per level.
         """
-        # 1. e^n ~ p(e^n | d^n) bottom-up while e^{n-1} = 1 (eq. 5, 15)
-        rows, read, d, factor = self._sample_e(state, action, sample_e, gather_below)
+        state, g, levels = carry.state, carry.generator, list(self.levels)
+        # 1. e^n ~ p(e^n | d^n) bottom-up while e^{n-1} = 1 (eq. 5, 15); owed advances paid
+        #    where a level is read (eq. 12)
+        d, sampled = self._sample_e(state, action, sample_e, gather_below, g)
+        rows = [x.rows for x in sampled]
         d = self.restart_below(d, [sel.mask if sel.kind != "none" else None for sel in rows])
         # 2. top-down from K': s^n ~ p(s^n | d^n, c^n) (eq. 14), c^{n-1} (eq. 11), and
         #    d^n_{t+1} (eq. 12) for levels whose transition takes no action
-        levels, route = list(self.levels), self.route(state.d[0])
+        route = self.route(state.d[0])
 
-        def change(i: int, sel: Rows, context: Tensor) -> tuple:
-            return change_step(levels[i], sel.take(d[i]), context, route)
+        def change(i: int, sel: Rows, context: Tensor) -> ChangeStep:
+            return change_step(levels[i], sel.take(d[i]), context, route, g)
 
-        s, mean, std, top_down, advanced = self._top_down(state, rows, change)
-        d = [d_i if new is None else sel.put(new, d_i) for d_i, new, sel in zip(d, advanced, rows)]
+        td = self._top_down(state, rows, change)
+        d = [d_i if run is None or run.d_next is None else sel.put(run.d_next, d_i)
+             for d_i, run, sel in zip(d, td.runs, rows)]
         # 3. levels whose transition takes the action owe it to the next step
         changed = [sel.mask for sel in rows]
         new_state = HierarchicalState(
-            s=s, mean=mean, std=std, d=d, top_down=top_down, t=state.t + 1, factor=factor,
-            pending=self.still_owed(state, read, changed),
+            s=td.s, mean=td.mean, std=td.std, d=d, top_down=td.top_down, t=state.t + 1,
+            factor=[x.factor for x in sampled],
+            pending=self.still_owed(state, [x.read for x in sampled], changed),
         )
-        return new_state, changed
+        return Carry(new_state, carry.stats, g), [Imagined(e) for e in changed]
 
     def _sample_e(
         self, state: HierarchicalState, action: Tensor | None, sample_e: bool, gather_below: float,
-    ) -> tuple[list[Rows], list[Tensor], list[Tensor], list[Tensor]]:
+        generator: torch.Generator | None,
+    ) -> tuple[list[Tensor], list[Sampled]]:
         """Stage 1 of imagination: the rows where each level changes, bottom-up.
 
-        Returns per level the changing rows, where the level was read (e^{n-1} = 1; under a
-        schedule, where it changes), d^n once owed transitions are paid, and the prior
-        factor's state h^n.
+        Returns d^n per level once the owed advances are paid, and where each level changes.
         """
         timescale, levels = self.cfg.inference.timescale, list(self.levels)
         first = state.t == 0
         any_first = bool(first.any())
-        d, factor = list(state.d), list(state.factor)
-        rows = [Rows(torch.ones_like(first), all_rows=True)]  # level 1 always changes
-        read = [rows[0].mask]
-        d[0] = self.pay_owed(0, state, d[0], rows[0].mask, action, gather_below)
-        for i in range(1, len(levels)):
-            below = rows[i - 1]
+        d, sampled = list(state.d), []
+        for i, level in enumerate(levels):
+            below = sampled[-1].rows if i else Rows(torch.ones_like(first), all_rows=True)  # e^0 = 1
             if below.kind == "none":  # eq. 5: nothing to decide above a level that is static
-                rows.append(below)
-                read.append(below.mask)
+                sampled.append(Sampled(below, below.mask, state.factor[i]))
                 continue
-            if timescale != "dynamic":
-                sel = below if timescale == "every_step" else Rows(
-                    below.mask & self._clockwork(i, state.t), gather_below)
-                d[i] = self.pay_owed(i, state, d[i], sel.mask, action, gather_below)
-                read.append(sel.mask)
-                rows.append(sel)
+            clockwork = i > 0 and timescale == "clockwork"
+            read = Rows(self._read(i, below.mask, state.t), gather_below) if clockwork else below
+            d[i] = self.pay_owed(i, level, state, d[i], read.mask, action, gather_below)  # eq. 12: paid here
+            if i == 0 or timescale != "dynamic":  # level 1, or a schedule: it changes wherever read
+                sampled.append(Sampled(read, read.mask, state.factor[i]))
                 continue
-            d[i] = self.pay_owed(i, state, d[i], below.mask, action, gather_below)
-            logit, h = levels[i].change_logit(below.take(d[i]), below.take(factor[i]))  # eq. 15
+            logit, h = level.change_logit(below.take(d[i]), below.take(state.factor[i]))  # eq. 15
             prob = torch.sigmoid(logit)
-            e = torch.bernoulli(prob).bool() if sample_e else prob > 0.5
+            e = torch.bernoulli(prob, generator=generator).bool() if sample_e else prob > 0.5
             if any_first:
                 e = e | below.take(first)
-            if levels[i].factor_cell is not None:  # restarts where the level changes
-                factor[i] = below.put(torch.where(e.unsqueeze(1), torch.zeros_like(h), h), factor[i])
+            factor = state.factor[i]
+            if level.factor_cell is not None:  # restarts where the level changes
+                factor = below.put(torch.where(e.unsqueeze(1), torch.zeros_like(h), h), factor)
             mask = e if below.kind == "all" else below.put(e, torch.zeros_like(below.mask))
-            read.append(below.mask)
-            rows.append(Rows(mask, gather_below))
-        return rows, read, d, factor
+            sampled.append(Sampled(Rows(mask, gather_below), below.mask, factor))
+        return d, sampled
 
 
-__all__ = ["Hierarchy", "Decisions", "change_posterior", "balanced_kl"]
+__all__ = ["Hierarchy", "Carry", "Decision", "Filtered", "Imagined", "change_posterior", "balanced_kl"]

@@ -1,4 +1,4 @@
-"""`DLH`: the Dynamic Latent Hierarchy as a world model (the public API, DESIGN §3).
+"""`DLH`: the Dynamic Latent Hierarchy as a world model (the public API, docs/design.md §3).
 
     model = DLH(DLHConfig(levels=3, image_size=64, channels=1))
     out = model.observe(frames)                 # filter a sequence (B, T, C, H, W)
@@ -32,6 +32,12 @@ from .networks import MLP, ConvDecoder, ConvEncoder, initialize
 from .state import HierarchicalState, ObserveOutput, Trajectory
 
 Policy = Callable[[HierarchicalState], Tensor]
+
+
+def _check_generator(generator: object) -> torch.Generator | None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+    return generator
 
 
 class DLH(nn.Module):
@@ -109,33 +115,42 @@ class DLH(nn.Module):
         actions: Tensor | None,
         is_first: Tensor | None,
         state: HierarchicalState | None,
+        update_stats: bool = False,
+        generator: torch.Generator | None = None,
     ) -> tuple[ObserveOutput, list[HierarchicalState]]:
+        """The filtering loop; `update_stats`: advance the decision statistics (training only)."""
         batch, steps = frames.shape[:2]
         state = self.initial_state(batch) if state is None else self._check_state(state, batch)
         x1 = self.encoder(frames.flatten(0, 1)).unflatten(0, (batch, steps))  # (B, T, X)
         xs = self.hierarchy.bottom_up(x1)  # per level (B, T, X)
-        initial = self.initial_state(batch) if is_first is not None else None  # for resets
-        infos, states = [], []
+        carry = self.hierarchy.carry(state, generator)
+        results, states = [], []
         for t in range(steps):
-            if is_first is not None and bool(is_first[:, t].any()):
-                state = initial.where(is_first[:, t], state)
             action = actions[:, t] if actions is not None else None
-            state, info = self.hierarchy.infer_step(state, [x[:, t] for x in xs], action)
-            states.append(state)
-            infos.append(info)
-        stacked = {k: torch.stack([info[k] for info in infos], 1) for k in infos[0]}
+            first = is_first[:, t] if is_first is not None else None
+            carry, levels = self.hierarchy.infer_step(carry, [x[:, t] for x in xs], action, first,
+                                                      update_stats=update_stats)
+            states.append(carry.state)
+            results.append(levels)
+        if update_stats:
+            self.hierarchy.keep_stats(carry.stats)
+        state = carry.state
+
+        def stacked(name: str) -> Tensor:  # (B, T, N)
+            return torch.stack([torch.stack([getattr(r, name) for r in levels], 1) for levels in results], 1)
+
         context = torch.stack([s.top_down[0] for s in states], 1)  # (B, T, C)
         recon_mean = self.decoder(context.flatten(0, 1)).unflatten(0, (batch, steps))
         features = self._features_over_time(states)
         out = ObserveOutput(
             state=state,
-            changed=stacked["changed"],
-            kl=stacked["kl"],
-            factor_kl=stacked["factor_kl"],
+            changed=stacked("changed"),
+            kl=stacked("kl"),
+            factor_kl=stacked("factor_kl"),
             recon=recon_mean.detach().clamp(0.0, 1.0),
             features=features,
-            change_prob=stacked["change_prob"],
-            evaluated=stacked["evaluated"],
+            change_prob=stacked("change_prob"),
+            evaluated=stacked("evaluated"),
             recon_mean=recon_mean,
         )
         return out, states
@@ -146,6 +161,8 @@ class DLH(nn.Module):
         actions: Tensor | None = None,
         is_first: Tensor | None = None,
         state: HierarchicalState | None = None,
+        *,
+        generator: torch.Generator | None = None,
     ) -> ObserveOutput:
         """Filter a sequence of frames into the hierarchical state.
 
@@ -156,12 +173,13 @@ class DLH(nn.Module):
                 the model takes no actions.
             is_first: (B, T) bool (or 0/1), episode starts: the state of those rows resets there.
             state: the state to continue from (default: the initial state).
+            generator: the source of the posterior samples (None: torch's global RNG).
 
         Raises:
             ValueError: naming the argument, for any input that does not fit the model.
         """
         frames, actions, is_first = self._check_sequence(frames, actions, is_first)
-        return self._filter(frames, actions, is_first, state)[0]
+        return self._filter(frames, actions, is_first, state, generator=_check_generator(generator))[0]
 
     def _check_sequence(
         self, frames: object, actions: object, is_first: object
@@ -189,10 +207,8 @@ class DLH(nn.Module):
         state = self._check_state(state, batch)
         action = check.check_actions(action, self.config, (batch,), "action", **self._inputs())
         is_first = check.check_mask(is_first, (batch,), "is_first", device=self.device)
-        if is_first is not None and bool(is_first.any()):
-            state = self.initial_state(batch).where(is_first, state)
         xs = self.hierarchy.bottom_up(self.encoder(frame))
-        return self.hierarchy.infer_step(state, xs, action)[0]
+        return self.hierarchy.infer_step(self.hierarchy.carry(state), xs, action, is_first)[0].state
 
     # ------------------------------------------------------------------ imagination
     def imagine(
@@ -203,6 +219,7 @@ class DLH(nn.Module):
         *,
         sample_e: bool = True,
         gather_below: float = 1.0,
+        generator: torch.Generator | None = None,
     ) -> Trajectory:
         """Roll the model `horizon` steps open loop from `state`.
 
@@ -217,6 +234,7 @@ class DLH(nn.Module):
                 on gathered rows when fewer than this fraction are active, else on all rows
                 masked. The default 1.0 always gathers: measured faster on CPU at batch 1000
                 (docs/results.md); 0 forces the masked path.
+            generator: the source of the rollout's random draws (None: torch's global RNG).
         """
         horizon = check.check_horizon(horizon)
         state = self._check_state(state)
@@ -226,6 +244,7 @@ class DLH(nn.Module):
         if isinstance(gather_below, bool) or not isinstance(gather_below, numbers.Real) \
                 or not 0 <= gather_below <= 1:
             raise ValueError(f"gather_below: expected a number in [0, 1], got {gather_below!r}")
+        generator = _check_generator(generator)
         self._check_rollout_memory(batch, horizon)
         policy = actions if callable(actions) else None
         if policy is None:
@@ -233,22 +252,23 @@ class DLH(nn.Module):
         elif self.config.action_dim == 0:
             raise ValueError("actions: this model takes no actions (action_dim=0), got a policy")
         states, changed, used = [], [], []
+        carry = self.hierarchy.carry(state, generator)
         with one_rollout():  # the fused step's weights are checked once, not every step
             for k in range(horizon):
                 if policy is not None:
                     action = check.check_actions(
-                        policy(state), self.config, (batch,), "policy(state)", **self._inputs()
+                        policy(carry.state), self.config, (batch,), "policy(state)", **self._inputs()
                     )
                 else:
                     action = actions[:, k] if actions is not None else None
-                state, e = self.hierarchy.imagine_step(state, action, sample_e, gather_below)
-                states.append(state)
-                changed.append(e)
+                carry, levels = self.hierarchy.imagine_step(carry, action, sample_e, gather_below)
+                states.append(carry.state)
+                changed.append(torch.stack([level.changed for level in levels], 1))
                 if action is not None:
                     used.append(action)
         return Trajectory(
             states=states,
-            changed=torch.stack([torch.stack(e, 1) for e in changed], 1),  # (B, horizon, N)
+            changed=torch.stack(changed, 1),  # (B, horizon, N)
             features=self._features_over_time(states),
             decoder_input=torch.stack([s.top_down[0] for s in states], 1),
             actions=torch.stack(used, 1) if used else None,
@@ -340,11 +360,8 @@ class DLH(nn.Module):
         if continues is not None and self.continue_head is None:
             raise ValueError("continues given but the model has no continue head: build it with "
                              "DLHConfig(continue_head=True)")
-        self.hierarchy.learning = True  # the running decision statistics advance here only
-        try:
-            out, states = self._filter(frames, actions, is_first, None)
-        finally:
-            self.hierarchy.learning = False
+        # the training objective is the one caller that advances the decision statistics
+        out, states = self._filter(frames, actions, is_first, None, update_stats=self.training)
         recipe = self.config.loss
         terms = elbo_terms(frames, out.recon_mean, recipe.obs_std, out.kl, out.factor_kl)
         kl = terms["kl"]

@@ -87,6 +87,19 @@ def test_restart_below_is_off_by_default_and_checked() -> None:
         InferenceConfig(restart_below="yes")
 
 
+def assert_fused_imagination_matches_eager(model: DLH) -> None:
+    """Imagination's fused route agrees with the per-network reference on filtered states."""
+    out = model.observe(frames())
+    with torch.no_grad():
+        torch.manual_seed(3)
+        fused = model.imagine(out.state, 4)
+        model.hierarchy.step_mode = "eager"
+        torch.manual_seed(3)
+        eager = model.imagine(out.state, 4)
+        model.hierarchy.step_mode = "fused"
+    assert torch.allclose(model.decode(fused), model.decode(eager), atol=1e-5)
+
+
 @pytest.mark.parametrize("upper_prior", ["recurrent", "context"])
 def test_an_upper_prior_of_context_alone_ignores_its_temporal_state(upper_prior: str) -> None:
     model = tiny(2, upper_prior=upper_prior)
@@ -96,14 +109,7 @@ def test_an_upper_prior_of_context_alone_ignores_its_temporal_state(upper_prior:
     same = torch.equal(upper.predict(d1, context).mean, upper.predict(d2, context).mean)
     assert same == (upper_prior == "context")
     assert not torch.equal(lower.predict(d1, context).mean, lower.predict(d2, context).mean)  # reads d^1
-    out = model.observe(frames())
-    with torch.no_grad():  # imagination's fused route agrees with the reference for both
-        torch.manual_seed(3)
-        fused = model.imagine(out.state, 4)
-        model.hierarchy.step_mode = "eager"
-        torch.manual_seed(3)
-        eager = model.imagine(out.state, 4)
-    assert torch.allclose(model.decode(fused), model.decode(eager), atol=1e-5)
+    assert_fused_imagination_matches_eager(model)
     with pytest.raises(ValueError, match="upper_prior"):
         tiny(2, upper_prior="none")
 
@@ -121,14 +127,7 @@ def test_a_lower_prior_of_memory_alone_ignores_the_context(lower_prior: str) -> 
         assert not torch.equal(level.infer(torch.randn(3, 12), c1).mean, level.infer(torch.randn(3, 12), c2).mean)
     top = model.hierarchy.levels[-1]
     assert not torch.equal(top.predict(d, c1).mean, top.predict(d, c2).mean)  # the top reads c^N
-    out = model.observe(frames())
-    with torch.no_grad():  # imagination's fused route agrees with the reference for both
-        torch.manual_seed(3)
-        fused = model.imagine(out.state, 4)
-        model.hierarchy.step_mode = "eager"
-        torch.manual_seed(3)
-        eager = model.imagine(out.state, 4)
-    assert torch.allclose(model.decode(fused), model.decode(eager), atol=1e-5)
+    assert_fused_imagination_matches_eager(model)
     loss, _ = model.loss(frames(), beta=1.0)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -77,8 +77,14 @@ def compute(repo: Path) -> dict[str, object]:
         cfg = load_config(path, sets).model
         torch.manual_seed(0)
         model = DLH(cfg)
-        for key, value in attrs.items():
-            setattr(model.hierarchy, key, value)
+        loss_kwargs: dict = {}
+        if attrs:  # the trainer's per-step settings: an argument of the loss since TrainSchedule,
+            try:   # hierarchy attributes before (read in train mode only); compared on the loss alone
+                from worldmodel.hierarchy import TrainSchedule
+                loss_kwargs["schedule"] = TrainSchedule(**attrs)
+            except ImportError:
+                for key, value in attrs.items():
+                    setattr(model.hierarchy, key, value)
         batch, steps = 2, 5
         g = torch.Generator().manual_seed(1)
         frames = torch.rand(batch, steps, cfg.channels, cfg.image_size, cfg.image_size, generator=g)
@@ -87,6 +93,8 @@ def compute(repo: Path) -> dict[str, object]:
         is_first[1, 3] = True
 
         def put(key: str, value: object, case: str = name) -> None:
+            if attrs and not key.startswith("loss."):
+                return  # the trainer's settings act in training only: their cases compare the loss
             results[f"{case}/{key}"] = value
 
         def put_state(key: str, state) -> None:
@@ -117,7 +125,7 @@ def compute(repo: Path) -> dict[str, object]:
         model.train()
         model.zero_grad()
         torch.manual_seed(3)
-        loss, metrics = model.loss(frames, actions, beta=0.7, is_first=is_first)
+        loss, metrics = model.loss(frames, actions, beta=0.7, is_first=is_first, **loss_kwargs)
         loss.backward()
         put("loss.value", loss.detach())
         put("loss.metrics", {k: v for k, v in sorted(metrics.items())})

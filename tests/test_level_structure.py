@@ -8,6 +8,7 @@ import torch
 
 from worldmodel import DLH, DLHConfig, load
 from worldmodel.config import InferenceConfig, LossConfig
+from worldmodel.hierarchy import TrainSchedule
 
 SIZE = 16
 
@@ -183,7 +184,7 @@ def test_the_bootstrapped_schedule_holds_level_two_for_its_steps_only(tmp_path) 
     for _ in range(4):
         metrics = trainer.train_step()
         rates.append(metrics["change_rate/level2"])
-        assert trainer.model.hierarchy.hold_upper == (trainer.step <= 2)
+        assert trainer.schedule_at(trainer.step - 1).hold_upper == (trainer.step <= 2)
     assert rates[:2] == [1 / 8, 1 / 8]  # only the first step of each window while held
     assert metrics["factor_kl/level2"] >= 0.0
     trainer.finish()
@@ -251,13 +252,21 @@ def test_memory_dropout_restarts_levels_below_the_top_in_training_only() -> None
         assert 0.25 < float((level[:, 0] == 0).float().mean()) < 0.35
         assert torch.equal(level[:, 0], level[:, 1])  # a row's whole state restarts
     assert torch.equal(d[2], torch.ones(1000, 2))  # the top level keeps its memory
-    hierarchy.memory_dropout = 0.999
+    video = frames()
+
+    def loss(schedule: TrainSchedule | None) -> float:
+        torch.manual_seed(1)
+        return float(model.loss(video, beta=1.0, schedule=schedule)[0])
+
+    dropped = TrainSchedule(memory_dropout=0.999)
+    assert loss(dropped) != loss(None) and loss(TrainSchedule()) == loss(None)  # in the loss it was given to
+    torch.manual_seed(1)
+    recon = model.observe(video).recon  # acting and evaluation never take a schedule, train mode or not
     model.eval()
     torch.manual_seed(1)
-    a = model.observe(frames()).recon
-    hierarchy.memory_dropout = 0.0
-    torch.manual_seed(1)
-    assert torch.equal(model.observe(frames()).recon, a)  # never in evaluation
+    assert torch.equal(model.observe(video).recon, recon)
+    with pytest.raises(ValueError, match="TrainSchedule"):
+        model.loss(video, schedule={"memory_dropout": 0.5})
     from worldmodel.training import load_config
     with pytest.raises(ValueError, match="memory_dropout"):
         load_config(None, ["optim.memory_dropout=1.0"])
@@ -266,19 +275,20 @@ def test_memory_dropout_restarts_levels_below_the_top_in_training_only() -> None
 def test_the_margin_schedule_scales_eq4s_margin_in_training_only(tmp_path) -> None:
     from worldmodel.training import OptimConfig, Trainer, load_config
 
-    def changes(model: DLH) -> torch.Tensor:
+    video = frames(4, 12)
+
+    def changes(model: DLH, schedule: TrainSchedule | None = None) -> torch.Tensor:
         torch.manual_seed(5)
-        return model.observe(frames(4, 12)).changed[..., 1]
+        return model.loss_and_output(video, beta=1.0, schedule=schedule)[2].changed[..., 1]
 
     huge = tiny(2, inference=InferenceConfig(decision_margin=1e9))
     paper = tiny(2)
     paper.load_state_dict(huge.state_dict())
-    huge.hierarchy.margin_scale = 0.0
-    assert torch.equal(changes(huge), changes(paper))  # training: no margin during the warm-up
-    huge.eval()
-    paper.eval()
-    assert int(changes(huge)[:, 1:].sum()) == 0  # evaluation: the model's own margin
-    assert torch.equal(changes(paper), changes(paper))
+    no_margin = TrainSchedule(margin_scale=0.0)
+    assert torch.equal(changes(huge, no_margin), changes(paper))  # training: no margin in the warm-up
+    assert int(changes(huge)[:, 1:].sum()) == 0  # without a schedule: the model's own margin
+    torch.manual_seed(5)
+    assert int(huge.observe(video).changed[:, 1:, 1].sum()) == 0  # observing: always the model's margin
     schedule = OptimConfig(margin_warmup=3, margin_ramp=4)
     assert [schedule.margin_scale(k) for k in range(9)] == [0, 0, 0, 0.25, 0.5, 0.75, 1, 1, 1]
     assert OptimConfig(margin_warmup=2).margin_scale(1) == 0.0 and OptimConfig(margin_warmup=2).margin_scale(2) == 1.0
@@ -291,9 +301,18 @@ def test_the_margin_schedule_scales_eq4s_margin_in_training_only(tmp_path) -> No
             "logging.checkpoint_every=100", "probes.event_every=0", "probes.track_every=0",
             "optim.margin_warmup=2", "optim.margin_ramp=2", f"out_dir={tmp_path}"]
     trainer = Trainer(load_config(None, sets))
-    for expected in (0.0, 0.0, 0.5, 1.0):
+    assert [trainer.schedule_at(k).margin_scale for k in range(5)] == [0.0, 0.0, 0.5, 1.0, 1.0]
+    seen = []
+    forward = trainer.model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["schedule"])
+        return forward(*args, **kwargs)
+
+    trainer.model.forward = spy
+    for _ in range(4):
         trainer.train_step()
-        assert trainer.model.hierarchy.margin_scale == expected
+    assert [schedule.margin_scale for schedule in seen] == [0.0, 0.0, 0.5, 1.0]  # each step's own
     trainer.finish()
     with pytest.raises(ValueError, match="margin_ramp"):
         load_config(None, ["optim.margin_ramp=-1"])

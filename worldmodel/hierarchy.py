@@ -97,6 +97,28 @@ def balanced_kl(q: Gaussian, p: Gaussian, alpha: float, prior_grad: bool = True)
 
 
 
+@dataclass(frozen=True, slots=True)
+class TrainSchedule:
+    """What the training loop changes about a filtering step, at its step count (`optim.*`).
+
+    Only the caller that trains passes one (`DLH.loss(..., schedule=...)`, the trainer); acting,
+    evaluation and imagination never see these settings, in train mode or not.
+
+    hold_upper: levels >= 2 change only at a sequence's first step (`optim.upper_warmup`).
+    memory_dropout: each level below the top restarts d^n at zero with this probability per
+        row and step (`optim.memory_dropout`).
+    margin_scale: the fraction of `inference.decision_margin` eq. 4 uses (`optim.margin_warmup`,
+        `optim.margin_ramp`).
+    """
+
+    hold_upper: bool = False
+    memory_dropout: float = 0.0
+    margin_scale: float = 1.0
+
+
+NO_SCHEDULE = TrainSchedule()
+
+
 @dataclass(slots=True)
 class Carry:
     """What a step carries to the next besides its inputs (Dreamer's `step(carry, inputs)`).
@@ -213,15 +235,6 @@ class Hierarchy(nn.Module):
         self.top_context = nn.Parameter(torch.zeros(cfg.c_dim))
         self.step_mode = "fused"
         self._compiled: Route | None = None
-        # the trainer's bootstrapped schedule (optim.upper_warmup): while set and training,
-        # levels >= 2 change only at a sequence's first step; not part of the model's config
-        self.hold_upper = False
-        # the trainer's memory dropout (optim.memory_dropout): while training, each level below
-        # the top restarts its d^n at zero with this probability per row and step
-        self.memory_dropout = 0.0
-        # the trainer's margin schedule (optim.margin_warmup/margin_ramp): while training, eq. 4
-        # uses this fraction of inference.decision_margin; evaluation always the whole margin
-        self.margin_scale = 1.0
 
     @property
     def step_mode(self) -> str:
@@ -419,7 +432,7 @@ class Hierarchy(nn.Module):
     # ----------------------------------------------------------------- filtering
     def infer_step(
         self, carry: Carry, xs: list[Tensor], action: Tensor | None, is_first: Tensor | None = None,
-        *, update_stats: bool = False,
+        *, update_stats: bool = False, schedule: TrainSchedule = NO_SCHEDULE,
     ) -> tuple[Carry, list[Filtered]]:
         """Filter one observation given its bottom-up features (Algorithm 1): a pure function of
         the carry and the inputs.
@@ -430,17 +443,18 @@ class Hierarchy(nn.Module):
             action: (B, A) the action that led to this frame, or None.
             is_first: (B,) bool, rows that start an episode here (reset first), or None.
             update_stats: advance the decision rules' statistics (the training objective only).
+            schedule: the training loop's settings for this step (`TrainSchedule`; training only).
         Returns:
             the new carry and, per level, what the step decided and the KL terms it pays.
         """
         levels, cfg, g = list(self.levels), self.cfg.inference, carry.generator
         state = self.reset(carry.state, is_first)  # Dreamer's convention: resets inside the step
         # 1. e^n_t bottom-up (eq. 4, 5, 25); owed advances paid where a level is read (eq. 12)
-        d, decided = self._decide(state, carry.stats, xs, action, update_stats)
+        d, decided = self._decide(state, carry.stats, xs, action, update_stats, schedule)
         changed = [x.changed for x in decided]
         d = self.restart_below(d, changed)  # option: VTA's restart (no-op by default)
-        if self.memory_dropout > 0 and self.training:  # the trainer's memory dropout (off by default)
-            d = self.drop_memory(d, self.memory_dropout, g)
+        if schedule.memory_dropout > 0:  # the trainer's memory dropout (off by default)
+            d = self.drop_memory(d, schedule.memory_dropout, g)
         # 2. top-down (eq. 11, 13): the levels that changed and, under boundary "reinfer",
         #    level K (the first static one, docs/model.md); levels above K are held
         rows = [Rows(x.read if cfg.boundary == "reinfer" else x.changed) for x in decided]  # dense
@@ -479,7 +493,7 @@ class Hierarchy(nn.Module):
 
     def _decide(
         self, state: HierarchicalState, stats: tuple[Tensor | None, ...], xs: list[Tensor],
-        action: Tensor | None, update_stats: bool,
+        action: Tensor | None, update_stats: bool, schedule: TrainSchedule,
     ) -> tuple[list[Tensor], list[Decision]]:
         """Stage 1 of filtering: e^n_t for every level, bottom-up (eq. 4, 5; schedules).
 
@@ -500,12 +514,13 @@ class Hierarchy(nn.Module):
                 zero = torch.zeros(batch, device=first.device)
                 decided.append(Decision(read, read, read.float(), zero, nan, state.factor[i]))
             else:
-                decided.append(self._infer_e(i, state, stats[i], xs[i], d[i], read, first, update_stats))
+                decided.append(self._infer_e(i, state, stats[i], xs[i], d[i], read, first, update_stats,
+                                             schedule))
         return d, decided
 
     def _infer_e(
         self, i: int, state: HierarchicalState, stats: Tensor | None, x: Tensor, d: Tensor,
-        candidate: Tensor, first: Tensor, update_stats: bool,
+        candidate: Tensor, first: Tensor, update_stats: bool, schedule: TrainSchedule,
     ) -> Decision:
         """e^n_t of level i (0-based) on the rows `candidate` (e^{n-1}_t = 1), by eq. 4.
 
@@ -514,7 +529,7 @@ class Hierarchy(nn.Module):
         sequence's first step.
         """
         rule, recipe, level = self.cfg.inference, self.cfg.loss, self.levels[i]
-        margin = rule.decision_margin * (self.margin_scale if self.training else 1.0)
+        margin = rule.decision_margin * schedule.margin_scale
         logit, h_next = level.change_logit(d, state.factor[i])
         context = self.context(i, state.top_down)  # eq. 25: c^n cached from t-1
         static = Gaussian(state.mean[i], state.std[i])  # eq. 2: p(s^n_t | e = 0) = q(s^n_{t-1})
@@ -532,7 +547,7 @@ class Hierarchy(nn.Module):
                     rule.decision, q, change_prior, static, stats, rule.decision_tolerance,
                     rule.decision_gamma, rule.decision_warmup, margin)
             weight = torch.where(first, torch.ones_like(weight), weight)
-            held = self.hold_upper and self.training  # bootstrapped schedule: static after t = 0
+            held = schedule.hold_upper  # bootstrapped schedule: static after t = 0
             if held:
                 weight = first.to(weight.dtype)
         e = candidate & (weight > 0.5)
@@ -647,4 +662,4 @@ class Hierarchy(nn.Module):
         return d, sampled
 
 
-__all__ = ["Hierarchy", "Carry", "Decision", "Filtered", "Imagined", "change_posterior", "balanced_kl"]
+__all__ = ["Hierarchy", "Carry", "TrainSchedule", "Decision", "Filtered", "Imagined", "change_posterior", "balanced_kl"]

@@ -26,7 +26,7 @@ from .config import DLHConfig, model_file_metadata
 from .distributions import Gaussian, kl_gaussian
 from .fastpath import one_rollout
 from .files import atomic_write
-from .hierarchy import Hierarchy
+from .hierarchy import NO_SCHEDULE, Hierarchy, TrainSchedule
 from .losses import continue_nll, elbo_terms, reverse_gradient, reward_nll
 from .networks import MLP, ConvDecoder, ConvEncoder, initialize
 from .state import HierarchicalState, ObserveOutput, Trajectory
@@ -116,9 +116,11 @@ class DLH(nn.Module):
         is_first: Tensor | None,
         state: HierarchicalState | None,
         update_stats: bool = False,
+        schedule: TrainSchedule = NO_SCHEDULE,
         generator: torch.Generator | None = None,
     ) -> tuple[ObserveOutput, list[HierarchicalState]]:
-        """The filtering loop; `update_stats`: advance the decision statistics (training only)."""
+        """The filtering loop; `update_stats`: advance the decision statistics, `schedule`: the
+        training loop's settings of this step (both for training only)."""
         batch, steps = frames.shape[:2]
         state = self.initial_state(batch) if state is None else self._check_state(state, batch)
         x1 = self.encoder(frames.flatten(0, 1)).unflatten(0, (batch, steps))  # (B, T, X)
@@ -129,7 +131,7 @@ class DLH(nn.Module):
             action = actions[:, t] if actions is not None else None
             first = is_first[:, t] if is_first is not None else None
             carry, levels = self.hierarchy.infer_step(carry, [x[:, t] for x in xs], action, first,
-                                                      update_stats=update_stats)
+                                                      update_stats=update_stats, schedule=schedule)
             states.append(carry.state)
             results.append(levels)
         if update_stats:
@@ -320,15 +322,19 @@ class DLH(nn.Module):
         rewards: Tensor | None = None,
         continues: Tensor | None = None,
         is_first: Tensor | None = None,
+        schedule: TrainSchedule | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """The negative ELBO (eq. 8) per frame, with β on the KL terms, plus head losses.
 
         Returns the scalar loss and metrics (floats): "loss", "elbo", "recon", "kl",
         "factor_kl", per level "kl/level{n}", "factor_kl/level{n}", "change_rate/level{n}",
         "levels_used" (L̄), "beta", and "reward_nll"/"continue_nll" when trained.
+        `schedule`: the training loop's settings of this step (`hierarchy.TrainSchedule`:
+        upper_warmup, memory dropout, the margin's schedule; None: none of them).
         """
         loss, metrics, _ = self.loss_and_output(
-            frames, actions, beta, rewards=rewards, continues=continues, is_first=is_first
+            frames, actions, beta, rewards=rewards, continues=continues, is_first=is_first,
+            schedule=schedule,
         )
         return loss, metrics
 
@@ -342,6 +348,7 @@ class DLH(nn.Module):
         continues: Tensor | None = None,
         is_first: Tensor | None = None,
         float_metrics: bool = True,
+        schedule: TrainSchedule | None = None,
     ) -> tuple[Tensor, dict[str, Tensor | float], ObserveOutput]:
         """`loss`, also returning the ObserveOutput (for logging reconstructions).
 
@@ -361,7 +368,11 @@ class DLH(nn.Module):
             raise ValueError("continues given but the model has no continue head: build it with "
                              "DLHConfig(continue_head=True)")
         # the training objective is the one caller that advances the decision statistics
-        out, states = self._filter(frames, actions, is_first, None, update_stats=self.training)
+        if schedule is not None and not isinstance(schedule, TrainSchedule):
+            raise ValueError(f"schedule: expected a worldmodel.hierarchy.TrainSchedule or None, "
+                             f"got {type(schedule).__name__}")
+        out, states = self._filter(frames, actions, is_first, None, update_stats=self.training,
+                                   schedule=schedule or NO_SCHEDULE)
         recipe = self.config.loss
         terms = elbo_terms(frames, out.recon_mean, recipe.obs_std, out.kl, out.factor_kl)
         kl = terms["kl"]

@@ -30,6 +30,7 @@ from ..data import Batch, SequenceSource, build_source
 from ..data.base import batch_at
 from ..evaluation.context import evaluating, evaluation_source
 from ..files import FolderInUse, FolderLock
+from ..hierarchy import TrainSchedule
 from ..model import DLH
 from ..video import write_gif
 from . import distributed
@@ -179,7 +180,6 @@ class Trainer:
         self._set_up_compute()
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
         self.model = DLH(cfg.model).to(runtime.device)
-        self.model.hierarchy.memory_dropout = cfg.optim.memory_dropout  # training only (hierarchy.py)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, eps=cfg.optim.eps,
                                           betas=(0.9, cfg.optim.beta2))
         if runtime.is_main:  # one process writes a run: a second is refused, naming the first's PID
@@ -305,6 +305,12 @@ class Trainer:
         return hooks
 
     # ------------------------------------------------------------------ one step
+    def schedule_at(self, step: int) -> TrainSchedule:
+        """The training loop's settings of the filtering step at optimiser step `step` (0-based)."""
+        optim = self.cfg.optim
+        return TrainSchedule(hold_upper=step < optim.upper_warmup, memory_dropout=optim.memory_dropout,
+                             margin_scale=optim.margin_scale(step))
+
     def train_step(self) -> dict[str, Any] | None:
         """One optimiser step on the batch of the current step; None if it was skipped.
 
@@ -318,9 +324,8 @@ class Trainer:
         # the model draws its noise from torch's global generator (it takes no generator yet): seeded per step
         torch.manual_seed(_step_seed(cfg.seed, step, runtime.rank))
         beta = cfg.optim.beta(step)
-        self.model.hierarchy.hold_upper = step < cfg.optim.upper_warmup  # bootstrapped schedule
-        self.model.hierarchy.margin_scale = cfg.optim.margin_scale(step)  # eq. 4's margin schedule
-        kwargs: dict[str, Any] = {"is_first": batch.is_first, "float_metrics": False}
+        kwargs: dict[str, Any] = {"is_first": batch.is_first, "float_metrics": False,
+                                  "schedule": self.schedule_at(step)}
         if cfg.model.reward_head and batch.rewards is not None:
             kwargs["rewards"] = batch.rewards
         if cfg.model.continue_head and batch.continues is not None:

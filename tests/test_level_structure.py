@@ -351,6 +351,19 @@ def test_held_twice_trains_the_probe_and_reverses_the_lower_posteriors_gradient(
         LossConfig(held_twice=-1.0)
 
 
+def test_the_loss_draws_from_a_given_generator_and_leaves_the_global_rng_alone() -> None:
+    model = tiny(2, loss=LossConfig(obs_std=0.1, overshoot=3))
+    video = frames()
+    torch.manual_seed(11)
+    reference = float(model.loss(video, beta=1.0)[0])  # global RNG seeded 11
+    state = torch.get_rng_state()
+    ours = float(model.loss(video, beta=1.0, generator=torch.Generator().manual_seed(11))[0])
+    assert ours == reference  # the same stream, drawn in the same order
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG was not touched
+    with pytest.raises(ValueError, match="generator"):
+        model.loss(video, generator=11)
+
+
 def test_the_map_rule_under_soft_assignment_is_refused_naming_the_fix() -> None:
     with pytest.raises(ValueError, match="decision='map' applies to assignment='hard'"):
         InferenceConfig(decision="map", assignment="vade")

@@ -323,6 +323,7 @@ class DLH(nn.Module):
         continues: Tensor | None = None,
         is_first: Tensor | None = None,
         schedule: TrainSchedule | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """The negative ELBO (eq. 8) per frame, with β on the KL terms, plus head losses.
 
@@ -330,11 +331,12 @@ class DLH(nn.Module):
         "factor_kl", per level "kl/level{n}", "factor_kl/level{n}", "change_rate/level{n}",
         "levels_used" (L̄), "beta", and "reward_nll"/"continue_nll" when trained.
         `schedule`: the training loop's settings of this step (`hierarchy.TrainSchedule`:
-        upper_warmup, memory dropout, the margin's schedule; None: none of them).
+        upper_warmup, memory dropout, the margin's schedule; None: none of them). `generator`:
+        the source of every random draw of the loss (None: torch's global RNG).
         """
         loss, metrics, _ = self.loss_and_output(
             frames, actions, beta, rewards=rewards, continues=continues, is_first=is_first,
-            schedule=schedule,
+            schedule=schedule, generator=generator,
         )
         return loss, metrics
 
@@ -349,6 +351,7 @@ class DLH(nn.Module):
         is_first: Tensor | None = None,
         float_metrics: bool = True,
         schedule: TrainSchedule | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, dict[str, Tensor | float], ObserveOutput]:
         """`loss`, also returning the ObserveOutput (for logging reconstructions).
 
@@ -371,8 +374,9 @@ class DLH(nn.Module):
         if schedule is not None and not isinstance(schedule, TrainSchedule):
             raise ValueError(f"schedule: expected a worldmodel.hierarchy.TrainSchedule or None, "
                              f"got {type(schedule).__name__}")
+        generator = _check_generator(generator)
         out, states = self._filter(frames, actions, is_first, None, update_stats=self.training,
-                                   schedule=schedule or NO_SCHEDULE)
+                                   schedule=schedule or NO_SCHEDULE, generator=generator)
         recipe = self.config.loss
         terms = elbo_terms(frames, out.recon_mean, recipe.obs_std, out.kl, out.factor_kl)
         kl = terms["kl"]
@@ -385,7 +389,7 @@ class DLH(nn.Module):
         loss = terms["recon"] + beta * (kl + terms["factor_kl"])
         extra: dict[str, Tensor] = {}
         if recipe.overshoot > 1:  # latent overshooting of level 1's prior (PlaNet), scaled like the KL
-            extra["overshoot_kl"] = self._overshoot_kl(states, actions, is_first, recipe.overshoot)
+            extra["overshoot_kl"] = self._overshoot_kl(states, actions, is_first, recipe.overshoot, generator)
             loss = loss + beta * recipe.overshoot_scale * extra["overshoot_kl"]
         if recipe.held_twice > 0:  # what a level keeps that the level above holds (issue 23)
             extra["held_twice"] = self._held_twice(frames, states, recipe.held_twice)
@@ -466,6 +470,7 @@ class DLH(nn.Module):
 
     def _overshoot_kl(
         self, states: list[HierarchicalState], actions: Tensor | None, is_first: Tensor | None, depth: int,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         """Latent overshooting of level 1 (PlaNet, Hafner et al. 2019): the mean over k = 2..depth
         of KL[q(s^1_{t+k}) ‖ p_k(s^1_{t+k})], p_k the change prior after k − 1 steps of the open-loop
@@ -504,7 +509,7 @@ class DLH(nn.Module):
                 total[:, k:] += torch.where(valid, kl, torch.zeros_like(kl))
                 count[:, k:] += valid.float()
             if k < depth and span > 1:  # feed the prior's sample back (eq. 12)
-                sample = prior.rsample().unflatten(0, (batch, span))[:, :-1]
+                sample = prior.rsample(generator).unflatten(0, (batch, span))[:, :-1]
                 act = actions[:, k + 1:].flatten(0, 1) if level.takes_action else None
                 d = level.transition(sample.flatten(0, 1), d[:, :-1].flatten(0, 1), act).unflatten(
                     0, (batch, span - 1))

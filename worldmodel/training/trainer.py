@@ -188,6 +188,7 @@ class Trainer:
                                                   requested)
         self.resumed_from = self.step
         self.progress = progress and runtime.is_main
+        self.generator = torch.Generator(runtime.device)  # the training steps' noise (train_step)
         self.monitor = Monitor(self.run.path, enabled=False)
         self.hooks: list[Hook] = []
         self.bar: tqdm | None = None
@@ -321,11 +322,12 @@ class Trainer:
         cfg, runtime, step = self.cfg, self.runtime, self.step
         batch = batch_at(self.source, cfg.seed, step, self.local_batch, cfg.data.seq_len, runtime.rank)
         batch = batch.to(runtime.device)
-        # the model draws its noise from torch's global generator (it takes no generator yet): seeded per step
-        torch.manual_seed(_step_seed(cfg.seed, step, runtime.rank))
+        # the step's noise comes from the trainer's own generator, seeded per step and rank (so a
+        # resumed run draws what an uninterrupted one does); torch's global RNG is left alone
+        self.generator.manual_seed(_step_seed(cfg.seed, step, runtime.rank))
         beta = cfg.optim.beta(step)
         kwargs: dict[str, Any] = {"is_first": batch.is_first, "float_metrics": False,
-                                  "schedule": self.schedule_at(step)}
+                                  "schedule": self.schedule_at(step), "generator": self.generator}
         if cfg.model.reward_head and batch.rewards is not None:
             kwargs["rewards"] = batch.rewards
         if cfg.model.continue_head and batch.continues is not None:

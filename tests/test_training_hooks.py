@@ -180,3 +180,13 @@ def test_the_model_loss_keeps_float_metrics_by_default():
     _, tensors, _ = model.loss_and_output(frames, float_metrics=False)
     assert all(isinstance(v, float) for v in floats.values())
     assert {k: float(v) for k, v in tensors.items()} == floats
+
+
+def test_training_leaves_torchs_global_random_stream_alone(tmp_path) -> None:
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    trainer = Trainer(load_config(None, TINY + [f"out_dir={tmp_path}", "steps=3", "logging.media_every=2",
+                                                "probes.event_every=2"]))
+    trainer.train_steps(3)
+    trainer.finish()
+    assert torch.equal(torch.get_rng_state(), state)  # steps, media and probes draw from their own streams

@@ -146,9 +146,11 @@ class EventProbe:
         return cls(batch.frames, truth)
 
     @torch.no_grad()
-    def __call__(self, model: nn.Module) -> dict[str, float]:
+    def __call__(self, model: nn.Module, seed: int | None = None) -> dict[str, float]:
+        """The scores of `model`'s current weights; `seed`: the filtering noise's own stream
+        (None: torch's global stream as it stands)."""
         changed = []
-        with evaluating(model):  # the noise of the stream as it stands (the trainer's step)
+        with evaluating(model, seed):
             for lo in range(0, self.frames.shape[0], self.batch_size):
                 out = model.observe(self.frames[lo:lo + self.batch_size].to(model.device))
                 changed.append(out.changed.cpu())

@@ -178,8 +178,9 @@ class Trainer:
         self.run = RunFolder(cfg.out_dir)
         self.runtime = runtime = distributed.setup(cfg.device)
         self._set_up_compute()
-        torch.manual_seed(cfg.seed)  # identical initialisation on every rank
-        self.model = DLH(cfg.model).to(runtime.device)
+        with torch.random.fork_rng(devices=[]):  # identical initialisation on every rank; global RNG untouched
+            torch.manual_seed(cfg.seed)
+            self.model = DLH(cfg.model).to(runtime.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, eps=cfg.optim.eps,
                                           betas=(0.9, cfg.optim.beta2))
         if runtime.is_main:  # one process writes a run: a second is refused, naming the first's PID
@@ -440,9 +441,9 @@ class Trainer:
     def media(self) -> dict[str, Any]:
         """Log reconstruction and rollout videos of the media batch; returns their scores."""
         batch = self.media_batch.to(self.runtime.device)
-        with evaluating(self.model), _autocast(self.runtime, self.precision):
-            # global, as in train_step: the event probe after the media at this step reads on from here
-            torch.manual_seed(_step_seed(self.cfg.seed, self.step, 10_000))
+        # its own noise, seeded by the step: the same videos after a resume; the global RNG untouched
+        seed = _step_seed(self.cfg.seed, self.step, 10_000)
+        with evaluating(self.model, seed), _autocast(self.runtime, self.precision):
             result = rollout_media(self.model, batch.frames, self.media_context,
                                    batch.frames.shape[1] - self.media_context, batch.actions)
         self.monitor.video("reconstruction", self.step, result["recon"])
@@ -454,7 +455,7 @@ class Trainer:
 
     def probe_events(self) -> dict[str, float]:
         """Event precision/recall/F1 of each level (`events/*`, `EventProbe`) of the current weights."""
-        return self.event_probe(self.model)
+        return self.event_probe(self.model, seed=_step_seed(self.cfg.seed, self.step, 20_000))
 
     def track(self) -> dict[str, float]:
         """Open-loop tracking scores (`track/*`), linear level probes and the swap test of level

@@ -169,16 +169,20 @@ def test_a_posterior_that_reads_d_depends_on_it_and_trains(reads: bool) -> None:
         tiny(2, posterior_reads_d="yes")
 
 
+# a 2-level model and run small enough for a few trainer steps in a test
+TINY_TRAINER = [
+    "model.levels=2", "model.image_size=16", "model.channels=3", "model.x_dim=16", "model.c_dim=16",
+    "model.d_dim=16", "model.s_dim=4", "model.enc_hidden=[16]", "model.dec_hidden=[16]",
+    "model.state_hidden=[16]", "model.factor_hidden=[8]", "model.conv_depth=4", "data.image_size=16",
+    "data.channels=3", "data.seq_len=8", "data.batch_size=4", "threads=1", "steps=4", "logging.log_every=1",
+    "logging.media_every=0", "logging.checkpoint_every=100", "probes.event_every=0", "probes.track_every=0",
+]
+
+
 def test_the_bootstrapped_schedule_holds_level_two_for_its_steps_only(tmp_path) -> None:
     from worldmodel.training import Trainer, load_config
 
-    sets = ["model.levels=2", "model.image_size=16", "model.channels=3", "model.x_dim=16", "model.c_dim=16",
-            "model.d_dim=16", "model.s_dim=4", "model.enc_hidden=[16]", "model.dec_hidden=[16]",
-            "model.state_hidden=[16]", "model.factor_hidden=[8]", "model.conv_depth=4",
-            "model.inference.decision_margin=0", "data.image_size=16", "data.channels=3", "data.seq_len=8",
-            "data.batch_size=4", "threads=1", "steps=4", "logging.log_every=1", "logging.media_every=0",
-            "logging.checkpoint_every=100", "probes.event_every=0", "probes.track_every=0",
-            "optim.upper_warmup=2", f"out_dir={tmp_path}"]
+    sets = [*TINY_TRAINER, "model.inference.decision_margin=0", "optim.upper_warmup=2", f"out_dir={tmp_path}"]
     trainer = Trainer(load_config(None, sets))
     rates = []
     for _ in range(4):
@@ -293,13 +297,8 @@ def test_the_margin_schedule_scales_eq4s_margin_in_training_only(tmp_path) -> No
     assert [schedule.margin_scale(k) for k in range(9)] == [0, 0, 0, 0.25, 0.5, 0.75, 1, 1, 1]
     assert OptimConfig(margin_warmup=2).margin_scale(1) == 0.0 and OptimConfig(margin_warmup=2).margin_scale(2) == 1.0
     assert OptimConfig().margin_scale(0) == 1.0  # off: the model's margin from the first step
-    sets = ["model.levels=2", "model.image_size=16", "model.channels=3", "model.x_dim=16", "model.c_dim=16",
-            "model.d_dim=16", "model.s_dim=4", "model.enc_hidden=[16]", "model.dec_hidden=[16]",
-            "model.state_hidden=[16]", "model.factor_hidden=[8]", "model.conv_depth=4",
-            "model.inference.decision_margin=5", "data.image_size=16", "data.channels=3", "data.seq_len=8",
-            "data.batch_size=4", "threads=1", "steps=4", "logging.log_every=1", "logging.media_every=0",
-            "logging.checkpoint_every=100", "probes.event_every=0", "probes.track_every=0",
-            "optim.margin_warmup=2", "optim.margin_ramp=2", f"out_dir={tmp_path}"]
+    sets = [*TINY_TRAINER, "model.inference.decision_margin=5", "optim.margin_warmup=2", "optim.margin_ramp=2",
+            f"out_dir={tmp_path}"]
     trainer = Trainer(load_config(None, sets))
     assert [trainer.schedule_at(k).margin_scale for k in range(5)] == [0.0, 0.0, 0.5, 1.0, 1.0]
     seen = []

@@ -339,7 +339,7 @@ def test_held_twice_trains_the_probe_and_reverses_the_lower_posteriors_gradient(
     assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
     # the reversed term reaches level 1's posterior only: not the level above, not the encoder
     _, _, out = model.loss_and_output(frames(3, 1), beta=1.0)
-    term = model._held_twice(frames(3, 1), [out.state], 5.0).sum()
+    term = model._held_twice(model._bottom_up(frames(3, 1)), [out.state], 5.0).sum()
     upper = list(model.hierarchy.levels[1].parameters()) + list(model.encoder.parameters())
     assert all(g is None for g in torch.autograd.grad(term, upper, allow_unused=True))
     lower = torch.autograd.grad(term, list(posterior.parameters()), allow_unused=True)

@@ -118,13 +118,14 @@ class DLH(nn.Module):
         update_stats: bool = False,
         schedule: TrainSchedule = NO_SCHEDULE,
         generator: torch.Generator | None = None,
+        xs: list[Tensor] | None = None,
     ) -> tuple[ObserveOutput, list[HierarchicalState]]:
         """The filtering loop; `update_stats`: advance the decision statistics, `schedule`: the
-        training loop's settings of this step (both for training only)."""
+        training loop's settings of this step (both for training only); `xs`: the frames'
+        bottom-up features when the caller has them (`_bottom_up`)."""
         batch, steps = frames.shape[:2]
         state = self.initial_state(batch) if state is None else self._check_state(state, batch)
-        x1 = self.encoder(frames.flatten(0, 1)).unflatten(0, (batch, steps))  # (B, T, X)
-        xs = self.hierarchy.bottom_up(x1)  # per level (B, T, X)
+        xs = self._bottom_up(frames) if xs is None else xs
         carry = self.hierarchy.carry(state, generator)
         results, states = [], []
         for t in range(steps):
@@ -375,8 +376,9 @@ class DLH(nn.Module):
             raise ValueError(f"schedule: expected a worldmodel.hierarchy.TrainSchedule or None, "
                              f"got {type(schedule).__name__}")
         generator = _check_generator(generator)
+        xs = self._bottom_up(frames)  # also read by held_twice: the encoder runs once
         out, states = self._filter(frames, actions, is_first, None, update_stats=self.training,
-                                   schedule=schedule or NO_SCHEDULE, generator=generator)
+                                   schedule=schedule or NO_SCHEDULE, generator=generator, xs=xs)
         recipe = self.config.loss
         terms = elbo_terms(frames, out.recon_mean, recipe.obs_std, out.kl, out.factor_kl)
         kl = terms["kl"]
@@ -392,7 +394,7 @@ class DLH(nn.Module):
             extra["overshoot_kl"] = self._overshoot_kl(states, actions, is_first, recipe.overshoot, generator)
             loss = loss + beta * recipe.overshoot_scale * extra["overshoot_kl"]
         if recipe.held_twice > 0:  # what a level keeps that the level above holds (issue 23)
-            extra["held_twice"] = self._held_twice(frames, states, recipe.held_twice)
+            extra["held_twice"] = self._held_twice(xs, states, recipe.held_twice)
             loss = loss + extra["held_twice"]
         if rewards is not None:
             extra["reward_nll"] = reward_nll(self.predict_reward(out.features), rewards)
@@ -423,7 +425,13 @@ class DLH(nn.Module):
             metrics = {k: float(v) for k, v in metrics.items()}
         return total, metrics, out
 
-    def _held_twice(self, frames: Tensor, states: list[HierarchicalState], weight: float) -> Tensor:
+    def _bottom_up(self, frames: Tensor) -> list[Tensor]:
+        """x^n of every frame, per level (B, T, X) (the encoder, then eq. 10)."""
+        batch, steps = frames.shape[:2]
+        x1 = self.encoder(frames.flatten(0, 1)).unflatten(0, (batch, steps))  # (B, T, X)
+        return self.hierarchy.bottom_up(x1)
+
+    def _held_twice(self, xs: list[Tensor], states: list[HierarchicalState], weight: float) -> Tensor:
         """`loss.held_twice`: the probes' error, (B, T), summed over the level pairs.
 
         For each level n >= 2, level n−1's posterior is recomputed from its detached inputs
@@ -433,14 +441,10 @@ class DLH(nn.Module):
         gradient trains level n−1's posterior to keep nothing the probe can read level n from.
         """
         assert self.held_twice_probes is not None
-        batch, steps = frames.shape[:2]
-        with torch.no_grad():
-            x1 = self.encoder(frames.flatten(0, 1)).unflatten(0, (batch, steps))
-            xs = self.hierarchy.bottom_up(x1)
-        total = frames.new_zeros(batch, steps)
+        total = xs[0].new_zeros(xs[0].shape[:2])
         for n, probe in enumerate(self.held_twice_probes, start=1):  # 0-based upper level n
             context = torch.stack([s.top_down[n] for s in states], 1).detach()  # c^{n-1} read by level n-1
-            lower = self.hierarchy.levels[n - 1].infer(xs[n - 1], context).mean  # (B, T, S)
+            lower = self.hierarchy.levels[n - 1].infer(xs[n - 1].detach(), context).mean  # (B, T, S)
             upper = torch.stack([s.mean[n] for s in states], 1).detach()
             upper = (upper - upper.mean((0, 1))) / upper.std((0, 1)).clamp_min(1e-3)
             guess = probe(reverse_gradient(lower, weight))

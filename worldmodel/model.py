@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from . import validation as check
 from .arguments import check_int
 from .config import DLHConfig, model_file_metadata
-from .distributions import Gaussian, kl_gaussian
+from .distributions import Gaussian, gaussian_nll, kl_gaussian
 from .fastpath import one_rollout
 from .files import atomic_write
 from .hierarchy import NO_SCHEDULE, Hierarchy, TrainSchedule
@@ -396,6 +396,9 @@ class DLH(nn.Module):
         if recipe.held_twice > 0:  # what a level keeps that the level above holds (issue 23)
             extra["held_twice"] = self._held_twice(xs, states, recipe.held_twice)
             loss = loss + extra["held_twice"]
+        if recipe.swap_recon > 0:  # the frame under another row's lower levels (issue 23)
+            extra["swap_recon"] = self._swap_recon(frames, states, recipe.swap_recon_stride)
+            loss = loss + recipe.swap_recon * extra["swap_recon"]
         if rewards is not None:
             extra["reward_nll"] = reward_nll(self.predict_reward(out.features), rewards)
         if continues is not None:
@@ -449,6 +452,30 @@ class DLH(nn.Module):
             upper = (upper - upper.mean((0, 1))) / upper.std((0, 1)).clamp_min(1e-3)
             guess = probe(reverse_gradient(lower, weight))
             total = total + (guess - upper).square().mean(-1)
+        return total
+
+    def _swap_recon(self, frames: Tensor, states: list[HierarchicalState], stride: int) -> Tensor:
+        """`loss.swap_recon`: (B, T) Gaussian NLL of each row's frame decoded with the samples of
+        levels below n from the next row (b+1, cyclic) and levels n..N from its own, summed over
+        n >= 2, on steps 0, stride, 2·stride, ... (zero elsewhere).
+
+        Inputs are detached, so only f_dec^1..f_dec^{n−1} and the image decoder are trained:
+        the decoder learns to read from the level above what that level holds.
+        """
+        batch, steps = frames.shape[:2]
+        total = frames.new_zeros(batch, steps)
+        if batch < 2:
+            return total
+        picked = list(range(0, steps, stride))
+        levels = self.hierarchy.levels
+        for n in range(1, self.config.levels):  # 0-based: levels n.. from the row, below from the next
+            context = torch.cat([states[t].top_down[n] for t in picked]).detach()  # c^n read by level n (0-based n-1)
+            for m in range(n - 1, -1, -1):
+                s = torch.cat([states[t].s[m].roll(-1, 0) for t in picked]).detach()
+                context = levels[m].top_down(s, context)
+            recon = self.decoder(context).unflatten(0, (len(picked), batch)).transpose(0, 1)
+            total[:, picked] = total[:, picked] + gaussian_nll(frames[:, picked], recon.float(),
+                                                               self.config.loss.obs_std, dims=3)
         return total
 
     @staticmethod

@@ -386,10 +386,8 @@ def test_window_free_nats_floor_each_levels_window_total_without_gradient_below_
         tiny(2, loss=LossConfig(window_free_nats=(1.0,)))
 
 
-def test_swap_recon_decodes_each_frame_under_the_next_rows_lower_levels_and_trains_only_decoders() -> None:
-    from worldmodel.distributions import gaussian_nll
-
-    model = tiny(3, loss=LossConfig(obs_std=0.1, swap_recon=0.5, swap_recon_stride=2))
+def test_swap_cycle_reads_back_the_frame_decoded_under_the_next_rows_lower_levels() -> None:
+    model = tiny(3, loss=LossConfig(obs_std=0.1, swap_cycle=0.5, swap_cycle_stride=2))
     plain = tiny(3, loss=LossConfig(obs_std=0.1))
     assert set(model.state_dict()) == set(plain.state_dict())  # no parameters of its own
     torch.manual_seed(4)
@@ -397,44 +395,47 @@ def test_swap_recon_decodes_each_frame_under_the_next_rows_lower_levels_and_trai
     torch.manual_seed(4)
     plain_loss, plain_metrics = plain.loss(frames(), beta=1.0)
     assert metrics["elbo"] == pytest.approx(plain_metrics["elbo"], rel=1e-6)  # not part of the ELBO
-    assert float(loss.detach()) == pytest.approx(float(plain_loss.detach()) + 0.5 * metrics["swap_recon"], rel=1e-5)
-    # by hand: on steps 0, 2, 4 the frame of row b under levels >= n of row b and levels < n of row b+1
-    model.eval()
+    assert float(loss.detach()) == pytest.approx(float(plain_loss.detach()) + 0.5 * metrics["swap_cycle"], rel=1e-5)
+    assert metrics["swap_cycle"] > 0
+    # by hand, on steps 0, 2, 4: decode row b under levels < n of row b+1, encode, read level n's posterior
+    batch = frames()
+    levels = model.hierarchy.levels
     with torch.no_grad():
-        torch.manual_seed(5)
-        batch = frames()
-        xs = model._bottom_up(batch)
-        _, states = model._filter(batch, None, None, None, xs=xs)
-        term = model._swap_recon(batch, states, 2)
+        _, states = model._filter(batch, None, None, None)
+        term = model._swap_cycle(batch, states, 2)
         assert torch.equal(term[:, 1::2], torch.zeros_like(term[:, 1::2]))
-        levels = model.hierarchy.levels
         expected = torch.zeros(3, 3)
-        for j, t in enumerate((0, 2, 4)):
-            for n in (1, 2):  # 0-based first level taken from the row itself
+        for n in (1, 2):  # 0-based first level taken from the row itself
+            reads, targets = [], []
+            for t in (0, 2, 4):
                 context = states[t].top_down[n]
                 for m in range(n - 1, -1, -1):
                     context = levels[m].top_down(states[t].s[m].roll(-1, 0), context)
-                expected[:, j] += gaussian_nll(batch[:, t], model.decoder(context), 0.1, dims=3)
-        assert torch.allclose(term[:, 0::2], expected, rtol=1e-5)
+                x = model.encoder(model.decoder(context))
+                for level in levels[:n]:
+                    x = level.encoder(x)
+                reads.append(levels[n].infer(x, model.hierarchy.context(n, states[t].top_down)).mean)
+                targets.append(states[t].mean[n])
+            read, target = torch.stack(reads), torch.stack(targets)  # (3 steps, B, S)
+            scale = target.flatten(0, 1).std(0).clamp_min(1e-3)
+            expected += ((read - target) / scale).square().mean(-1).T
+        assert torch.allclose(term[:, 0::2], expected, rtol=1e-4)
         # a batch of one row has no other row: the term is zero
-        assert float(model._swap_recon(batch[:1], [s.index(slice(0, 1)) for s in states], 2).abs().sum()) == 0
-    model.train()
-    # only the top-down networks below the top and the image decoder learn from it
-    term = model._swap_recon(frames(), [s for s in _states(model)], 2).sum()
-    frozen = (list(model.encoder.parameters()) + list(model.hierarchy.levels[2].decoder.parameters())
-              + [p for level in model.hierarchy.levels for p in level.posterior.parameters()])
+        assert float(model._swap_cycle(batch[:1], [s.index(slice(0, 1)) for s in states], 2).abs().sum()) == 0
+    # only the top-down networks below level n and the image decoder learn from it
+    _, states = model._filter(batch, None, None, None)
+    term = model._swap_cycle(batch, states, 2).sum()
+    frozen = (list(model.encoder.parameters()) + list(levels[2].decoder.parameters())
+              + [p for level in levels for p in level.posterior.parameters()]
+              + [p for level in levels[:2] for p in level.encoder.parameters()])
     assert all(g is None for g in torch.autograd.grad(term, frozen, allow_unused=True, retain_graph=True))
-    trained = (list(model.decoder.parameters()) + list(model.hierarchy.levels[0].decoder.parameters())
-               + list(model.hierarchy.levels[1].decoder.parameters()))
+    trained = [*model.decoder.parameters(), *levels[0].decoder.parameters(), *levels[1].decoder.parameters()]
     assert all(g is not None and g.abs().sum() > 0 for g in torch.autograd.grad(term, trained))
-    with pytest.raises(ValueError, match="swap_recon"):
-        tiny(1, loss=LossConfig(swap_recon=1.0))
-    with pytest.raises(ValueError, match="swap_recon"):
-        LossConfig(swap_recon=-1.0)
-    with pytest.raises(ValueError, match="swap_recon_stride"):
-        LossConfig(swap_recon=1.0, swap_recon_stride=0)
-
-
-def _states(model: DLH) -> list:
-    _, states = model._filter(frames(), None, None, None, xs=model._bottom_up(frames()))
-    return states
+    with pytest.raises(ValueError, match="swap_cycle"):
+        tiny(1, loss=LossConfig(swap_cycle=1.0))
+    with pytest.raises(ValueError, match="swap_cycle"):
+        tiny(2, posterior_reads_d=True, loss=LossConfig(swap_cycle=1.0))
+    with pytest.raises(ValueError, match="swap_cycle"):
+        LossConfig(swap_cycle=-1.0)
+    with pytest.raises(ValueError, match="swap_cycle_stride"):
+        LossConfig(swap_cycle=1.0, swap_cycle_stride=0)

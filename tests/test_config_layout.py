@@ -54,7 +54,7 @@ V1_FIELDS = [
 # they never had a flat name, and `flat` leaves them out
 ADDED_AFTER_VERSION_1 = {"inference.restart_below", "loss.level_kl_scale", "level_s_dims", "upper_prior", "lower_prior",
                          "posterior_reads_d", "loss.overshoot", "loss.overshoot_scale",
-                         "loss.window_free_nats", "loss.held_twice", "loss.swap_cycle", "loss.swap_cycle_stride"}
+                         "loss.window_free_nats", "loss.held_twice"}
 
 
 def flat(cls: type, tree: dict) -> dict:

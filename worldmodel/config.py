@@ -216,19 +216,6 @@ class LossConfig:
             down). A lower level then keeps nothing the level above already holds, and the
             decoder must read such a feature from above. The probes' own error is trained with
             weight 1 and is not part of the ELBO.
-        swap_cycle: a decoder-side term for where the frame reads a feature the level above
-            holds (ours, issue 23; 0: off, the paper's ELBO). For each level n >= 2, on every
-            `swap_cycle_stride`-th step, the frame is decoded with the samples of levels
-            1..n−1 taken from another row of the batch (b+1) and levels n..N from row b, then
-            read back by the model's own encoder and level n's posterior (eq. 10, 13) with
-            their weights held fixed; the squared distance of that posterior mean from row b's
-            (both standardised per dimension over the batch) is added with this weight. Only
-            the top-down networks f_dec^1..f_dec^{n−1} and the image decoder learn from it: a
-            frame decoded under level n of row b must show what level n of row b holds,
-            whatever the lower levels below it carry — so the decoder takes such a feature
-            from above. Not part of the ELBO; logged as `swap_cycle`.
-        swap_cycle_stride: every how many steps of a window the term is computed (its cost is
-            one image-decoder and one encoder pass per level n >= 2 on 1/stride of the frames).
     """
 
     obs_std: float = 1.0
@@ -242,13 +229,9 @@ class LossConfig:
     overshoot_scale: float = 1.0
     window_free_nats: tuple[float, ...] | None = None
     held_twice: float = 0.0
-    swap_cycle: float = 0.0
-    swap_cycle_stride: int = 4
 
     def __post_init__(self) -> None:
         _check_number("loss.held_twice", self.held_twice, at_least=0.0)
-        _check_number("loss.swap_cycle", self.swap_cycle, at_least=0.0)
-        _check_int(self, "swap_cycle_stride", 1, "DLHConfig.loss")
         if self.window_free_nats is not None:
             free = self.window_free_nats
             if isinstance(free, (str, bytes)) or not isinstance(free, (list, tuple)):
@@ -412,10 +395,6 @@ class DLHConfig:
             raise ValueError("DLHConfig.loss.held_twice needs levels >= 2 and posterior_reads_d false "
                              f"(got levels={self.levels}, posterior_reads_d={self.posterior_reads_d}): "
                              "set loss.held_twice to 0")
-        if self.loss.swap_cycle > 0 and (self.levels < 2 or self.posterior_reads_d):
-            raise ValueError("DLHConfig.loss.swap_cycle needs levels >= 2 and posterior_reads_d false "
-                             f"(got levels={self.levels}, posterior_reads_d={self.posterior_reads_d}): "
-                             "set loss.swap_cycle to 0")
         levels = _check_ints("action_levels", self.action_levels, self.levels)
         object.__setattr__(self, "action_levels", levels)
         for name in ("enc_hidden", "dec_hidden", "state_hidden", "factor_hidden", "head_hidden"):

@@ -40,12 +40,6 @@ def _check_generator(generator: object) -> torch.Generator | None:
     return generator
 
 
-def _frozen(module: nn.Module, *args: Tensor) -> Tensor:
-    """module(*args) with its parameters detached: gradients reach the inputs, never the weights."""
-    params = {name: p.detach() for name, p in module.named_parameters()}
-    return torch.func.functional_call(module, params, args)
-
-
 class DLH(nn.Module):
     """Dynamic Latent Hierarchy world model; see the module docstring for the API."""
 
@@ -402,9 +396,6 @@ class DLH(nn.Module):
         if recipe.held_twice > 0:  # what a level keeps that the level above holds (issue 23)
             extra["held_twice"] = self._held_twice(xs, states, recipe.held_twice)
             loss = loss + extra["held_twice"]
-        if recipe.swap_cycle > 0:  # the frame under another row's lower levels, read back (issue 23)
-            extra["swap_cycle"] = self._swap_cycle(frames, states, recipe.swap_cycle_stride)
-            loss = loss + recipe.swap_cycle * extra["swap_cycle"]
         if rewards is not None:
             extra["reward_nll"] = reward_nll(self.predict_reward(out.features), rewards)
         if continues is not None:
@@ -459,45 +450,6 @@ class DLH(nn.Module):
             guess = probe(reverse_gradient(lower, weight))
             total = total + (guess - upper).square().mean(-1)
         return total
-
-    def _swap_cycle(self, frames: Tensor, states: list[HierarchicalState], stride: int) -> Tensor:
-        """`loss.swap_cycle`: (B, T), summed over levels n >= 2, on steps 0, stride, 2·stride, ...
-        (zero elsewhere): the frame decoded with the samples of levels below n from the next row
-        (b+1, cyclic) and levels n..N from row b, read back by the encoder and
-        level n's posterior with their weights held fixed; the mean squared distance of that
-        posterior mean from row b's own, both standardised per dimension over the batch.
-
-        The decoded frame's inputs are detached and the reading networks' weights are not
-        trained here, so only f_dec^1..f_dec^{n−1} and the image decoder learn from it.
-        """
-        batch, steps = frames.shape[:2]
-        total = frames.new_zeros(batch, steps)
-        if batch < 2:
-            return total
-        picked = list(range(0, steps, stride))
-        for n in range(1, self.config.levels):  # 0-based: levels n.. from the row, below from the next
-            swapped = self._swap_decode([states[t] for t in picked], n)
-            x = _frozen(self.encoder, swapped)
-            for level in self.hierarchy.levels[:n]:
-                x = _frozen(level.encoder, x)  # eq. 10
-            context = torch.cat([self.hierarchy.context(n, states[t].top_down) for t in picked]).detach()
-            params = _frozen(self.hierarchy.levels[n].posterior, torch.cat([x, context], -1).float())
-            read = params.chunk(2, dim=-1)[0]  # eq. 13's mean
-            target = torch.cat([states[t].mean[n] for t in picked]).detach()
-            centre, scale = target.mean(0), target.std(0).clamp_min(1e-3)
-            error = ((read - centre) / scale - (target - centre) / scale).square().mean(-1)
-            total[:, picked] = total[:, picked] + error.unflatten(0, (len(picked), batch)).transpose(0, 1)
-        return total
-
-    def _swap_decode(self, states: list[HierarchicalState], level: int) -> Tensor:
-        """Frames (steps·B, C, H, W) of `states` (one per step) decoded with the samples of levels
-        below 0-based `level` from the next row (b+1, cyclic) under the row's own context from
-        `level` up (its cached top-down output); inputs detached."""
-        context = torch.cat([s.top_down[level] for s in states]).detach()  # read by level - 1
-        for m in range(level - 1, -1, -1):
-            other = torch.cat([s.s[m].roll(-1, 0) for s in states]).detach()
-            context = self.hierarchy.levels[m].top_down(other, context)  # eq. 11
-        return self.decoder(context)
 
     @staticmethod
     def _window_free_extra(kl: Tensor, floors: tuple[float, ...]) -> Tensor:

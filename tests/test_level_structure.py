@@ -384,3 +384,29 @@ def test_window_free_nats_floor_each_levels_window_total_without_gradient_below_
     assert float(loss.detach()) >= metrics["recon"] + metrics["kl/level1"]
     with pytest.raises(ValueError, match="one floor per level"):
         tiny(2, loss=LossConfig(window_free_nats=(1.0,)))
+
+
+def test_transition_hidden_embeds_s_before_the_gru_in_filtering_and_imagination() -> None:
+    model = tiny(2, transition_hidden=(6, 5), action_dim=2)
+    level = model.hierarchy.levels[0]
+    assert [m.out_features for m in level.temporal_in if isinstance(m, torch.nn.Linear)] == [6, 5]
+    assert level.temporal_in[0].in_features == 4 + 2  # s^1 and the action
+    assert level.temporal.input_size == 5 and tiny(2).hierarchy.levels[0].temporal_in is None
+    s, d, a = torch.randn(3, 4), torch.randn(3, 10), torch.randn(3, 2)
+    expected = level.temporal(level.temporal_in(torch.cat([s, a], -1)), d)
+    assert torch.equal(level.transition(s, d, a), expected)
+    # training and imagination run through it; the fused route falls back to the per-network one
+    flat = tiny(2, transition_hidden=(6,))
+    loss, _ = flat.loss(frames(), beta=1.0)
+    loss.backward()
+    assert flat.hierarchy.levels[0].temporal_in[0].weight.grad.abs().sum() > 0
+    flat.eval()
+    state = flat.observe(frames()).state
+    runs = {}
+    for mode in ("fused", "eager"):
+        flat.hierarchy.step_mode = mode
+        torch.manual_seed(7)
+        runs[mode] = flat.imagine(state, 4).features
+    assert torch.equal(runs["fused"], runs["eager"])
+    with pytest.raises(ValueError, match="transition_hidden"):
+        tiny(2, transition_hidden=(0,))

@@ -279,6 +279,10 @@ class DLHConfig:
         enc_hidden, dec_hidden: hidden sizes of f_enc^n and f_dec^n (Table 4: MLP [200]).
         state_hidden: hidden sizes of the posterior and change-prior MLPs (Table 4: [40, 40, 40]).
         factor_hidden: hidden sizes of the prior factor's MLP head.
+        transition_hidden: dense ELU layers between s^n (and the action) and the GRU of eq. 12
+            (ours, issue 24; []: the paper, the GRU reads s^n itself), as Dreamer's RSSM feeds
+            its GRU a dense embedding of the stochastic state and action. Imagination runs a
+            level with such layers on the per-network route (not the fused step).
         prior_factor: "feedforward" — p(e^n = 1 | d^n) is an MLP on the level's temporal
             state d^n, which is frozen while the level is static, so the predicted change
             probability is constant over a static stretch; "recurrent" — Table 4's
@@ -338,6 +342,7 @@ class DLHConfig:
     dec_hidden: tuple[int, ...] = (200,)
     state_hidden: tuple[int, ...] = (40, 40, 40)
     factor_hidden: tuple[int, ...] = (200,)
+    transition_hidden: tuple[int, ...] = ()
     prior_factor: str = "feedforward"
     upper_prior: str = "recurrent"
     lower_prior: str = "paper"
@@ -397,7 +402,7 @@ class DLHConfig:
                              "set loss.held_twice to 0")
         levels = _check_ints("action_levels", self.action_levels, self.levels)
         object.__setattr__(self, "action_levels", levels)
-        for name in ("enc_hidden", "dec_hidden", "state_hidden", "factor_hidden", "head_hidden"):
+        for name in ("enc_hidden", "dec_hidden", "state_hidden", "factor_hidden", "head_hidden", "transition_hidden"):
             object.__setattr__(self, name, _check_ints(name, getattr(self, name)))
         if self.level_s_dims is not None:
             dims = _check_ints("level_s_dims", self.level_s_dims)

@@ -120,7 +120,8 @@ def change_step(level: Level, d: Tensor, context: Tensor, route: Route | None,
     `hierarchy.Hierarchy.pay_owed`). `route` None is the reference path; a level that takes
     the action always runs it. The noise comes from `generator` (None: torch's global RNG).
     """
-    if route is None or level.takes_action or not (level.prior_reads_d and level.prior_reads_c):
+    if route is None or level.takes_action or level.temporal_in is not None \
+            or not (level.prior_reads_d and level.prior_reads_c):
         dist = level.predict(d, context)  # eq. 14
         s = dist.rsample(generator)
         below = level.top_down(s, context)  # eq. 11

@@ -25,7 +25,8 @@ class Level(nn.Module):
 
     - `encoder`   f_enc^n : x^n -> x^{n+1}              (eq. 10; absent on the top level)
     - `decoder`   f_dec^n : (s^n, c^n) -> c^{n-1}        (eq. 11)
-    - `temporal`  f_tem^n : (s^n, d^n[, a]) -> d^{n+1}   (eq. 12, a GRU cell)
+    - `temporal`  f_tem^n : (s^n, d^n[, a]) -> d^{n+1}   (eq. 12, a GRU cell; `temporal_in`,
+      dense layers before it under `transition_hidden`, else None)
     - `posterior` q(s^n | x^n, c^n)                      (eq. 13)
     - `prior`     p(s^n | d^n, c^n), the change prior    (eq. 14)
     - `factor`    logit of p(e^n = 1 | d^n)              (eq. 15; absent on level 1, where e = 1)
@@ -43,7 +44,11 @@ class Level(nn.Module):
         self.encoder = MLP(cfg.x_dim, cfg.enc_hidden, cfg.x_dim) if index < cfg.levels else None
         self.decoder = MLP(s_dim + cfg.c_dim, cfg.dec_hidden, cfg.c_dim)
         gru_in = s_dim + (cfg.action_dim if self.takes_action else 0)
-        self.temporal = nn.GRUCell(gru_in, cfg.d_dim)
+        # transition_hidden: dense ELU layers before the GRU (Dreamer's embedding of s and a)
+        widths = (gru_in, *cfg.transition_hidden)
+        self.temporal_in = nn.Sequential(*(layer for a, b in zip(widths, widths[1:])
+                                           for layer in (nn.Linear(a, b), nn.ELU()))) if cfg.transition_hidden else None
+        self.temporal = nn.GRUCell(widths[-1], cfg.d_dim)
         self.posterior_reads_d = cfg.posterior_reads_d  # RSSM's posterior q(s^n | x^n, c^n, d^n)
         post_in = cfg.x_dim + cfg.c_dim + (cfg.d_dim if cfg.posterior_reads_d else 0)
         self.posterior = MLP(post_in, cfg.state_hidden, 2 * s_dim)
@@ -126,6 +131,8 @@ class Level(nn.Module):
     def transition(self, s: Tensor, d: Tensor, action: Tensor | None) -> Tensor:
         """d' = f_tem^n(s^n, d^n[, a]): (B, S), (B, D), (B, A) -> (B, D)."""
         inputs = torch.cat([s, action], -1) if self.takes_action else s
+        if self.temporal_in is not None:
+            inputs = self.temporal_in(inputs)
         return self.temporal(inputs, d)
 
 

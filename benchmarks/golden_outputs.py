@@ -92,7 +92,7 @@ def compute(repo: Path) -> dict[str, object]:
         is_first = torch.zeros(batch, steps, dtype=torch.bool)
         is_first[1, 3] = True
 
-        def put(key: str, value: object, case: str = name) -> None:
+        def put(key: str, value: object, case: str = name, attrs: dict = attrs) -> None:
             if attrs and not key.startswith("loss."):
                 return  # the trainer's settings act in training only: their cases compare the loss
             results[f"{case}/{key}"] = value

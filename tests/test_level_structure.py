@@ -125,7 +125,8 @@ def test_a_lower_prior_of_memory_alone_ignores_the_context(lower_prior: str) -> 
         assert same == (lower_prior == "memory")
         assert not torch.equal(level.predict(d, c1).mean, level.predict(torch.randn(3, 10), c1).mean)
         # the posterior and the top-down decoder still read the context
-        assert not torch.equal(level.infer(torch.randn(3, 12), c1).mean, level.infer(torch.randn(3, 12), c2).mean)
+        x = torch.randn(3, 12)
+        assert not torch.equal(level.infer(x, c1).mean, level.infer(x, c2).mean)
     top = model.hierarchy.levels[-1]
     assert not torch.equal(top.predict(d, c1).mean, top.predict(d, c2).mean)  # the top reads c^N
     assert_fused_imagination_matches_eager(model)
@@ -295,10 +296,11 @@ def test_the_margin_schedule_scales_eq4s_margin_in_training_only(tmp_path) -> No
     assert int(huge.observe(video).changed[:, 1:, 1].sum()) == 0  # observing: always the model's margin
     schedule = OptimConfig(margin_warmup=3, margin_ramp=4)
     assert [schedule.margin_scale(k) for k in range(9)] == [0, 0, 0, 0.25, 0.5, 0.75, 1, 1, 1]
-    assert OptimConfig(margin_warmup=2).margin_scale(1) == 0.0 and OptimConfig(margin_warmup=2).margin_scale(2) == 1.0
+    short = OptimConfig(margin_warmup=2)
+    assert short.margin_scale(1) == 0.0 and short.margin_scale(2) == 1.0
     assert OptimConfig().margin_scale(0) == 1.0  # off: the model's margin from the first step
-    sets = [*TINY_TRAINER, "model.inference.decision_margin=5", "optim.margin_warmup=2", "optim.margin_ramp=2",
-            f"out_dir={tmp_path}"]
+    sets = [*TINY_TRAINER, "model.inference.decision_margin=5", "optim.margin_warmup=2",
+            "optim.margin_ramp=2", f"out_dir={tmp_path}"]
     trainer = Trainer(load_config(None, sets))
     assert [trainer.schedule_at(k).margin_scale for k in range(5)] == [0.0, 0.0, 0.5, 1.0, 1.0]
     seen = []

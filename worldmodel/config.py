@@ -402,7 +402,8 @@ class DLHConfig:
                              "set loss.held_twice to 0")
         levels = _check_ints("action_levels", self.action_levels, self.levels)
         object.__setattr__(self, "action_levels", levels)
-        for name in ("enc_hidden", "dec_hidden", "state_hidden", "factor_hidden", "head_hidden", "transition_hidden"):
+        for name in ("enc_hidden", "dec_hidden", "state_hidden", "factor_hidden", "head_hidden",
+                     "transition_hidden"):
             object.__setattr__(self, name, _check_ints(name, getattr(self, name)))
         if self.level_s_dims is not None:
             dims = _check_ints("level_s_dims", self.level_s_dims)

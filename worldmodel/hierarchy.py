@@ -662,4 +662,5 @@ class Hierarchy(nn.Module):
         return d, sampled
 
 
-__all__ = ["Hierarchy", "Carry", "TrainSchedule", "Decision", "Filtered", "Imagined", "change_posterior", "balanced_kl"]
+__all__ = ["Hierarchy", "Carry", "TrainSchedule", "Decision", "Filtered", "Imagined", "change_posterior",
+           "balanced_kl"]

@@ -46,8 +46,8 @@ class Level(nn.Module):
         gru_in = s_dim + (cfg.action_dim if self.takes_action else 0)
         # transition_hidden: dense ELU layers before the GRU (Dreamer's embedding of s and a)
         widths = (gru_in, *cfg.transition_hidden)
-        self.temporal_in = nn.Sequential(*(layer for a, b in zip(widths, widths[1:])
-                                           for layer in (nn.Linear(a, b), nn.ELU()))) if cfg.transition_hidden else None
+        layers = [layer for a, b in zip(widths, widths[1:]) for layer in (nn.Linear(a, b), nn.ELU())]
+        self.temporal_in = nn.Sequential(*layers) if layers else None
         self.temporal = nn.GRUCell(widths[-1], cfg.d_dim)
         self.posterior_reads_d = cfg.posterior_reads_d  # RSSM's posterior q(s^n | x^n, c^n, d^n)
         post_in = cfg.x_dim + cfg.c_dim + (cfg.d_dim if cfg.posterior_reads_d else 0)

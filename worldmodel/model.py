@@ -61,7 +61,8 @@ class DLH(nn.Module):
         self.continue_head = MLP(cfg.feature_dim, cfg.head_hidden, 1) if cfg.continue_head else None
         # loss.held_twice: probe n−2 predicts level n's posterior mean from level n−1's (issue 23)
         self.held_twice_probes = nn.ModuleList(
-            MLP(cfg.level_s_dim(n - 1), cfg.state_hidden, cfg.level_s_dim(n)) for n in range(2, cfg.levels + 1)
+            MLP(cfg.level_s_dim(n - 1), cfg.state_hidden, cfg.level_s_dim(n))
+            for n in range(2, cfg.levels + 1)
         ) if cfg.loss.held_twice > 0 else None
         for module in (self.encoder, self.decoder, self.reward_head, self.continue_head):
             if module is not None:

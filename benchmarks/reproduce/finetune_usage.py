@@ -88,7 +88,8 @@ def main() -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optim.step()
         if step % 100 == 0:
-            terms = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if not k.startswith(("change", "factor")))
+            shown = {k: v for k, v in metrics.items() if not k.startswith(("change", "factor"))}
+            terms = ", ".join(f"{k} {v:.2f}" for k, v in shown.items())
             print(f"  step {step} ({time.perf_counter() - started:.0f} s): {terms}", flush=True)
         if step % args.every == 0:
             report(step)

@@ -178,7 +178,8 @@ class Trainer:
         self.run = RunFolder(cfg.out_dir)
         self.runtime = runtime = distributed.setup(cfg.device)
         self._set_up_compute()
-        with torch.random.fork_rng(devices=[]):  # identical initialisation on every rank; global RNG untouched
+        # identical initialisation on every rank; the global RNG untouched
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.model = DLH(cfg.model).to(runtime.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, eps=cfg.optim.eps,

@@ -412,3 +412,35 @@ def test_transition_hidden_embeds_s_before_the_gru_in_filtering_and_imagination(
     assert torch.equal(runs["fused"], runs["eager"])
     with pytest.raises(ValueError, match="transition_hidden"):
         tiny(2, transition_hidden=(0,))
+
+
+def test_finetune_usage_changes_the_loss_of_a_trained_run_and_reports_the_swap_test(tmp_path, capsys,
+                                                                                    monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from worldmodel.training import load_config, train
+
+    train(load_config(None, [*TINY_TRAINER, "steps=2", f"out_dir={tmp_path}"]), progress=False)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce" / "finetune_usage.py"
+    spec = importlib.util.spec_from_file_location("finetune_usage", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    config = DLHConfig(levels=2)
+    changed = script.changed_config(config, ["loss.held_twice=3", "inference.decision_margin=2.5"])
+    assert changed.loss.held_twice == 3.0 and changed.inference.decision_margin == 2.5
+    assert changed.loss.obs_std == config.loss.obs_std
+    with pytest.raises(SystemExit, match="loss.FIELD=VALUE"):
+        script.changed_config(config, ["model.d_dim=3"])
+    argv = ["finetune_usage.py", str(tmp_path), "--set", "loss.held_twice=3", "--steps", "2", "--every", "2",
+            "--pairs", "2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    threads = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            script.main()  # sets one thread and seeds torch: both restored for the tests after it
+        finally:
+            torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "new parameters" in out and out.count("colour -> L2") == 2  # before the first step and at step 2

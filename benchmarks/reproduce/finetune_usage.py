@@ -16,32 +16,29 @@ the control (no `--set`) beside it: the weights drift under plain training too.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from worldmodel import DLH, load
+from worldmodel import DLH, DLHConfig, load
+from worldmodel.config import from_dict, to_dict
 from worldmodel.data import build_source
 from worldmodel.evaluation.context import evaluation_source
 from worldmodel.evaluation.swap import level_usage
-from worldmodel.training.config import load_config
+from worldmodel.training.config import apply_overrides, load_config
 
 
-def changed_config(config, overrides: list[str]):
-    """`config` (a DLHConfig) with `section.field=value` items applied (section: loss, inference)."""
-    sections: dict[str, dict] = {}
+def changed_config(config: DLHConfig, overrides: list[str]) -> DLHConfig:
+    """`config` with `section.field=value` items applied (section: loss, inference), parsed and
+    checked as `dlh train --set` parses and checks them."""
     for item in overrides:
-        key, _, value = item.partition("=")
+        key, equals, _ = item.partition("=")
         section, _, field = key.partition(".")
-        if section not in ("loss", "inference") or not field or not _:
+        if section not in ("loss", "inference") or not field or not equals:
             raise SystemExit(f"--set {item!r}: expected loss.FIELD=VALUE or inference.FIELD=VALUE")
-        sections.setdefault(section, {})[field] = yaml.safe_load(value)
-    return dataclasses.replace(config, **{name: dataclasses.replace(getattr(config, name), **fields)
-                                          for name, fields in sections.items()})
+    return from_dict(DLHConfig, apply_overrides(to_dict(config), overrides, DLHConfig))
 
 
 def main() -> None:

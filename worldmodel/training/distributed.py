@@ -69,9 +69,8 @@ def teardown(runtime: Runtime) -> None:
     """Close the process group once every rank got here.
 
     Rank 0 writes the final media, model and summary while the others have nothing left to do;
-    a rank that destroyed its gloo group while rank 0 was still connected could abort
-    ("terminate called without an active exception", about 1 run in 4), so all ranks wait for
-    each other first."""
+    a rank that destroys its gloo group while rank 0 is still connected can abort ("terminate
+    called without an active exception"), so all ranks wait for each other first."""
     if runtime.distributed and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

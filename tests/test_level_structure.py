@@ -43,11 +43,41 @@ def test_per_level_state_sizes_shape_every_state_and_feature(tmp_path, action_di
     assert torch.equal(again.observe(frames(), acts).recon, a)
 
 
+@pytest.mark.parametrize("options", [{}, {"posterior_reads_d": True, "prior_factor": "recurrent"}])
+def test_per_level_temporal_widths_shape_every_network_state_and_feature(tmp_path, options: dict) -> None:
+    # issue 24: a wide GRU on level 1 only; every network that reads d^n takes its level's width
+    model = tiny(3, level_d_dims=(24, 6, 8), action_dim=2, action_levels=(1, 2), **options)
+    assert [level.temporal.hidden_size for level in model.hierarchy.levels] == [24, 6, 8]
+    acts = torch.randn(3, 5, 2)
+    out = model.observe(frames(), acts)
+    assert [d.shape[1] for d in out.state.d] == [24, 6, 8]
+    assert model.features(out.state).shape == (3, 3 * 4 + 24 + 6 + 8) == (3, model.config.feature_dim)
+    traj = model.imagine(out.state, 4, torch.randn(3, 4, 2))
+    assert model.decode(traj).shape == (3, 4, 1, SIZE, SIZE)
+    loss, _ = model.loss(frames(), acts)
+    loss.backward()
+    assert all(p.grad is not None for p in model.hierarchy.levels[0].temporal.parameters())
+    model.save(tmp_path / "m.safetensors")
+    again = load(tmp_path / "m.safetensors")
+    assert again.config.level_d_dims == (24, 6, 8)
+    torch.manual_seed(2)
+    a = model.observe(frames(), acts).recon
+    torch.manual_seed(2)
+    assert torch.equal(again.observe(frames(), acts).recon, a)
+    with pytest.raises(ValueError, match=r"d of level 1: expected shape \(3, 24\)"):
+        model.observe_step(tiny(3, action_dim=2, action_levels=(1, 2)).initial_state(3), frames()[:, 0],
+                           acts[:, 0])
+
+
 def test_per_level_sizes_must_match_the_levels() -> None:
     with pytest.raises(ValueError, match="level_s_dims must give one size per level"):
         tiny(2, level_s_dims=(2, 3, 4))
     with pytest.raises(ValueError, match="level_s_dims"):
         tiny(2, level_s_dims=(2, 0))
+    with pytest.raises(ValueError, match=r"level_d_dims must give one size per level \(2\), got \[8\]"):
+        tiny(2, level_d_dims=(8,))
+    with pytest.raises(ValueError, match="level_d_dims must be a list of positive ints"):
+        tiny(2, level_d_dims=(8, -1))
 
 
 def test_a_state_of_other_level_sizes_is_refused() -> None:

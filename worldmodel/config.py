@@ -276,6 +276,9 @@ class DLHConfig:
         level_s_dims: per-level |s^n|, one int per level (None: `s_dim` for every level; ours,
             not the paper's). A level-1 state too narrow for every feature of the frame leaves
             the persistent ones (an object's colour) one cheap home: a level above (issue 23).
+        level_d_dims: per-level |d^n|, one int per level (None: `d_dim` for every level; ours).
+            A wide level-1 GRU learns the motion sooner while the upper levels stay narrow
+            (a wide level 2 took the position, issue 24).
         enc_hidden, dec_hidden: hidden sizes of f_enc^n and f_dec^n (Table 4: MLP [200]).
         state_hidden: hidden sizes of the posterior and change-prior MLPs (Table 4: [40, 40, 40]).
         factor_hidden: hidden sizes of the prior factor's MLP head.
@@ -338,6 +341,7 @@ class DLHConfig:
     d_dim: int = 200
     s_dim: int = 20
     level_s_dims: tuple[int, ...] | None = None
+    level_d_dims: tuple[int, ...] | None = None
     enc_hidden: tuple[int, ...] = (200,)
     dec_hidden: tuple[int, ...] = (200,)
     state_hidden: tuple[int, ...] = (40, 40, 40)
@@ -405,12 +409,13 @@ class DLHConfig:
         for name in ("enc_hidden", "dec_hidden", "state_hidden", "factor_hidden", "head_hidden",
                      "transition_hidden"):
             object.__setattr__(self, name, _check_ints(name, getattr(self, name)))
-        if self.level_s_dims is not None:
-            dims = _check_ints("level_s_dims", self.level_s_dims)
-            if len(dims) != self.levels:
-                raise ValueError(f"DLHConfig.level_s_dims must give one size per level ({self.levels}), "
-                                 f"got {list(dims)}")
-            object.__setattr__(self, "level_s_dims", dims)
+        for name in ("level_s_dims", "level_d_dims"):
+            if getattr(self, name) is not None:
+                dims = _check_ints(name, getattr(self, name))
+                if len(dims) != self.levels:
+                    raise ValueError(f"DLHConfig.{name} must give one size per level ({self.levels}), "
+                                     f"got {list(dims)}")
+                object.__setattr__(self, name, dims)
         free = self.loss.window_free_nats
         if free is not None and len(free) != self.levels:
             raise ValueError(f"DLHConfig.loss.window_free_nats must give one floor per level "
@@ -424,6 +429,10 @@ class DLHConfig:
         """|s^n| of 1-based `level`."""
         return self.s_dim if self.level_s_dims is None else self.level_s_dims[level - 1]
 
+    def level_d_dim(self, level: int) -> int:
+        """|d^n| of 1-based `level`."""
+        return self.d_dim if self.level_d_dims is None else self.level_d_dims[level - 1]
+
     def level_min_std(self, level: int) -> float:
         """The std floor of 1-based `level`."""
         if level >= 2 and self.upper_min_std is not None:
@@ -433,7 +442,7 @@ class DLHConfig:
     @property
     def feature_dim(self) -> int:
         """Size F of `DLH.features(state)`: s^n and d^n concatenated over levels."""
-        return sum(self.level_s_dim(n) for n in range(1, self.levels + 1)) + self.levels * self.d_dim
+        return sum(self.level_s_dim(n) + self.level_d_dim(n) for n in range(1, self.levels + 1))
 
     def replace(self, **changes: Any) -> DLHConfig:
         """A copy with `changes`; a section changes as a whole, e.g.

@@ -276,7 +276,7 @@ class Hierarchy(nn.Module):
             s=[torch.zeros(batch_size, size, device=device) for size in s_dims],
             mean=[torch.zeros(batch_size, size, device=device) for size in s_dims],
             std=[torch.ones(batch_size, size, device=device) for size in s_dims],
-            d=zeros(cfg.d_dim),
+            d=[torch.zeros(batch_size, level.d_dim, device=device) for level in self.levels],
             top_down=zeros(cfg.c_dim),
             pending=torch.zeros(batch_size, n, dtype=torch.bool, device=device),
             t=torch.zeros(batch_size, dtype=torch.long, device=device),

@@ -40,6 +40,7 @@ class Level(nn.Module):
         self.index = index
         self.min_std = cfg.level_min_std(index)
         self.s_dim = s_dim = cfg.level_s_dim(index)
+        self.d_dim = d_dim = cfg.level_d_dim(index)
         self.takes_action = cfg.action_dim > 0 and index in cfg.action_levels
         self.encoder = MLP(cfg.x_dim, cfg.enc_hidden, cfg.x_dim) if index < cfg.levels else None
         self.decoder = MLP(s_dim + cfg.c_dim, cfg.dec_hidden, cfg.c_dim)
@@ -48,17 +49,17 @@ class Level(nn.Module):
         widths = (gru_in, *cfg.transition_hidden)
         layers = [layer for a, b in zip(widths, widths[1:]) for layer in (nn.Linear(a, b), nn.ELU())]
         self.temporal_in = nn.Sequential(*layers) if layers else None
-        self.temporal = nn.GRUCell(widths[-1], cfg.d_dim)
+        self.temporal = nn.GRUCell(widths[-1], d_dim)
         self.posterior_reads_d = cfg.posterior_reads_d  # RSSM's posterior q(s^n | x^n, c^n, d^n)
-        post_in = cfg.x_dim + cfg.c_dim + (cfg.d_dim if cfg.posterior_reads_d else 0)
+        post_in = cfg.x_dim + cfg.c_dim + (d_dim if cfg.posterior_reads_d else 0)
         self.posterior = MLP(post_in, cfg.state_hidden, 2 * s_dim)
-        self.prior = MLP(cfg.d_dim + cfg.c_dim, cfg.state_hidden, 2 * s_dim)
+        self.prior = MLP(d_dim + cfg.c_dim, cfg.state_hidden, 2 * s_dim)
         self.prior_reads_d = index == 1 or cfg.upper_prior == "recurrent"  # eq. 14 or p(s^n | c^n)
         self.prior_reads_c = index == cfg.levels or cfg.lower_prior == "paper"  # eq. 14 or p(s^n | d^n)
-        self.factor = MLP(cfg.d_dim, cfg.factor_hidden, 1) if index > 1 else None
+        self.factor = MLP(d_dim, cfg.factor_hidden, 1) if index > 1 else None
         recurrent = index > 1 and cfg.prior_factor == "recurrent"
-        self.factor_cell = nn.GRUCell(cfg.d_dim, cfg.d_dim) if recurrent else None
-        self.factor_size = cfg.d_dim if recurrent else 0  # width of the factor's state h^n
+        self.factor_cell = nn.GRUCell(d_dim, d_dim) if recurrent else None
+        self.factor_size = d_dim if recurrent else 0  # width of the factor's state h^n
         # running statistics of the decision rules `tolerant`/`relative` (worldmodel/decisions.py)
         self.decision_stats: Tensor | None
         if index > 1 and cfg.inference.decision in RUNNING_RULES:

@@ -284,7 +284,8 @@ class DLH(nn.Module):
         cfg = self.config
         factors = sum(level.factor_size for level in self.hierarchy.levels)
         s_sizes = sum(3 * level.s_dim for level in self.hierarchy.levels)  # s, mean, std
-        state = s_sizes + cfg.levels * (cfg.d_dim + cfg.c_dim) + factors
+        d_sizes = sum(level.d_dim for level in self.hierarchy.levels)
+        state = s_sizes + d_sizes + cfg.levels * cfg.c_dim + factors
         per_step = state + cfg.feature_dim + cfg.c_dim + cfg.action_dim  # + features, c^0, actions
         needed = horizon * batch * per_step * self.dtype.itemsize
         check.check_memory(needed, self.device, f"imagine: a rollout of horizon={horizon} for {batch} rows",

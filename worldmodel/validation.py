@@ -255,8 +255,9 @@ def check_state(
     if batch is not None and rows != batch:
         raise ValueError(f"{name}: expected batch {batch} (the input's rows), got a state of batch {rows}")
     s_dims = [cfg.level_s_dim(n) for n in range(1, levels + 1)]
+    d_dims = [cfg.level_d_dim(n) for n in range(1, levels + 1)]
     widths = {"s": ("s_dim", s_dims), "mean": ("s_dim", s_dims), "std": ("s_dim", s_dims),
-              "d": ("d_dim", [cfg.d_dim] * levels), "top_down": ("c_dim", [cfg.c_dim] * levels)}
+              "d": ("d_dim", d_dims), "top_down": ("c_dim", [cfg.c_dim] * levels)}
     for key, (what, per_level) in widths.items():
         for n, (x, width) in enumerate(zip(getattr(state, key), per_level)):
             if tuple(x.shape) != (rows, width):
@@ -335,13 +336,19 @@ def parameter_count(cfg: DLHConfig) -> int:
     widths = [cfg.channels, d, 2 * d, 4 * d, 8 * d]
     convs = sum(16 * a * b + b for a, b in zip(widths[:-1], widths[1:]))
     towers = 2 * convs + (8 * d * side2 * cfg.x_dim + cfg.x_dim) + (cfg.c_dim * 8 * d * side2 + 8 * d * side2)
-    gru = 3 * cfg.d_dim * (cfg.s_dim + cfg.d_dim) + 6 * cfg.d_dim
-    level = (mlp(cfg.s_dim + cfg.c_dim, cfg.dec_hidden, cfg.c_dim) + gru
-             + mlp(cfg.x_dim + cfg.c_dim, cfg.state_hidden, 2 * cfg.s_dim)
-             + mlp(cfg.d_dim + cfg.c_dim, cfg.state_hidden, 2 * cfg.s_dim))
-    actions = 3 * cfg.d_dim * cfg.action_dim * len(cfg.action_levels)
+    def level(s_dim: int, d_dim: int) -> int:
+        gru = 3 * d_dim * (s_dim + d_dim) + 6 * d_dim
+        return (mlp(s_dim + cfg.c_dim, cfg.dec_hidden, cfg.c_dim) + gru
+                + mlp(cfg.x_dim + cfg.c_dim, cfg.state_hidden, 2 * s_dim)
+                + mlp(d_dim + cfg.c_dim, cfg.state_hidden, 2 * s_dim))
+
+    if cfg.level_s_dims is None and cfg.level_d_dims is None:  # no loop over a million levels
+        levels = cfg.levels * level(cfg.s_dim, cfg.d_dim)
+    else:
+        levels = sum(level(cfg.level_s_dim(n), cfg.level_d_dim(n)) for n in range(1, cfg.levels + 1))
+    actions = sum(3 * cfg.level_d_dim(n) * cfg.action_dim for n in cfg.action_levels)
     encoders = (cfg.levels - 1) * mlp(cfg.x_dim, cfg.enc_hidden, cfg.x_dim)
-    return towers + cfg.levels * level + encoders + actions
+    return towers + levels + encoders + actions
 
 
 def check_model_memory(cfg: DLHConfig, device: torch.device, dtype: torch.dtype) -> None:

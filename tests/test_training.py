@@ -237,3 +237,37 @@ def test_the_old_recipe_freezes_level_two_and_is_flagged(tmp_path):
     moved = _movement_after_30_steps(tmp_path / "old", "optim.eps=1e-4", "optim.grad_clip=100",
                                      "optim.lr_warmup=0")
     assert moved["level2/prior"] < FROZEN_BOUND and moved["level2/temporal"] < FROZEN_BOUND
+
+
+# ---------------------------------------------------------------------------- per-level learning rates
+def test_level_lr_scale_trains_each_level_at_its_own_rate(tmp_path):
+    """optim.level_lr_scale (issue 23): level 2's networks and f_enc^1, which makes level 2's
+    input, at lr × 1e-3 barely move; level 1's and the towers move as under the recipe."""
+    from worldmodel.training.trainer import level_param_groups
+
+    moved = _movement_after_30_steps(tmp_path, "optim.level_lr_scale=[1, 0.001]")
+    for name in ("level1/posterior", "level1/prior", "level1/temporal", "level1/decoder", "conv_encoder"):
+        assert moved[name] > FROZEN_BOUND, f"{name} moved only {moved[name]:.4f}"
+    for name in ("level2/posterior", "level2/prior", "level2/temporal", "level2/factor", "level2/decoder",
+                 "level1/encoder"):
+        assert moved[name] < FROZEN_BOUND / 5, f"{name} moved {moved[name]:.4f} at lr × 0.001"
+    from worldmodel import DLH
+
+    model = DLH(load_config(None, [*TINY, "optim.level_lr_scale=[2, 3]"]).model)
+    groups = level_param_groups(model, (2.0, 3.0))
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters()), "every weight in exactly one group"
+    assert [g["lr_scale"] for g in groups] == [1.0, 2.0, 3.0]
+    level2 = {id(p) for p in groups[2]["params"]}
+    assert {id(p) for p in model.hierarchy.levels[0].encoder.parameters()} <= level2
+
+
+@pytest.mark.parametrize("value, match", [
+    ("[1]", r"level_lr_scale must give one factor per level \(2\), got \[1\.0\]"),
+    ("[1, 0]", r"level_lr_scale must be a list of finite numbers > 0"),
+    ("[1, .nan]", r"level_lr_scale must be a list of finite numbers > 0"),
+    ("3", r"optim\.level_lr_scale: expected a list, got 3"),
+])
+def test_bad_level_lr_scale_is_refused_naming_it(value, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(None, [*TINY, f"optim.level_lr_scale={value}"])

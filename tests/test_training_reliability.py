@@ -492,3 +492,30 @@ def test_a_rollout_context_longer_than_the_windows_is_lowered_with_a_warning(tmp
         trainer = Trainer(_cfg(tmp_path / "run", "steps=1", "rollout_context=1000"), progress=False,
                           media_batch=Batch(frames=frames))
     assert trainer.media_context == 2
+
+
+def test_resuming_with_other_level_lr_scales_is_a_clear_error_that_keeps_the_checkpoint(four_steps, tmp_path):
+    run = _copy(four_steps, tmp_path)
+    with pytest.raises(ValueError, match=r"cannot change in the middle of a run .*optim\.level_lr_scale "
+                                         r"None -> \[1\.0, 2\.0\]"):
+        Trainer(_cfg(run, "steps=6", "optim.level_lr_scale=[1, 2]"), resume=True, progress=False,
+                requested=["optim.level_lr_scale", "steps"])
+    assert latest_checkpoint(run).name == "step_00000004"  # not set aside as corrupt
+
+
+def test_an_optimiser_of_other_groups_is_refused_before_loading(four_steps):
+    """The guard behind the config check (a checkpoint that stores no config): a group count that
+    differs is a ValueError about the setting, not a corrupt checkpoint to set aside."""
+    from worldmodel import DLH
+    from worldmodel.training.checkpoints import read_checkpoint, restore
+    from worldmodel.training.trainer import level_param_groups
+
+    contents = read_checkpoint(latest_checkpoint(four_steps))
+    model = DLH(contents.model_config)
+    optimizer = torch.optim.Adam(level_param_groups(model, (1.0, 2.0)), lr=1e-3)
+    with pytest.raises(ValueError, match=r"1 parameter group\(s\), this run 3: resume with the same "
+                                         r"optim\.level_lr_scale"):
+        restore(contents, model, optimizer)
+    optimizer = torch.optim.Adam(level_param_groups(model, None), lr=1e-3)
+    restore(contents, model, optimizer)
+    assert optimizer.param_groups[0]["lr_scale"] == 1.0

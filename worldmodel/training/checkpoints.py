@@ -213,12 +213,21 @@ def restore(
     except RuntimeError as exc:
         raise CorruptCheckpoint(f"{contents.path / 'model.safetensors'}: {one_line(exc)}") from exc
     if optimizer is not None:
+        stored = contents.optimizer.get("param_groups") if isinstance(contents.optimizer, dict) else None
+        if isinstance(stored, list) and len(stored) != len(optimizer.param_groups):
+            raise ValueError(  # a setting, not a damaged file: the checkpoint stays where it is
+                f"{contents.path}: its optimiser has {len(stored)} parameter group(s), this run "
+                f"{len(optimizer.param_groups)}: resume with the same optim.level_lr_scale "
+                "(None: one group; a list: one group per level and one for the rest)")
+        scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
         try:
             optimizer.load_state_dict(contents.optimizer)
         except (ValueError, KeyError, RuntimeError) as exc:
             raise CorruptCheckpoint(
                 f"{contents.path / 'optimizer.pt'}: does not match the model ({one_line(exc)})"
             ) from exc
+        for group, scale in zip(optimizer.param_groups, scales):  # this run's factors, not the stored ones
+            group["lr_scale"] = scale
 
 
 def set_aside(path: Path) -> Path:

@@ -64,6 +64,12 @@ class OptimConfig:
             the first step keeps an empty upper level from ever changing; after the warm-up
             the level holds content and the margin only removes its spurious changes.
             Evaluation, probes and acting always use the model's own margin.
+        level_lr_scale: one learning-rate factor per level (issue 23; None: 1 everywhere, the
+            paper): level n's networks (its posterior, change prior, prior factor, GRU, f_dec^n
+            and f_enc^{n-1}, the encoder that makes x^n) train at lr × level_lr_scale[n-1]; the
+            conv towers and heads at lr. In the quick start both posteriors read the ball's colour
+            from the towers at about the same time and level 1's shorter path to the frame wins
+            the race; a faster level 2 tests whether who is first decides where it lives.
     """
 
     lr: float = 5e-4
@@ -77,8 +83,16 @@ class OptimConfig:
     memory_dropout: float = 0.0
     margin_warmup: int = 0
     margin_ramp: int = 0
+    level_lr_scale: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.level_lr_scale is not None:
+            scales = self.level_lr_scale
+            if (isinstance(scales, (str, bytes)) or not isinstance(scales, (list, tuple)) or not scales
+                    or not all(is_finite_number(v) and v > 0 for v in scales)):
+                raise ValueError(f"optim.level_lr_scale must be a list of finite numbers > 0, one per "
+                                 f"level, got {scales!r}")
+            object.__setattr__(self, "level_lr_scale", tuple(float(v) for v in scales))
         if not is_finite_number(self.memory_dropout) or not 0 <= self.memory_dropout < 1:
             raise ValueError(f"optim.memory_dropout must be in [0, 1), got {self.memory_dropout!r}")
         for name in ("lr", "eps"):
@@ -246,6 +260,10 @@ class TrainConfig:
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise ValueError(f"device must be auto, cpu or cuda[:i], got {self.device!r}")
         m, d = self.model, self.data
+        scales = self.optim.level_lr_scale
+        if scales is not None and len(scales) != m.levels:
+            raise ValueError(f"optim.level_lr_scale must give one factor per level ({m.levels}), "
+                             f"got {list(scales)}")
         if (m.image_size, m.channels) != (d.image_size, d.channels):
             raise ValueError(
                 f"model.image_size/channels ({m.image_size}, {m.channels}) must match "

@@ -121,6 +121,24 @@ def _claim_for_training(trainer: Trainer) -> None:
     _TRAINING[key] = weakref.ref(trainer)
 
 
+
+def level_param_groups(model: DLH, scales: tuple[float, ...] | None) -> list[dict]:
+    """Adam's parameter groups, each with its `lr_scale` (`optim.level_lr_scale`): one group per
+    level n — level n's networks and f_enc^{n-1}, the encoder that makes its input x^n — and
+    one for the rest (conv towers, heads, the top context) at scale 1. Without scales one group."""
+    if scales is None:
+        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    levels = model.hierarchy.levels
+    owned: list[list[torch.nn.Parameter]] = [[] for _ in levels]
+    for i, level in enumerate(levels):
+        for name, p in level.named_parameters():
+            j = i + 1 if name.startswith("encoder.") else i  # f_enc^n feeds level n + 1
+            owned[j].append(p)
+    ids = {id(p) for group in owned for p in group}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": rest, "lr_scale": 1.0}] + [
+        {"params": group, "lr_scale": scale} for group, scale in zip(owned, scales)]
+
 class Trainer:
     """Trains one DLH on one source; `train(cfg)` is `Trainer(cfg).fit()`.
 
@@ -182,8 +200,8 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.model = DLH(cfg.model).to(runtime.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, eps=cfg.optim.eps,
-                                          betas=(0.9, cfg.optim.beta2))
+        self.optimizer = torch.optim.Adam(level_param_groups(self.model, cfg.optim.level_lr_scale),
+                                          lr=cfg.optim.lr, eps=cfg.optim.eps, betas=(0.9, cfg.optim.beta2))
         if runtime.is_main:  # one process writes a run: a second is refused, naming the first's PID
             self.run.claim()
         self.step, self.finished = self.run.start(cfg, self.model, self.optimizer, runtime, resume,
@@ -364,7 +382,7 @@ class Trainer:
         self.bad_in_a_row = 0
         before = self.groups.snapshot() if log_step else None
         for group in self.optimizer.param_groups:
-            group["lr"] = cfg.optim.lr_at(step)
+            group["lr"] = cfg.optim.lr_at(step) * group.get("lr_scale", 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         metrics["grad_norm"] = grad_norm

@@ -52,7 +52,7 @@ from gymnasium.vector.utils import batch_space
 from torch import Tensor
 
 from envs.recorder import RECORDING_FILE, action_size, encode_action
-from worldmodel import DLH, HierarchicalState, load
+from worldmodel import DLH, HierarchicalState, fastpath, load
 from worldmodel.arguments import check_int
 from worldmodel.data.episodes import EpisodeSource
 from worldmodel.fastpath import one_rollout
@@ -113,6 +113,57 @@ def _assign_rows(state: HierarchicalState, rows: Tensor, part: HierarchicalState
             out[f.name] = old.index_copy(0, rows, new)
     return HierarchicalState(**out)
 
+
+
+class _StaticLevelHead:
+    """A head MLP (reward or continue) whose first layer's work on levels >= 2 is reused.
+
+    The first layer's pre-activation is Σ_n W_n f_n + b over the levels' features f_n = (s^n, d^n).
+    An upper level is static at most imagined steps and its (s, d) are then copied exactly, so
+    W_n f_n is kept per row and recomputed only for the rows whose f_n changed (compared exactly:
+    changes, resets and rows of another batch all count). The kept products belong to the
+    weights they were made with: the key is the weight's identity, storage and version counter
+    and fastpath's optimiser/load generation, so training the model between dream phases (the
+    Dyna loop) recomputes them. The sums run in another order than one matmul: the result equals
+    ``head(features)`` to float rounding (≈ 1e-7 relative), not bit for bit.
+    """
+
+    def __init__(self, head: torch.nn.Module, widths: list[int]) -> None:
+        self.head = head
+        self.first = head._linears[0]
+        bounds = np.cumsum([0, *widths])
+        self.slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.kept: list[tuple[Tensor, Tensor] | None] = [None] * len(widths)
+        self.key: tuple | None = None
+
+    def _key(self) -> tuple:
+        w = self.first.weight
+        return fastpath._GENERATION[0], id(w), w.data_ptr(), w._version
+
+    def __call__(self, features: Tensor) -> Tensor:
+        key = self._key()
+        if key != self.key:
+            self.kept = [None] * len(self.slices)
+            self.key = key
+        weight, bias = self.first.weight, self.first.bias
+        lower = self.slices[0]
+        h = torch.nn.functional.linear(features[:, lower], weight[:, lower], bias)
+        for n, part in enumerate(self.slices[1:], start=1):
+            f = features[:, part]
+            kept = self.kept[n]
+            if kept is None or kept[0].shape != f.shape:
+                product = f @ weight[:, part].t()
+            else:
+                rows = (f != kept[0]).any(1).nonzero().squeeze(1)
+                product = kept[1]
+                if len(rows):
+                    product = product.index_copy(0, rows, f[rows] @ weight[:, part].t())
+            self.kept[n] = (f.clone(), product)
+            h = h + product
+        linears = self.head._linears
+        for linear in linears[1:]:
+            h = torch.nn.functional.linear(torch.nn.functional.elu(h), linear.weight, linear.bias)
+        return h
 
 class DreamVecEnv(VectorEnv):
     """B imagined rows of a trained DLH as a Gymnasium ``VectorEnv``; see the module docstring.
@@ -181,6 +232,14 @@ class DreamVecEnv(VectorEnv):
             )
         if cfg.action_dim < 1:
             raise ValueError("the dream needs a model that takes actions: this one has action_dim=0")
+        widths = [cfg.level_s_dim(n) + cfg.level_d_dim(n) for n in range(1, cfg.levels + 1)]
+
+        def head(module: torch.nn.Module | None) -> Any:
+            if module is None or cfg.levels < 2 or not hasattr(module, "_linears"):
+                return module
+            return _StaticLevelHead(module, widths)
+
+        self._reward_head, self._continue_head = head(model.reward_head), head(model.continue_head)
         self.horizon = check_int(horizon, "horizon", 1)
         self.context = check_int(context, "context", 1)
         if observation not in OBSERVATIONS:
@@ -517,13 +576,14 @@ class DreamVecEnv(VectorEnv):
         return state, features, torch.stack([level.changed for level in levels], 1)
 
     def _reward(self, features: Tensor) -> Tensor:
-        """The reward head's mean (B,) (``model.predict_reward`` on features the dream made)."""
-        return self.model.reward_head(features).squeeze(-1)
+        """The reward head's mean (B,) (``model.predict_reward`` on features the dream made; the
+        first layer's part on static upper levels reused, `_StaticLevelHead`)."""
+        return self._reward_head(features).squeeze(-1)
 
     def _terminal(self, features: Tensor) -> Tensor:
         if self.model.continue_head is None:
             return torch.zeros(features.shape[0], dtype=torch.bool, device=features.device)
-        probability = torch.sigmoid(self.model.continue_head(features).squeeze(-1))  # model.predict_continue
+        probability = torch.sigmoid(self._continue_head(features).squeeze(-1))  # model.predict_continue
         return probability < self.termination_threshold
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:

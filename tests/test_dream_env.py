@@ -450,3 +450,60 @@ def test_recording_json_unreadable(tmp_path, recorded):
     with pytest.raises(ValueError, match="recording.json"):
         DreamVecEnv(world_model(), copy, 2, context=4)
     json.loads((recorded / "recording.json").read_text())  # the original is intact
+
+
+# ---------------------------------------------------------------------- the reward head's static part
+def test_static_level_head_reuses_the_upper_levels_part_and_matches_the_head():
+    """_StaticLevelHead: the reward head with W_2 f_2 kept per row and recomputed only where
+    level 2's features changed, equal to the head to rounding; new weights (an optimiser step,
+    an in-place edit) recompute everything."""
+    from agents.dream import _StaticLevelHead
+
+    model = world_model(continue_head=True)
+    cfg = model.config
+    widths = [cfg.level_s_dim(n) + cfg.level_d_dim(n) for n in (1, 2)]
+    split = _StaticLevelHead(model.reward_head, widths)
+    torch.manual_seed(3)
+    f = torch.randn(6, cfg.feature_dim)
+    with torch.no_grad():
+        assert torch.allclose(split(f), model.reward_head(f), atol=1e-6)
+        g = f.clone()
+        g[:, :widths[0]] = torch.randn(6, widths[0])  # level 1 moves everywhere
+        g[[1, 4], widths[0]:] = torch.randn(2, widths[1])  # level 2 changes in rows 1 and 4
+        kept = split.kept[1][1].clone()
+        split.kept[1] = (split.kept[1][0], kept + 1000.0)  # poison the kept product: reused rows show it
+        out = split(g)
+        expected = model.reward_head(g)
+        reused = [0, 2, 3, 5]
+        assert not torch.allclose(out[reused], expected[reused])  # those rows read the kept product
+        assert torch.allclose(out[[1, 4]], expected[[1, 4]], atol=1e-6)  # recomputed
+        split.kept[1] = (split.kept[1][0], kept)
+        split.kept[1] = None
+        assert torch.allclose(split(g), expected, atol=1e-6)
+        model.reward_head._linears[0].weight.mul_(2.0)  # an in-place edit bumps the version
+        assert torch.allclose(split(g), model.reward_head(g), atol=1e-6)
+        fewer = g[:4]  # another batch: computed afresh
+        assert torch.allclose(split(fewer), model.reward_head(fewer), atol=1e-6)
+    optimizer = torch.optim.SGD(model.reward_head.parameters(), lr=0.1)
+    model.reward_head(g).sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        assert torch.allclose(split(g), model.reward_head(g), atol=1e-6)
+
+
+def test_dream_rewards_match_the_head_over_many_steps(source):
+    """Over steps where level 2 changes in some rows and not in others, the dream's reward is
+    model.predict_reward on its observations."""
+    env = dream(source, 8, horizon=20)
+    pin_change_prob(env.model, 0.3)
+    obs, _ = env.reset(seed=2)
+    static = 0
+    for _ in range(10):
+        before = obs
+        obs, reward, *_ = env.step(env.action_space.sample())
+        level2 = slice(env.model.config.level_s_dim(1) + env.model.config.level_d_dim(1), None)
+        static += int((obs[:, level2] == before[:, level2]).all(1).sum())
+        with torch.inference_mode():
+            expected = env.model.predict_reward(torch.as_tensor(obs)).double().numpy()
+        assert np.allclose(reward, expected, atol=1e-6)
+    assert 0 < static < 80  # both kinds of rows were seen

@@ -134,6 +134,8 @@ class _StaticLevelHead:
         bounds = np.cumsum([0, *widths])
         self.slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
         self.kept: list[tuple[Tensor, Tensor] | None] = [None] * len(widths)
+        self.blocks: list[Tensor] = []
+        self.lower_t = torch.empty(0)
         self.key: tuple | None = None
 
     def _key(self) -> tuple:
@@ -142,28 +144,33 @@ class _StaticLevelHead:
 
     def __call__(self, features: Tensor) -> Tensor:
         key = self._key()
-        if key != self.key:
-            self.kept = [None] * len(self.slices)
+        if key != self.key:  # new weights: their per-level blocks, contiguous (a strided block
+            self.kept = [None] * len(self.slices)  # costs a third more in the matmul)
+            self.blocks = [self.first.weight.detach()[:, part].contiguous() for part in self.slices]
+            self.lower_t = self.blocks[0].t().contiguous()  # (in, out): addmm's fastest layout
             self.key = key
-        weight, bias = self.first.weight, self.first.bias
-        lower = self.slices[0]
-        h = torch.nn.functional.linear(features[:, lower], weight[:, lower], bias)
+        upper: Tensor | None = None
         for n, part in enumerate(self.slices[1:], start=1):
             f = features[:, part]
             kept = self.kept[n]
+            bias = self.first.bias if n == 1 else None  # the bias rides with level 2's part
             if kept is None or kept[0].shape != f.shape:
-                product = f @ weight[:, part].t()
+                product = torch.nn.functional.linear(f, self.blocks[n], bias)
             else:
                 rows = (f != kept[0]).any(1).nonzero().squeeze(1)
                 product = kept[1]
                 if len(rows):
-                    product = product.index_copy(0, rows, f[rows] @ weight[:, part].t())
+                    fresh = torch.nn.functional.linear(f[rows], self.blocks[n], bias)
+                    product.index_copy_(0, rows, fresh)  # ours alone: made by this head
             self.kept[n] = (f.clone(), product)
-            h = h + product
+            upper = product if upper is None else upper + product
+        assert upper is not None  # levels >= 2
+        h = torch.addmm(upper, features[:, self.slices[0]], self.lower_t)
         linears = self.head._linears
         for linear in linears[1:]:
             h = torch.nn.functional.linear(torch.nn.functional.elu(h), linear.weight, linear.bias)
         return h
+
 
 class DreamVecEnv(VectorEnv):
     """B imagined rows of a trained DLH as a Gymnasium ``VectorEnv``; see the module docstring.

@@ -9,7 +9,11 @@ over them of the error at +1 / +5 / +10 / +20 / +30 px, the +10 error of each ch
 checkpoint moves by up to 0.8 px from the next, so a single one cannot rank candidates), the +10
 / +30 of one rollout with every Gaussian draw at its mean and e^n at its mode, and colour kept.
 `--e-mode`: also best of 10 with e^n at its mode (p > 0.5) instead of sampled, for the run's
-final model (`model.safetensors`).
+final model (`model.safetensors`). `--each`: a learning curve instead — one row per checkpoint
+(`--last 0`: all the run keeps; train with `--set logging.keep_checkpoints=N`), with the
+wall time from the run's start to each checkpoint.
+
+    python benchmarks/reproduce/track_checkpoints.py runs/long --each --last 0
 """
 
 from __future__ import annotations
@@ -43,6 +47,17 @@ def scores(model, source, samples: int, sequences: int, *, at_mean: bool = False
         del model.imagine
 
 
+def wall_minutes(run: Path, step: int) -> str:
+    """Wall time from the run's start (its config.yaml, written first) to the checkpoint of `step`
+    (its model file), in minutes: training and the periodic probes, on whatever machine and load
+    the run had; wrong for a run resumed after a pause."""
+    checkpoint = run / "checkpoints" / f"step_{step:08d}" / "model.safetensors"
+    try:
+        return f"{(checkpoint.stat().st_mtime - (run / 'config.yaml').stat().st_mtime) / 60:.1f}"
+    except OSError:
+        return "–"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,11 +65,15 @@ def main() -> None:
     parser.add_argument("--last", type=int, default=3, help="checkpoints averaged")
     parser.add_argument("--sequences", type=int, default=128)
     parser.add_argument("--e-mode", action="store_true")
+    parser.add_argument("--each", action="store_true", help="one row per checkpoint (a learning curve)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for run in map(Path, args.runs):
         source = evaluation_source(load_config(run / "config.yaml").data)[0]
         checkpoints = sorted((run / "checkpoints").glob("step_*"))[-args.last:]
+        if args.each:
+            print(f"{run.name}\n| step | wall min | +1 / +5 / +10 / +20 / +30 px (best of 10) "
+                  "| at the mean +10 / +30 | colour kept |\n|---|---|---|---|---|")
         best, mean = [], []
         for checkpoint in checkpoints:
             model = load(checkpoint / "model.safetensors")
@@ -64,6 +83,13 @@ def main() -> None:
             at_mean = scores(model, source, 1, args.sequences, at_mean=True)
             best.append([sampled[f"centroid_px_at{k}"] for k in AT] + [sampled["colour_kept"]])
             mean.append([at_mean[f"centroid_px_at{k}"] for k in AT])
+            if args.each:
+                step = int(checkpoint.name.split("_")[1])
+                print(f"| {step:,} | {wall_minutes(run, step)} | "
+                      + " / ".join(f"{x:.2f}" for x in best[-1][:5])
+                      + f" | {mean[-1][2]:.2f} / {mean[-1][4]:.2f} | {best[-1][5]:.2f} |", flush=True)
+        if args.each:
+            continue
         b, m = np.array(best), np.array(mean)
         steps = ", ".join(c.name.split("_")[1].lstrip("0") for c in checkpoints)
         print(f"| {run.name} | {steps} | " + " / ".join(f"{x:.2f}" for x in b[:, :5].mean(0))

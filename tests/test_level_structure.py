@@ -474,3 +474,33 @@ def test_finetune_usage_changes_the_loss_of_a_trained_run_and_reports_the_swap_t
             torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "new parameters" in out and out.count("colour -> L2") == 2  # before the first step and at step 2
+
+
+def test_track_checkpoints_prints_a_learning_curve_row_per_checkpoint(tmp_path, capsys, monkeypatch):
+    """benchmarks/reproduce/track_checkpoints.py (issue 24's read-out): the averaged row over the
+    last checkpoints, and with --each one row per checkpoint with its wall time."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from worldmodel.training import load_config, train
+
+    train(load_config(None, [*TINY_TRAINER, "steps=2", "checkpoint_every=1", f"out_dir={tmp_path}"]),
+          progress=False)
+    capsys.readouterr()
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce" / "track_checkpoints.py"
+    spec = importlib.util.spec_from_file_location("track_checkpoints", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    threads = torch.get_num_threads()
+    for extra in ([], ["--each", "--last", "0"]):
+        monkeypatch.setattr(sys, "argv", ["track_checkpoints.py", str(tmp_path), "--sequences", "2", *extra])
+        try:
+            script.main()
+        finally:
+            torch.set_num_threads(threads)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"| {tmp_path.name} | 1, 2 | ") and out[0].count("|") == 7
+    rows = [line for line in out if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert len(rows) == 2 and all(row.count("|") == 6 for row in rows)
+    assert float(rows[1].split("|")[2]) >= 0  # wall minutes from the run's start

@@ -53,7 +53,7 @@ V1_FIELDS = [
 # DLHConfig settings added after version 1 (in their sections or at the top; issue 23's options):
 # they never had a flat name, and `flat` leaves them out
 ADDED_AFTER_VERSION_1 = {"inference.restart_below", "transition_hidden", "loss.level_kl_scale",
-                         "level_s_dims", "level_d_dims",
+                         "level_s_dims", "level_d_dims", "transition_norm",
                          "upper_prior", "lower_prior",
                          "posterior_reads_d", "loss.overshoot", "loss.overshoot_scale",
                          "loss.window_free_nats", "loss.held_twice"}

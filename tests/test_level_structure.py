@@ -504,3 +504,31 @@ def test_track_checkpoints_prints_a_learning_curve_row_per_checkpoint(tmp_path, 
     rows = [line for line in out if line.startswith("| 1 |") or line.startswith("| 2 |")]
     assert len(rows) == 2 and all(row.count("|") == 6 for row in rows)
     assert float(rows[1].split("|")[2]) >= 0  # wall minutes from the run's start
+
+
+def test_transition_norm_runs_a_layer_normalised_gru_in_filtering_and_imagination() -> None:
+    """transition_norm (issue 24): eq. 12's cell is NormGRUCell, its arithmetic as documented;
+    such a level imagines on the per-network route, whose numbers the fused mode reproduces."""
+    from worldmodel.networks import NormGRUCell
+
+    model = tiny(2, transition_norm=True)
+    cell = model.hierarchy.levels[0].temporal
+    assert isinstance(cell, NormGRUCell) and cell.hidden_size == 10
+    x, h = torch.randn(3, 4), torch.randn(3, 10)
+    g = torch.nn.functional.layer_norm(torch.cat([x, h], -1) @ cell.gates.weight.t(), (30,),
+                                       cell.norm.weight, cell.norm.bias)
+    r, c, u = g[:, :10].sigmoid(), g[:, 10:20], (g[:, 20:] - 1).sigmoid()
+    assert torch.allclose(cell(x, h), u * torch.tanh(r * c) + (1 - u) * h, atol=1e-6)
+    out = model.observe(frames())
+    loss, _ = model.loss(frames())
+    loss.backward()
+    assert cell.gates.weight.grad is not None and cell.norm.weight.grad.abs().sum() > 0
+    runs = {}
+    for mode in ("eager", "fused"):
+        model.hierarchy.step_mode = mode
+        torch.manual_seed(5)
+        with torch.no_grad():
+            runs[mode] = model.imagine(out.state, 4).features
+    assert torch.equal(runs["fused"], runs["eager"])
+    with pytest.raises(ValueError, match="transition_norm must be true or false"):
+        tiny(2, transition_norm="yes")

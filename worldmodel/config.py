@@ -286,6 +286,10 @@ class DLHConfig:
             (ours, issue 24; []: the paper, the GRU reads s^n itself), as Dreamer's RSSM feeds
             its GRU a dense embedding of the stochastic state and action. Imagination runs a
             level with such layers on the per-network route (not the fused step).
+        transition_norm: the GRU of eq. 12 as a layer-normalised cell (ours, issue 24; False: PyTorch's
+            GRUCell, the paper): one linear map of [input, d] to the three gates, LayerNorm over
+            them, the update gate's bias shifted by −1 (a cell that keeps its state at first), as
+            Dreamer's RSSM. Such a level imagines on the per-network route.
         prior_factor: "feedforward" — p(e^n = 1 | d^n) is an MLP on the level's temporal
             state d^n, which is frozen while the level is static, so the predicted change
             probability is constant over a static stretch; "recurrent" — Table 4's
@@ -347,6 +351,7 @@ class DLHConfig:
     state_hidden: tuple[int, ...] = (40, 40, 40)
     factor_hidden: tuple[int, ...] = (200,)
     transition_hidden: tuple[int, ...] = ()
+    transition_norm: bool = False
     prior_factor: str = "feedforward"
     upper_prior: str = "recurrent"
     lower_prior: str = "paper"
@@ -397,7 +402,7 @@ class DLHConfig:
                 raise ValueError(
                     f"DLHConfig.init_std must exceed every level's min_std, got {self.init_std!r}"
                 )
-        for name in ("reward_head", "continue_head", "posterior_reads_d"):
+        for name in ("reward_head", "continue_head", "posterior_reads_d", "transition_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"DLHConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if self.loss.held_twice > 0 and (self.levels < 2 or self.posterior_reads_d):

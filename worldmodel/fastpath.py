@@ -120,8 +120,9 @@ def change_step(level: Level, d: Tensor, context: Tensor, route: Route | None,
     `hierarchy.Hierarchy.pay_owed`). `route` None is the reference path; a level that takes
     the action always runs it. The noise comes from `generator` (None: torch's global RNG).
     """
-    if route is None or level.takes_action or level.temporal_in is not None \
-            or not (level.prior_reads_d and level.prior_reads_c):
+    # the fused step knows a plain GRUCell reading s^n alone
+    plain = level.temporal_in is None and isinstance(level.temporal, torch.nn.GRUCell)
+    if route is None or level.takes_action or not plain or not (level.prior_reads_d and level.prior_reads_c):
         dist = level.predict(d, context)  # eq. 14
         s = dist.rsample(generator)
         below = level.top_down(s, context)  # eq. 11

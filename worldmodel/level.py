@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .config import DLHConfig
 from .decisions import RUNNING_RULES, initial_stats
 from .distributions import Gaussian, gaussian_from_params
-from .networks import MLP, initialize
+from .networks import MLP, NormGRUCell, initialize
 
 
 def full_precision(x: Tensor) -> contextlib.AbstractContextManager:
@@ -49,7 +49,9 @@ class Level(nn.Module):
         widths = (gru_in, *cfg.transition_hidden)
         layers = [layer for a, b in zip(widths, widths[1:]) for layer in (nn.Linear(a, b), nn.ELU())]
         self.temporal_in = nn.Sequential(*layers) if layers else None
-        self.temporal = nn.GRUCell(widths[-1], d_dim)
+        # eq. 12's GRU; `transition_norm`: gates layer-normalised (Dreamer's RSSM; per-network route)
+        cell = NormGRUCell if cfg.transition_norm else nn.GRUCell
+        self.temporal = cell(widths[-1], d_dim)
         self.posterior_reads_d = cfg.posterior_reads_d  # RSSM's posterior q(s^n | x^n, c^n, d^n)
         post_in = cfg.x_dim + cfg.c_dim + (d_dim if cfg.posterior_reads_d else 0)
         self.posterior = MLP(post_in, cfg.state_hidden, 2 * s_dim)

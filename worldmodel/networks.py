@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -38,6 +39,30 @@ class MLP(nn.Sequential):
             if i < last:
                 x = F.elu(x)
         return x
+
+
+class NormGRUCell(nn.Module):
+    """A GRU cell with layer normalisation over its gates (`DLHConfig.transition_norm`).
+
+    One linear map reads [x, h] and gives the three gate pre-activations, normalised together:
+    r = σ(g_r), candidate = tanh(r ⊙ g_c), u = σ(g_u − 1), h' = u ⊙ candidate + (1 − u) ⊙ h.
+    The −1 starts the cell close to keeping its state, as the layer-normalised GRU of Dreamer's
+    RSSM; the normalisation keeps the gates' scale fixed whatever the scale of its inputs
+    (PyTorch's GRUCell has no such bound). Same call as nn.GRUCell: cell(x (B, I), h (B, H)) ->
+    (B, H). Under `init: xavier` its linear map is initialised like every other linear layer.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.gates = nn.Linear(input_size + hidden_size, 3 * hidden_size, bias=False)
+        self.norm = nn.LayerNorm(3 * hidden_size)
+
+    def forward(self, x: Tensor, h: Tensor) -> Tensor:
+        reset, candidate, update = self.norm(self.gates(torch.cat([x, h], -1))).chunk(3, -1)
+        candidate = torch.tanh(torch.sigmoid(reset) * candidate)
+        update = torch.sigmoid(update - 1.0)
+        return update * candidate + (1.0 - update) * h
 
 
 

@@ -271,3 +271,23 @@ def test_level_lr_scale_trains_each_level_at_its_own_rate(tmp_path):
 def test_bad_level_lr_scale_is_refused_naming_it(value, match):
     with pytest.raises(ValueError, match=match):
         load_config(None, [*TINY, f"optim.level_lr_scale={value}"])
+
+
+def test_lr_decay_to_follows_a_half_cosine_after_the_warm_up(tmp_path):
+    from worldmodel.training.config import OptimConfig
+
+    optim = OptimConfig(lr=1e-3, lr_warmup=10, lr_decay_to=0.1)
+    assert optim.lr_at(0, 110) == pytest.approx(1e-4) and optim.lr_at(9, 110) == pytest.approx(1e-3)
+    assert optim.lr_at(10, 110) == pytest.approx(1e-3)
+    assert optim.lr_at(60, 110) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 50 / 99))))
+    assert optim.lr_at(109, 110) == pytest.approx(1e-4) and optim.lr_at(500, 110) == pytest.approx(1e-4)
+    assert OptimConfig(lr=1e-3).lr_at(50, 100) == 1e-3 == OptimConfig(lr=1e-3, lr_decay_to=0.1).lr_at(50)
+    run = tmp_path / "run"
+    assert main(_args(run, "steps=6", "optim.lr=0.001", "optim.lr_decay_to=0.5", "log_every=1",
+                      "media_every=0", "event_every=0")) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    lrs = [r["lr"] for r in rows if "lr" in r]
+    assert lrs[0] == pytest.approx(0.001) and lrs[-1] == pytest.approx(0.0005)
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    with pytest.raises(ValueError, match=r"optim\.lr_decay_to must be in \[0, 1\]"):
+        load_config(None, ["optim.lr_decay_to=2"])

@@ -13,6 +13,7 @@ syntax error is a ValueError naming the file (with line and column) or the `--se
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import warnings
 from collections.abc import Collection, Mapping
@@ -48,6 +49,9 @@ class OptimConfig:
             longer Adam under-steps after the gradient norm has fallen.
         lr_warmup: steps over which the learning rate rises linearly from lr/lr_warmup to lr
             (0: constant lr).
+        lr_decay_to: after the warm-up the learning rate falls along a half cosine to
+            lr × lr_decay_to at the run's last step (`steps`); None: constant (issue 24's
+            schedule candidate). A resumed run with more steps stretches the rest of the curve.
         upper_warmup: a bootstrapped schedule (issue 23, candidate d; 0: off, the paper):
             for this many training steps the levels n >= 2 change only at a sequence's first
             step (eq. 4 is not applied; no prior-factor loss), so level 1 learns what moves
@@ -84,8 +88,13 @@ class OptimConfig:
     margin_warmup: int = 0
     margin_ramp: int = 0
     level_lr_scale: tuple[float, ...] | None = None
+    lr_decay_to: float | None = None
 
     def __post_init__(self) -> None:
+        if self.lr_decay_to is not None and (not is_finite_number(self.lr_decay_to)
+                                             or not 0 <= self.lr_decay_to <= 1):
+            raise ValueError("optim.lr_decay_to must be in [0, 1] (the final lr as a fraction of lr) "
+                             f"or null, got {self.lr_decay_to!r}")
         if self.level_lr_scale is not None:
             scales = self.level_lr_scale
             if (isinstance(scales, (str, bytes)) or not isinstance(scales, (list, tuple)) or not scales
@@ -110,11 +119,17 @@ class OptimConfig:
         if not is_finite_number(self.beta2) or not 0 < self.beta2 < 1:
             raise ValueError(f"optim.beta2 must be in (0, 1), got {self.beta2!r}")
 
-    def lr_at(self, step: int) -> float:
-        """The learning rate of optimiser step `step` (0-based)."""
-        if self.lr_warmup == 0:
+    def lr_at(self, step: int, steps: int | None = None) -> float:
+        """The learning rate of optimiser step `step` (0-based) of a run of `steps` steps (only
+        `lr_decay_to` needs it)."""
+        if step < self.lr_warmup:
+            return self.lr * (step + 1) / self.lr_warmup
+        if self.lr_decay_to is None or steps is None:
             return self.lr
-        return self.lr * min(1.0, (step + 1) / self.lr_warmup)
+        span = max(1, steps - 1 - self.lr_warmup)
+        progress = min(1.0, (step - self.lr_warmup) / span)
+        floor = self.lr_decay_to
+        return self.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def margin_scale(self, step: int) -> float:
         """The fraction of the model's decision margin used by training step `step` (0-based)."""

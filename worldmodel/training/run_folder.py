@@ -134,7 +134,7 @@ class RunFolder:
             raise ValueError(f"steps={cfg.steps} is below the step of {contents.path} ({step}): "
                              f"set steps >= {step} to resume this run")
         for group in optimizer.param_groups:  # optim.lr may have changed (on request)
-            group["lr"] = cfg.optim.lr_at(step) * group.get("lr_scale", 1.0)
+            group["lr"] = cfg.optim.lr_at(step, cfg.steps) * group.get("lr_scale", 1.0)
         if step == cfg.steps and self.stored_summary().get("steps") == step:
             return step, True
         distributed.barrier(runtime)

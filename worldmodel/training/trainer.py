@@ -382,7 +382,7 @@ class Trainer:
         self.bad_in_a_row = 0
         before = self.groups.snapshot() if log_step else None
         for group in self.optimizer.param_groups:
-            group["lr"] = cfg.optim.lr_at(step) * group.get("lr_scale", 1.0)
+            group["lr"] = cfg.optim.lr_at(step, cfg.steps) * group.get("lr_scale", 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         metrics["grad_norm"] = grad_norm

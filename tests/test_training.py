@@ -291,3 +291,29 @@ def test_lr_decay_to_follows_a_half_cosine_after_the_warm_up(tmp_path):
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
     with pytest.raises(ValueError, match=r"optim\.lr_decay_to must be in \[0, 1\]"):
         load_config(None, ["optim.lr_decay_to=2"])
+
+
+def test_upper_first_silences_the_levels_below_the_top_in_training_only(tmp_path):
+    """optim.upper_first (issue 23): for its steps level 1's sample is zero and pays no KL, its
+    networks get no gradient, the top level and the decoders train; after them, every level."""
+    from worldmodel.hierarchy import NO_SCHEDULE, TrainSchedule
+
+    cfg = load_config(None, [*TINY, f"out_dir={tmp_path / 'run'}", "optim.upper_first=2",
+                             "optim.upper_warmup=2", "media_every=0", "event_every=0"])
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.schedule_at(1).silence_lower and trainer.schedule_at(1).hold_upper
+    assert not trainer.schedule_at(2).silence_lower
+    model = trainer.model
+    frames = torch.rand(2, 5, 3, 16, 16)
+    silent = TrainSchedule(silence_lower=True)
+    loss, metrics = model.loss(frames, schedule=silent)
+    loss.backward()
+    level1, level2 = model.hierarchy.levels
+    assert metrics["kl/level1"] == 0.0 and metrics["kl/level2"] > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in level1.posterior.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in level2.posterior.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())
+    _, every = model.loss(frames, schedule=NO_SCHEDULE)
+    assert every["kl/level1"] > 0
+    with pytest.raises(ValueError, match=r"optim\.upper_first=5 .* needs model\.levels >= 2"):
+        load_config(None, [*TINY, "model.levels=1", "optim.upper_first=5"])

@@ -109,11 +109,14 @@ class TrainSchedule:
         row and step (`optim.memory_dropout`).
     margin_scale: the fraction of `inference.decision_margin` eq. 4 uses (`optim.margin_warmup`,
         `optim.margin_ramp`).
+    silence_lower: every level below the top contributes a zero sample and no KL, so the top
+        level and the decoders learn the frame alone (`optim.upper_first`).
     """
 
     hold_upper: bool = False
     memory_dropout: float = 0.0
     margin_scale: float = 1.0
+    silence_lower: bool = False
 
 
 NO_SCHEDULE = TrainSchedule()
@@ -465,6 +468,9 @@ class Hierarchy(nn.Module):
             #    gradients in the order the graph was built, so a later KL rounds them differently
             kl = self._state_kl(i, q, sel.take(d[i]), context, state, decided[i].weight)
             sample = q.rsample(g)
+            if schedule.silence_lower and i < len(levels) - 1:  # the trainer's upper-first schedule
+                sample, kl = torch.zeros_like(sample), torch.zeros_like(kl)
+                q = Gaussian(torch.zeros_like(q.mean), torch.ones_like(q.std))
             return Posterior(sample, q.mean, q.std, levels[i].top_down(sample, context), kl)  # eq. 11
 
         td = self._top_down(state, rows, posterior)

@@ -57,6 +57,12 @@ class OptimConfig:
             step (eq. 4 is not applied; no prior-factor loss), so level 1 learns what moves
             and an upper level can hold only what persists through a window; eq. 4 after.
             Evaluation and probes always use eq. 4.
+        upper_first: an upper-first schedule (issue 23; 0: off, the paper): for this many
+            training steps every level below the top contributes a zero sample and no KL, so
+            the top level and the decoders learn alone whatever a window shows; with
+            `upper_warmup` at least as long the top level can hold only what persists through
+            a window (the colour), and the decoder learns to draw it from above before level 1
+            exists to offer a copy. Evaluation and probes always run every level.
         memory_dropout: in training, each level below the top restarts its temporal state
             d^n at zero with this probability per row and step (issue 23; 0: off, the paper):
             where it is dropped its change prior has only c^n from above, so a feature that
@@ -84,6 +90,7 @@ class OptimConfig:
     lr_warmup: int = 0
     beta2: float = 0.999
     upper_warmup: int = 0
+    upper_first: int = 0
     memory_dropout: float = 0.0
     margin_warmup: int = 0
     margin_ramp: int = 0
@@ -113,7 +120,8 @@ class OptimConfig:
             if not is_finite_number(value) or not value >= 0:
                 raise ValueError(f"optim.{name} must be a finite number >= 0, got {value!r}"
                                  + (" (0 disables clipping)" if name == "grad_clip" else ""))
-        for name in ("beta_warmup", "lr_warmup", "upper_warmup", "margin_warmup", "margin_ramp"):
+        for name in ("beta_warmup", "lr_warmup", "upper_warmup", "upper_first", "margin_warmup",
+                     "margin_ramp"):
             value = getattr(self, name)
             object.__setattr__(self, name, check_int(value, f"optim.{name}", 0, hint="steps"))
         if not is_finite_number(self.beta2) or not 0 < self.beta2 < 1:
@@ -275,6 +283,9 @@ class TrainConfig:
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise ValueError(f"device must be auto, cpu or cuda[:i], got {self.device!r}")
         m, d = self.model, self.data
+        if self.optim.upper_first and m.levels < 2:
+            raise ValueError(f"optim.upper_first={self.optim.upper_first} silences the levels below the top: "
+                             "it needs model.levels >= 2 (set it to 0)")
         scales = self.optim.level_lr_scale
         if scales is not None and len(scales) != m.levels:
             raise ValueError(f"optim.level_lr_scale must give one factor per level ({m.levels}), "

@@ -330,7 +330,7 @@ class Trainer:
         """The training loop's settings of the filtering step at optimiser step `step` (0-based)."""
         optim = self.cfg.optim
         return TrainSchedule(hold_upper=step < optim.upper_warmup, memory_dropout=optim.memory_dropout,
-                             margin_scale=optim.margin_scale(step))
+                             margin_scale=optim.margin_scale(step), silence_lower=step < optim.upper_first)
 
     def train_step(self) -> dict[str, Any] | None:
         """One optimiser step on the batch of the current step; None if it was skipped.

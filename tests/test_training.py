@@ -303,6 +303,10 @@ def test_upper_first_silences_the_levels_below_the_top_in_training_only(tmp_path
     trainer = Trainer(cfg, progress=False)
     assert trainer.schedule_at(1).silence_lower and trainer.schedule_at(1).hold_upper
     assert not trainer.schedule_at(2).silence_lower
+    later = Trainer(load_config(None, [*TINY, f"out_dir={tmp_path / 'later'}", "optim.upper_first=2",
+                                       "optim.upper_warmup=3", "optim.schedule_from=4"]), progress=False)
+    assert [later.schedule_at(k).silence_lower for k in range(8)] == [False] * 4 + [True] * 2 + [False] * 2
+    assert [later.schedule_at(k).hold_upper for k in range(8)] == [False] * 4 + [True] * 3 + [False]
     model = trainer.model
     frames = torch.rand(2, 5, 3, 16, 16)
     silent = TrainSchedule(silence_lower=True)

@@ -63,6 +63,10 @@ class OptimConfig:
             `upper_warmup` at least as long the top level can hold only what persists through
             a window (the colour), and the decoder learns to draw it from above before level 1
             exists to offer a copy. Evaluation and probes always run every level.
+        schedule_from: the training step at which `upper_warmup` and `upper_first` begin (0: the
+            first step). Later, the schedule is a phase in the middle of a run: the model has
+            left the early posterior collapse and learned what the frame shows (the colour at
+            ≈ 1,300 steps of the quick start) before the levels below the top fall silent.
         memory_dropout: in training, each level below the top restarts its temporal state
             d^n at zero with this probability per row and step (issue 23; 0: off, the paper):
             where it is dropped its change prior has only c^n from above, so a feature that
@@ -91,6 +95,7 @@ class OptimConfig:
     beta2: float = 0.999
     upper_warmup: int = 0
     upper_first: int = 0
+    schedule_from: int = 0
     memory_dropout: float = 0.0
     margin_warmup: int = 0
     margin_ramp: int = 0
@@ -120,8 +125,8 @@ class OptimConfig:
             if not is_finite_number(value) or not value >= 0:
                 raise ValueError(f"optim.{name} must be a finite number >= 0, got {value!r}"
                                  + (" (0 disables clipping)" if name == "grad_clip" else ""))
-        for name in ("beta_warmup", "lr_warmup", "upper_warmup", "upper_first", "margin_warmup",
-                     "margin_ramp"):
+        for name in ("beta_warmup", "lr_warmup", "upper_warmup", "upper_first", "schedule_from",
+                     "margin_warmup", "margin_ramp"):
             value = getattr(self, name)
             object.__setattr__(self, name, check_int(value, f"optim.{name}", 0, hint="steps"))
         if not is_finite_number(self.beta2) or not 0 < self.beta2 < 1:

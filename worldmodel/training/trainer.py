@@ -329,8 +329,10 @@ class Trainer:
     def schedule_at(self, step: int) -> TrainSchedule:
         """The training loop's settings of the filtering step at optimiser step `step` (0-based)."""
         optim = self.cfg.optim
-        return TrainSchedule(hold_upper=step < optim.upper_warmup, memory_dropout=optim.memory_dropout,
-                             margin_scale=optim.margin_scale(step), silence_lower=step < optim.upper_first)
+        phase = step - optim.schedule_from  # the upper-level schedules start at optim.schedule_from
+        return TrainSchedule(hold_upper=0 <= phase < optim.upper_warmup, memory_dropout=optim.memory_dropout,
+                             margin_scale=optim.margin_scale(step),
+                             silence_lower=0 <= phase < optim.upper_first)
 
     def train_step(self) -> dict[str, Any] | None:
         """One optimiser step on the batch of the current step; None if it was skipped.

@@ -205,7 +205,8 @@ def test_ddp_with_two_gloo_processes(tmp_path):
 # (updates scaled below Adam's ε); with the current default (eps 1e-8, clip 100) every network
 # of both levels moved 0.067–0.22. The bound sits between the two.
 FROZEN_BOUND = 0.02
-RECIPE_PROBE = [
+RECIPE_PROBE = [  # the loss scale these bounds were measured at (obs_std 0.05, one GRU width)
+    "model.loss.obs_std=0.05", "model.level_d_dims=null", "model.loss.window_free_nats=[0, 8]",
     "model.x_dim=32", "model.c_dim=32", "model.d_dim=32", "model.s_dim=8", "model.enc_hidden=[32]",
     "model.dec_hidden=[32]", "model.state_hidden=[16]", "model.factor_hidden=[16]", "model.conv_depth=4",
     "data.seq_len=20", "data.batch_size=4", "threads=1", "media_every=0", "event_every=0",

@@ -4,9 +4,11 @@ and the trained model's decisions under bf16 autocast are those of fp32.
 Slow (about 13 minutes on 2 CPU cores): the full quick start, `configs/moving_ball_cpu.yaml`,
 seed 0. The event F1 is the trainer's own probe (32 held-out windows of 100 frames at the end
 of the run); ground-truth flags are only measured, never trained on. Bound chosen from the
-measured runs in docs/results.md (timescales section): this exact run measured F1 0.400 at the
-end (session 3); the paper's reading (`boundary: reinfer`) with ε 1e-8 sat at 0.18–0.20 and went
-over-active, and a frozen or collapsed level 2 scores ≈ 0.
+measured runs in docs/results.md (timescales section, "The quick start"): this exact run measured
+F1 0.662 with the recipe of session 10 (0.400 in session 3, 0.542 with the free bits alone); the
+1-thread seeds 0 / 1 / 2 of the recipe 0.34 / 0.46 / 0.62; the paper's reading (`boundary:
+reinfer`) with ε 1e-8 sat at 0.18–0.20 and went over-active, and a frozen or collapsed level 2
+scores ≈ 0.
 """
 
 from __future__ import annotations

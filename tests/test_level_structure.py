@@ -25,6 +25,17 @@ def frames(batch: int = 3, steps: int = 5) -> torch.Tensor:
     return torch.rand(batch, steps, 1, SIZE, SIZE)
 
 
+def saved_and_loaded(model: DLH, tmp_path, acts) -> DLH:
+    """`model` saved and loaded back, asserted to filter the same frames to the same numbers."""
+    model.save(tmp_path / "m.safetensors")
+    again = load(tmp_path / "m.safetensors")
+    torch.manual_seed(2)
+    a = model.observe(frames(), acts).recon
+    torch.manual_seed(2)
+    assert torch.equal(again.observe(frames(), acts).recon, a)
+    return again
+
+
 @pytest.mark.parametrize("action_dim", [0, 2])
 def test_per_level_state_sizes_shape_every_state_and_feature(tmp_path, action_dim: int) -> None:
     model = tiny(3, level_s_dims=(2, 5, 7), action_dim=action_dim)
@@ -34,13 +45,7 @@ def test_per_level_state_sizes_shape_every_state_and_feature(tmp_path, action_di
     assert model.features(out.state).shape == (3, 2 + 5 + 7 + 3 * 10) == (3, model.config.feature_dim)
     traj = model.imagine(out.state, 4, torch.randn(3, 4, action_dim) if action_dim else None)
     assert model.decode(traj).shape == (3, 4, 1, SIZE, SIZE)
-    model.save(tmp_path / "m.safetensors")
-    again = load(tmp_path / "m.safetensors")
-    assert again.config.level_s_dims == (2, 5, 7)
-    torch.manual_seed(2)
-    a = model.observe(frames(), acts).recon
-    torch.manual_seed(2)
-    assert torch.equal(again.observe(frames(), acts).recon, a)
+    assert saved_and_loaded(model, tmp_path, acts).config.level_s_dims == (2, 5, 7)
 
 
 @pytest.mark.parametrize("options", [{}, {"posterior_reads_d": True, "prior_factor": "recurrent"}])
@@ -57,13 +62,7 @@ def test_per_level_temporal_widths_shape_every_network_state_and_feature(tmp_pat
     loss, _ = model.loss(frames(), acts)
     loss.backward()
     assert all(p.grad is not None for p in model.hierarchy.levels[0].temporal.parameters())
-    model.save(tmp_path / "m.safetensors")
-    again = load(tmp_path / "m.safetensors")
-    assert again.config.level_d_dims == (24, 6, 8)
-    torch.manual_seed(2)
-    a = model.observe(frames(), acts).recon
-    torch.manual_seed(2)
-    assert torch.equal(again.observe(frames(), acts).recon, a)
+    assert saved_and_loaded(model, tmp_path, acts).config.level_d_dims == (24, 6, 8)
     with pytest.raises(ValueError, match=r"d of level 1: expected shape \(3, 24\)"):
         model.observe_step(tiny(3, action_dim=2, action_levels=(1, 2)).initial_state(3), frames()[:, 0],
                            acts[:, 0])

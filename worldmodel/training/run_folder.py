@@ -41,6 +41,14 @@ from .config import TrainConfig, dump_config, resume_changes
 from .monitor import Monitor
 
 
+def set_learning_rates(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> None:
+    """Every Adam group's rate for optimiser step `step` of the run `cfg`:
+    `optim.lr_at` times the group's `lr_scale` (`optim.level_lr_scale`; 1 without)."""
+    rate = cfg.optim.lr_at(step, cfg.steps)
+    for group in optimizer.param_groups:
+        group["lr"] = rate * group.get("lr_scale", 1.0)
+
+
 class RunFolder:
     """The folder `path` of one training run (see the module's docstring for what it holds).
 
@@ -133,8 +141,7 @@ class RunFolder:
         if step > cfg.steps:
             raise ValueError(f"steps={cfg.steps} is below the step of {contents.path} ({step}): "
                              f"set steps >= {step} to resume this run")
-        for group in optimizer.param_groups:  # optim.lr may have changed (on request)
-            group["lr"] = cfg.optim.lr_at(step, cfg.steps) * group.get("lr_scale", 1.0)
+        set_learning_rates(optimizer, cfg, step)  # optim.lr may have changed (on request)
         if step == cfg.steps and self.stored_summary().get("steps") == step:
             return step, True
         distributed.barrier(runtime)

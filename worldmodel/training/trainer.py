@@ -39,7 +39,7 @@ from .config import TrainConfig
 from .diagnostics import EventProbe, HealthCheck, ParameterGroups
 from .hooks import CheckpointHook, Hook, LogHook, MediaHook, ScalarsHook
 from .monitor import Monitor, rollout_media
-from .run_folder import RunFolder
+from .run_folder import RunFolder, set_learning_rates
 from .threads import SlowdownWatch, configure_threads
 
 
@@ -383,8 +383,7 @@ class Trainer:
             return None
         self.bad_in_a_row = 0
         before = self.groups.snapshot() if log_step else None
-        for group in self.optimizer.param_groups:
-            group["lr"] = cfg.optim.lr_at(step, cfg.steps) * group.get("lr_scale", 1.0)
+        set_learning_rates(self.optimizer, cfg, step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         metrics["grad_norm"] = grad_norm

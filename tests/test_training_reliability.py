@@ -148,6 +148,20 @@ def test_a_requested_lr_is_applied_on_resume_and_recorded(four_steps, tmp_path, 
     assert read_checkpoint(latest_checkpoint(run)).optimizer["param_groups"][0]["lr"] == 0.05
 
 
+def test_memory_dropout_switched_on_at_a_resume_when_asked(four_steps, tmp_path, capsys):
+    run = _copy(four_steps, tmp_path)
+    asked = r"optim\.memory_dropout 0\.0 -> 0\.3 \(pass --set optim\.memory_dropout"
+    with pytest.raises(ValueError, match=asked):
+        Trainer(_cfg(run, "steps=6", "optim.memory_dropout=0.3"), resume=True, progress=False)
+    trainer = Trainer(_cfg(run, "steps=6", "optim.memory_dropout=0.3"), resume=True, progress=False,
+                      requested=["optim.memory_dropout"])
+    assert "optim.memory_dropout 0.0 -> 0.3" in capsys.readouterr().out
+    assert trainer.schedule_at(4).memory_dropout == 0.3
+    trainer.train_steps(1)
+    record = json.loads((run / "resumes.jsonl").read_text().splitlines()[-1])
+    assert record["changes"]["optim.memory_dropout"] == [0.0, 0.3]
+
+
 def test_resuming_a_finished_run_trains_nothing(four_steps, tmp_path, capsys):
     run = _copy(four_steps, tmp_path)
     metrics, summary = (run / "metrics.jsonl").read_text(), (run / "summary.json").read_text()

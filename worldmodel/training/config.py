@@ -431,9 +431,11 @@ def dump_config(cfg: TrainConfig) -> str:
 #: (`logging`, `probes`) stands for every key in it.
 RESUME_FREE = ("steps", "out_dir", "device", "threads", "max_bad_steps", "logging", "probes")
 #: Settings a resumed run changes only when asked by name (`--set key=value` on the CLI):
-#: the usual remedies after a divergence. Everything else — model.*, data.*, seed, optim.eps,
-#: optim.beta2, optim.beta_max, optim.beta_warmup, optim.lr_warmup — is fixed for a run.
-RESUME_ON_REQUEST = ("optim.lr", "optim.grad_clip", "precision")
+#: the usual remedies after a divergence, and memory dropout — a training-time regulariser with
+#: no parameters and no optimiser state, which a study may switch on in the middle of a run
+#: (issue 23: does it move a feature learned so far?). Everything else — model.*, data.*, seed,
+#: optim.eps, optim.beta2, optim.beta_max, optim.beta_warmup, optim.lr_warmup — is fixed for a run.
+RESUME_ON_REQUEST = ("optim.lr", "optim.grad_clip", "precision", "optim.memory_dropout")
 
 _UNSET = object()
 

@@ -169,9 +169,24 @@ def run_agent_train(args: argparse.Namespace) -> int:
         print(f"  random seed episodes: mean return {seed_mean:.2f}")
     if agent["plan_ms"]:
         print(f"  planning: {sum(agent['plan_ms']) / len(agent['plan_ms']):.1f} ms per action")
+    upper = _upper_change_rates(summary.get("final_metrics") or {})
+    if upper:
+        # on Pendulum the loop's good models had a silent level 2 (docs/results.md, issue 25)
+        print(f"  change rate in training (last log): {upper}")
     if summary.get("model"):
         print(f"  model: {summary['model']}   agent log: {Path(summary['model']).parent / 'agent.json'}")
     return 0
+
+
+def _upper_change_rates(metrics: dict[str, Any]) -> str:
+    """'level2 0.123  level3 0.045' from a trainer's logged metrics (levels >= 2; '' if none)."""
+    found = []
+    for key, value in metrics.items():
+        if key.startswith("change_rate/level") and key[len("change_rate/level"):].isdigit():
+            level = int(key[len("change_rate/level"):])
+            if level >= 2 and isinstance(value, (int, float)):
+                found.append((level, float(value)))
+    return "  ".join(f"level{n} {rate:.3f}" for n, rate in sorted(found))
 
 
 def _levels(rates: list[float]) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import pytest
 import yaml
 
 import envs
-from agents.cli import add_agent_parsers
+from agents.cli import _upper_change_rates, add_agent_parsers
 from agents.evaluate import evaluate_agent, filtered_change_rates, r_squared, reward_predictions
 from agents.loop import run_planet_loop
 from agents.planners import CEMPlanner
@@ -144,7 +145,10 @@ def test_agent_train_command(tmp_path, capsys):
         "--candidates", "8", "--elites", "2", "--plan-iterations", "1", "--max-episode-steps", "7",
         "--no-progress"])
     assert args.func(args) == 0
-    assert "done: 1 iterations, 14 env steps, 1 train steps" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "done: 1 iterations, 14 env steps, 1 train steps" in text
+    # the upper levels' change rate in training, the line that tells a good Pendulum draw (issue 25)
+    assert re.search(r"change rate in training \(last log\): level2 \d\.\d{3}", text)
     assert (tmp_path / "cli_run" / "model.safetensors").is_file()
     assert len(list((tmp_path / "cli_run" / "episodes").glob("*.npz"))) == 2
 
@@ -166,3 +170,10 @@ def test_loop_rejects_bad_setups(tmp_path, model, kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         run_planet_loop(cfg, **args)
+
+
+def test_upper_change_rates_reads_levels_two_and_up_in_order():
+    metrics = {"change_rate/level3": 0.05, "change_rate/level1": 1.0, "change_rate/level2": 0.25,
+               "change_rate/levelx": 0.5, "kl/level2": 3.0}
+    assert _upper_change_rates(metrics) == "level2 0.250  level3 0.050"
+    assert _upper_change_rates({"change_rate/level1": 1.0}) == ""

@@ -86,11 +86,11 @@ def bare_costs(model: DLH, rows: int, repeats: int) -> tuple[list[float], list[f
     """
     cfg, hierarchy = model.config, model.hierarchy
     inner = max(1, min(200, 20000 // max(rows, 1)))
-    d = torch.randn(rows, cfg.d_dim)
     context = torch.randn(rows, cfg.c_dim)
     step_costs, factor_costs = [], []
     with torch.inference_mode():
         for level in hierarchy.levels:
+            d = torch.randn(rows, level.d_dim)  # each level's own width (`level_d_dims`)
             h = torch.zeros(rows, level.factor_size)
             change_step = level_step_fn(model, level, d, context)
             step_costs.append(_best_time(change_step, repeats, inner))
@@ -98,7 +98,7 @@ def bare_costs(model: DLH, rows: int, repeats: int) -> tuple[list[float], list[f
                 factor_costs.append(0.0)
             else:
                 factor_costs.append(
-                    _best_time(lambda level=level, h=h: level.change_logit(d, h), repeats, inner))
+                    _best_time(lambda level=level, d=d, h=h: level.change_logit(d, h), repeats, inner))
     return step_costs, factor_costs
 
 

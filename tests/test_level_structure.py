@@ -531,3 +531,22 @@ def test_transition_norm_runs_a_layer_normalised_gru_in_filtering_and_imaginatio
     assert torch.equal(runs["fused"], runs["eager"])
     with pytest.raises(ValueError, match="transition_norm must be true or false"):
         tiny(2, transition_norm="yes")
+
+
+def test_imagine_speed_floors_for_levels_of_different_widths():
+    """benchmarks/imagine_speed.py times each level's bare networks at that level's own width
+    (`level_d_dims`: the quick start's level 1 is 4× wider than level 2); it used the model-wide
+    d_dim and failed with a shape error on such models."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "imagine_speed.py"
+    spec = importlib.util.spec_from_file_location("imagine_speed", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    model = DLH(DLHConfig(levels=2, image_size=16, channels=1, x_dim=16, c_dim=16, d_dim=8,
+                          level_d_dims=[32, 8], s_dim=4, enc_hidden=[16], dec_hidden=[16],
+                          state_hidden=[16], factor_hidden=[8], conv_depth=4)).eval()
+    steps, factors = script.bare_costs(model, rows=3, repeats=1)
+    assert len(steps) == len(factors) == 2 and all(t > 0 for t in steps)
+    assert factors[0] == 0.0 and factors[1] > 0  # level 1 has no prior factor

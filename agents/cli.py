@@ -180,13 +180,11 @@ def run_agent_train(args: argparse.Namespace) -> int:
 
 def _upper_change_rates(metrics: dict[str, Any]) -> str:
     """'level2 0.123  level3 0.045' from a trainer's logged metrics (levels >= 2; '' if none)."""
-    found = []
-    for key, value in metrics.items():
-        if key.startswith("change_rate/level") and key[len("change_rate/level"):].isdigit():
-            level = int(key[len("change_rate/level"):])
-            if level >= 2 and isinstance(value, (int, float)):
-                found.append((level, float(value)))
-    return "  ".join(f"level{n} {rate:.3f}" for n, rate in sorted(found))
+    rates, n = [], 2
+    while isinstance(metrics.get(f"change_rate/level{n}"), (int, float)):  # DLH.loss's keys, n = 1..N
+        rates.append(f"level{n} {metrics[f'change_rate/level{n}']:.3f}")
+        n += 1
+    return "  ".join(rates)
 
 
 def _levels(rates: list[float]) -> str:

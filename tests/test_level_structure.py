@@ -3,6 +3,9 @@ upper change prior without memory, per-level KL weights. Each off by default (th
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,6 +14,15 @@ from worldmodel.config import InferenceConfig, LossConfig
 from worldmodel.hierarchy import TrainSchedule
 
 SIZE = 16
+
+
+def _benchmark_script(relative: str):
+    """Import a script under benchmarks/ (not a package) as a module."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
 
 
 def tiny(levels: int = 2, **kw) -> DLH:
@@ -445,17 +457,12 @@ def test_transition_hidden_embeds_s_before_the_gru_in_filtering_and_imagination(
 
 def test_finetune_usage_changes_the_loss_of_a_trained_run_and_reports_the_swap_test(tmp_path, capsys,
                                                                                     monkeypatch):
-    import importlib.util
     import sys
-    from pathlib import Path
 
     from worldmodel.training import load_config, train
 
     train(load_config(None, [*TINY_TRAINER, "steps=2", f"out_dir={tmp_path}"]), progress=False)
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce" / "finetune_usage.py"
-    spec = importlib.util.spec_from_file_location("finetune_usage", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _benchmark_script("reproduce/finetune_usage.py")
     config = DLHConfig(levels=2)
     changed = script.changed_config(config, ["loss.held_twice=3", "inference.decision_margin=2.5"])
     assert changed.loss.held_twice == 3.0 and changed.inference.decision_margin == 2.5
@@ -478,19 +485,14 @@ def test_finetune_usage_changes_the_loss_of_a_trained_run_and_reports_the_swap_t
 def test_track_checkpoints_prints_a_learning_curve_row_per_checkpoint(tmp_path, capsys, monkeypatch):
     """benchmarks/reproduce/track_checkpoints.py (issue 24's read-out): the averaged row over the
     last checkpoints, and with --each one row per checkpoint with its wall time."""
-    import importlib.util
     import sys
-    from pathlib import Path
 
     from worldmodel.training import load_config, train
 
     train(load_config(None, [*TINY_TRAINER, "steps=2", "checkpoint_every=1", f"out_dir={tmp_path}"]),
           progress=False)
     capsys.readouterr()
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce" / "track_checkpoints.py"
-    spec = importlib.util.spec_from_file_location("track_checkpoints", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _benchmark_script("reproduce/track_checkpoints.py")
     threads = torch.get_num_threads()
     for extra in ([], ["--each", "--last", "0"]):
         monkeypatch.setattr(sys, "argv", ["track_checkpoints.py", str(tmp_path), "--sequences", "2", *extra])
@@ -537,13 +539,7 @@ def test_imagine_speed_floors_for_levels_of_different_widths():
     """benchmarks/imagine_speed.py times each level's bare networks at that level's own width
     (`level_d_dims`: the quick start's level 1 is 4× wider than level 2); it used the model-wide
     d_dim and failed with a shape error on such models."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "imagine_speed.py"
-    spec = importlib.util.spec_from_file_location("imagine_speed", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _benchmark_script("imagine_speed.py")
     model = DLH(DLHConfig(levels=2, image_size=16, channels=1, x_dim=16, c_dim=16, d_dim=8,
                           level_d_dims=[32, 8], s_dim=4, enc_hidden=[16], dec_hidden=[16],
                           state_hidden=[16], factor_hidden=[8], conv_depth=4)).eval()
